@@ -1,0 +1,53 @@
+"""ctscope's exceptions and the CLI exit code each one maps to.
+
+The classes are defined in the Rust core (so Rust raises them directly) and re-exported
+here, the one place a user or the CLI needs to import them from.
+"""
+
+from ctscope._native import (
+    BadArgument,
+    CtscopeError,
+    IterationLimit,
+    NotACtMap,
+    PermissionDenied,
+    PinNotFound,
+)
+
+__all__ = [
+    "BadArgument",
+    "CtscopeError",
+    "IterationLimit",
+    "NotACtMap",
+    "PermissionDenied",
+    "PinNotFound",
+    "SnapshotError",
+    "exit_code",
+]
+
+
+class SnapshotError(CtscopeError):
+    """A snapshot file is missing, truncated or not a ctscope snapshot."""
+
+
+# Exit codes of the CLI (README "Exit codes").
+EXIT_OK = 0
+EXIT_ERROR = 1
+EXIT_BAD_INPUT = 2
+EXIT_NOT_FOUND = 3
+EXIT_PERMISSION = 4
+
+_CODES: list[tuple[type[BaseException], int]] = [
+    (PinNotFound, EXIT_NOT_FOUND),
+    (PermissionDenied, EXIT_PERMISSION),
+    (NotACtMap, EXIT_BAD_INPUT),
+    (BadArgument, EXIT_BAD_INPUT),
+    (SnapshotError, EXIT_BAD_INPUT),
+]
+
+
+def exit_code(exc: BaseException) -> int:
+    """The CLI exit code for an exception."""
+    for cls, code in _CODES:
+        if isinstance(exc, cls):
+            return code
+    return EXIT_ERROR

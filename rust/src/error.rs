@@ -1,0 +1,52 @@
+//! One error type for the crate; each variant maps to a Python exception (and, in the
+//! CLI, to a distinct exit code), and its message is a single line naming the thing at
+//! fault and what was expected.
+
+use std::fmt;
+use std::io;
+
+#[derive(Debug)]
+pub enum CtError {
+    /// The pin path does not exist (exit 3).
+    PinNotFound(String),
+    /// Exists, but is not a usable CT map: not on a bpffs, not a map, wrong map type,
+    /// sizes that fit no layout (exit 2).
+    NotCtMap(String),
+    /// Missing privilege (exit 4).
+    Permission(String),
+    /// A caller passed a bad value (exit 2).
+    BadArgument(String),
+    /// The per-key walk hit its visit bound (churn); a retry usually succeeds.
+    IterationLimit(String),
+    /// Any other syscall failure (exit 1).
+    Os { op: String, err: io::Error },
+}
+
+impl CtError {
+    pub fn os(op: impl Into<String>, err: io::Error) -> Self {
+        let op = op.into();
+        match err.raw_os_error() {
+            Some(libc::EPERM) | Some(libc::EACCES) => CtError::Permission(format!(
+                "{op}: {err}: needs root or CAP_BPF (CAP_SYS_ADMIN on kernels before 5.8) and access to the pin"
+            )),
+            _ => CtError::Os { op, err },
+        }
+    }
+}
+
+impl fmt::Display for CtError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            CtError::PinNotFound(m)
+            | CtError::NotCtMap(m)
+            | CtError::Permission(m)
+            | CtError::BadArgument(m)
+            | CtError::IterationLimit(m) => f.write_str(m),
+            CtError::Os { op, err } => write!(f, "{op}: {err}"),
+        }
+    }
+}
+
+impl std::error::Error for CtError {}
+
+pub type Result<T> = std::result::Result<T, CtError>;

@@ -1,0 +1,230 @@
+//! Reading every entry of a hash map: `BPF_MAP_LOOKUP_BATCH` where the kernel has it,
+//! a bounded `GET_NEXT_KEY` + `LOOKUP_ELEM` walk where it does not (facts §8).
+//!
+//! The reader hands out `Chunk`s of raw key/value bytes; decoding happens elsewhere so
+//! that the two can run on different cores.
+
+use std::collections::HashSet;
+use std::os::fd::{AsFd, OwnedFd};
+use std::sync::Arc;
+
+use crate::error::{CtError, Result};
+use crate::sys::{self, BatchStep};
+
+/// Entries per batch call and per chunk unless the caller asks otherwise.
+pub const DEFAULT_BATCH: u32 = 16384;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Method {
+    Auto,
+    Batch,
+    NextKey,
+}
+
+impl Method {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "auto" => Ok(Method::Auto),
+            "batch" => Ok(Method::Batch),
+            "next_key" | "next-key" => Ok(Method::NextKey),
+            o => Err(CtError::BadArgument(format!("unknown method {o:?}: expected auto, batch or next_key"))),
+        }
+    }
+    pub fn name(self) -> &'static str {
+        match self {
+            Method::Auto => "auto",
+            Method::Batch => "batch",
+            Method::NextKey => "next_key",
+        }
+    }
+}
+
+/// Raw entries, `count` keys of `key_size` bytes and `count` values of `value_size` bytes.
+pub struct Chunk {
+    pub keys: Vec<u8>,
+    pub values: Vec<u8>,
+    pub count: usize,
+}
+
+/// Counters the dump reports when it is done.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ReadStats {
+    pub syscalls: u64,
+    pub enospc_retries: u64,
+    pub entries: u64,
+    /// Keys the per-key walk saw twice after a restart and dropped.
+    pub duplicates_dropped: u64,
+}
+
+enum State {
+    Batch { cursor: Option<Vec<u8>>, count: u32 },
+    NextKey { last: Option<Vec<u8>>, seen: HashSet<Box<[u8]>>, visits: u64, limit: u64 },
+    Done,
+}
+
+pub struct MapReader {
+    fd: Arc<OwnedFd>,
+    key_size: usize,
+    value_size: usize,
+    max_entries: u32,
+    chunk: u32,
+    requested: Method,
+    used: Method,
+    state: State,
+    pub stats: ReadStats,
+}
+
+impl MapReader {
+    /// All sizes come from the live map's info, never from a default.
+    pub fn new(fd: Arc<OwnedFd>, key_size: u32, value_size: u32, max_entries: u32, method: Method, batch: u32) -> Self {
+        let chunk = batch.max(1);
+        let used = if method == Method::NextKey { Method::NextKey } else { Method::Batch };
+        let mut r = MapReader {
+            fd,
+            key_size: key_size as usize,
+            value_size: value_size as usize,
+            max_entries,
+            chunk,
+            requested: method,
+            used,
+            state: State::Done,
+            stats: ReadStats::default(),
+        };
+        r.state = if used == Method::NextKey { r.next_key_state() } else { State::Batch { cursor: None, count: chunk } };
+        r
+    }
+
+    /// The method actually in use (after any fallback).
+    pub fn method(&self) -> Method {
+        self.used
+    }
+
+    fn next_key_state(&self) -> State {
+        // Calico's bound: a walk that restarts under churn may never end otherwise.
+        let limit = (self.max_entries as u64).saturating_mul(10).max(1000);
+        State::NextKey { last: None, seen: HashSet::new(), visits: 0, limit }
+    }
+
+    /// The next chunk of entries, or None at the end of the map.
+    pub fn next_chunk(&mut self) -> Result<Option<Chunk>> {
+        loop {
+            match &mut self.state {
+                State::Done => return Ok(None),
+                State::Batch { .. } => match self.batch_chunk() {
+                    Err(CtError::Os { err, .. })
+                        if self.requested == Method::Auto
+                            && self.stats.entries == 0
+                            && matches!(err.raw_os_error(), Some(sys::ENOTSUPP) | Some(libc::EINVAL)) =>
+                    {
+                        // Kernel without batch ops for this map: walk key by key instead.
+                        self.used = Method::NextKey;
+                        self.state = self.next_key_state();
+                    }
+                    other => return other,
+                },
+                State::NextKey { .. } => return self.next_key_chunk(),
+            }
+        }
+    }
+
+    fn batch_chunk(&mut self) -> Result<Option<Chunk>> {
+        let (chunk, done) = self.batch_call()?;
+        if done {
+            self.state = State::Done;
+        }
+        Ok(chunk)
+    }
+
+    /// Batch calls until one returns entries or the map ends; (chunk, reached_end).
+    fn batch_call(&mut self) -> Result<(Option<Chunk>, bool)> {
+        let State::Batch { cursor, count } = &mut self.state else { unreachable!() };
+        // The cursor is a bucket index, but the kernel copies key_size bytes of it.
+        let cursor_len = self.key_size.max(4);
+        loop {
+            let n = *count as usize;
+            let mut keys = vec![0u8; n * self.key_size];
+            let mut values = vec![0u8; n * self.value_size];
+            let mut out = vec![0u8; cursor_len];
+            self.stats.syscalls += 1;
+            let step = sys::lookup_batch(self.fd.as_fd(), cursor.as_deref(), &mut out, &mut keys, &mut values, *count);
+            let (got, done) = match step {
+                Ok(BatchStep::More(g)) => (g as usize, false),
+                // End of map: the final entries arrive together with ENOENT.
+                Ok(BatchStep::Done(g)) => (g as usize, true),
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {
+                    // One bucket holds more than `count` entries and nothing was copied:
+                    // retry the same cursor with room for it.
+                    self.stats.enospc_retries += 1;
+                    *count = count.saturating_mul(2);
+                    continue;
+                }
+                Err(e) => return Err(CtError::os("BPF_MAP_LOOKUP_BATCH", e)),
+            };
+            *cursor = Some(out);
+            if got == 0 {
+                if done {
+                    return Ok((None, true));
+                }
+                continue;
+            }
+            keys.truncate(got * self.key_size);
+            values.truncate(got * self.value_size);
+            self.stats.entries += got as u64;
+            return Ok((Some(Chunk { keys, values, count: got }), done));
+        }
+    }
+
+    fn next_key_chunk(&mut self) -> Result<Option<Chunk>> {
+        let (ks, vs) = (self.key_size, self.value_size);
+        let want = self.chunk as usize;
+        let fd = self.fd.clone();
+        let State::NextKey { last, seen, visits, limit } = &mut self.state else { unreachable!() };
+        let mut keys = Vec::with_capacity(want * ks);
+        let mut values = Vec::with_capacity(want * vs);
+        let mut next = vec![0u8; ks];
+        let mut value = vec![0u8; vs];
+        let mut count = 0;
+        let mut finished = false;
+        while count < want {
+            self.stats.syscalls += 1;
+            let more = sys::get_next_key(fd.as_fd(), last.as_deref(), &mut next)
+                .map_err(|e| CtError::os("BPF_MAP_GET_NEXT_KEY", e))?;
+            if !more {
+                finished = true;
+                break;
+            }
+            *visits += 1;
+            if *visits > *limit {
+                return Err(CtError::IterationLimit(format!(
+                    "key-by-key walk visited {visits} keys (10 x max_entries) without reaching the end: the map is churning too fast; retry, or use --method batch"
+                )));
+            }
+            let cur: Box<[u8]> = next.clone().into_boxed_slice();
+            *last = Some(next.clone());
+            // GET_NEXT_KEY restarts from the first key when the current one was deleted:
+            // keys seen before are duplicates.
+            if seen.contains(&cur) {
+                self.stats.duplicates_dropped += 1;
+                continue;
+            }
+            self.stats.syscalls += 1;
+            let present =
+                sys::lookup_elem(fd.as_fd(), &next, &mut value).map_err(|e| CtError::os("BPF_MAP_LOOKUP_ELEM", e))?;
+            if !present {
+                continue; // deleted between the two calls
+            }
+            seen.insert(cur);
+            keys.extend_from_slice(&next);
+            values.extend_from_slice(&value);
+            count += 1;
+        }
+        if finished {
+            self.state = State::Done;
+        }
+        self.stats.entries += count as u64;
+        if count == 0 && finished {
+            return Ok(None);
+        }
+        Ok(Some(Chunk { keys, values, count }))
+    }
+}

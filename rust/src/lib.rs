@@ -1,0 +1,27 @@
+//! `ctscope._native`: the Rust core behind the Python package.
+//!
+//! * `sys`    — raw bpf(2) calls aya lacks (read-only open, batch ops, map create)
+//! * `map`    — opening pins and reading their live parameters (aya)
+//! * `layout` — Calico CT byte layouts, flags, detection
+//! * `iter`   — batch / next-key iteration
+//! * `decode` — bytes → Arrow record batches
+//! * `stream` — reader thread + decoder = a dump in flight
+//! * `synth`  — realistic synthetic CT maps
+//! * `python` — the PyO3 classes and the Arrow C stream export
+
+pub mod decode;
+pub mod error;
+pub mod iter;
+pub mod layout;
+pub mod map;
+pub mod python;
+pub mod stream;
+pub mod synth;
+pub mod sys;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    python::register(m)
+}

@@ -1,0 +1,143 @@
+//! Opening a pinned map and reading its live parameters.
+//!
+//! Read commands open pins with `BPF_F_RDONLY`, so an update through ctscope's fd is
+//! refused by the kernel itself. aya reads the map info from that fd; the few fields aya
+//! does not expose (`btf_id`, `map_extra`) come from our own `BPF_OBJ_GET_INFO_BY_FD`.
+
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use aya::maps::MapData;
+
+use crate::error::{CtError, Result};
+use crate::layout::{self, Family, Layout};
+use crate::sys::{self, BPF_F_RDONLY, MAP_TYPE_HASH, MAP_TYPE_LRU_HASH};
+
+/// The live parameters of a map, as the kernel reports them.
+#[derive(Clone, Debug)]
+pub struct MapParams {
+    pub map_type: u32,
+    pub id: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub map_flags: u32,
+    pub name: String,
+    pub btf_id: u32,
+    pub map_extra: u64,
+    /// CT version and family detected from name, type and sizes.
+    pub version: Option<u8>,
+    pub family: Option<Family>,
+}
+
+impl MapParams {
+    pub fn is_hash(&self) -> bool {
+        self.map_type == MAP_TYPE_HASH || self.map_type == MAP_TYPE_LRU_HASH
+    }
+
+    /// The layout `auto` resolves to without looking at data (ct3 needs data: None).
+    pub fn static_layout(&self) -> Option<Layout> {
+        match self.version? {
+            2 => Some(Layout::V2),
+            4 => Some(Layout::V4),
+            _ => None,
+        }
+    }
+}
+
+/// A pinned map opened by ctscope.
+pub struct PinnedMap {
+    pub path: PathBuf,
+    pub fd: Arc<OwnedFd>,
+    pub params: MapParams,
+    pub writable: bool,
+}
+
+impl PinnedMap {
+    /// Open `path` read-only (or read-write for repair commands) and read its parameters.
+    pub fn open(path: &Path, writable: bool) -> Result<Self> {
+        let shown = path.display();
+        let meta = std::fs::symlink_metadata(path).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => CtError::PinNotFound(format!("{shown}: no such pin")),
+            _ => CtError::os(format!("{shown}: stat"), e),
+        })?;
+        if meta.is_dir() {
+            return Err(CtError::NotCtMap(format!("{shown}: is a directory, expected a pinned BPF map")));
+        }
+        let on_bpffs = path
+            .parent()
+            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
+            .and_then(|p| sys::fs_type(p).ok())
+            == Some(sys::BPF_FS_MAGIC);
+        if !on_bpffs {
+            return Err(CtError::NotCtMap(format!(
+                "{shown}: not on a BPF filesystem (bpffs), expected a pin such as /sys/fs/bpf/tc/globals/cali_v4_ct4"
+            )));
+        }
+        if meta.file_type().is_symlink() {
+            return Err(CtError::NotCtMap(format!("{shown}: is a symlink; give the pin itself")));
+        }
+        let flags = if writable { 0 } else { BPF_F_RDONLY };
+        let fd = sys::obj_get(path, flags).map_err(|e| CtError::os(format!("{shown}: BPF_OBJ_GET"), e))?;
+        let params = read_params(fd.as_fd(), path).map_err(|e| match e {
+            // A program or link pin opens fine but has no map info.
+            CtError::Os { err, .. } if err.raw_os_error() == Some(libc::EINVAL) => {
+                CtError::NotCtMap(format!("{shown}: is a BPF program or link pin, expected a map"))
+            }
+            e => e,
+        })?;
+        Ok(PinnedMap { path: path.to_path_buf(), fd: Arc::new(fd), params, writable })
+    }
+
+    pub fn fd(&self) -> BorrowedFd<'_> {
+        self.fd.as_fd()
+    }
+
+    /// Refuse anything but HASH / LRU_HASH: the batch cursor and CT layouts assume them.
+    pub fn require_hash(&self) -> Result<()> {
+        if self.params.is_hash() {
+            return Ok(());
+        }
+        Err(CtError::NotCtMap(format!(
+            "{}: is a {} map, expected hash or lru_hash",
+            self.path.display(),
+            layout::map_type_name(self.params.map_type)
+        )))
+    }
+}
+
+/// Parameters of the map behind `fd`: aya for the standard fields, our own call for the rest.
+pub fn read_params(fd: BorrowedFd<'_>, path: &Path) -> Result<MapParams> {
+    let owned = fd.try_clone_to_owned().map_err(|e| CtError::os("dup", e))?;
+    let data = MapData::from_fd(owned).map_err(|e| aya_error(path, e))?;
+    let info = data.info().map_err(|e| aya_error(path, e))?;
+    let extra = sys::map_info(fd).map_err(|e| CtError::os(format!("{}: BPF_OBJ_GET_INFO_BY_FD", path.display()), e))?;
+    // `name()` only; `name_as_str()` would run aya's feature probes (loads test programs).
+    let name = String::from_utf8_lossy(info.name()).into_owned();
+    let pin_name = path.to_string_lossy();
+    let det = layout::detect(&name, &pin_name, extra.type_, info.key_size(), info.value_size());
+    Ok(MapParams {
+        map_type: extra.type_,
+        id: info.id(),
+        key_size: info.key_size(),
+        value_size: info.value_size(),
+        max_entries: info.max_entries(),
+        map_flags: info.map_flags(),
+        name,
+        btf_id: extra.btf_id,
+        map_extra: extra.map_extra,
+        version: det.version,
+        family: det.family,
+    })
+}
+
+fn aya_error(path: &Path, e: aya::maps::MapError) -> CtError {
+    // Pull the errno back out of aya's error so permission problems stay exit code 4.
+    let shown = path.display();
+    if let aya::maps::MapError::SyscallError(s) = &e {
+        let io = std::io::Error::from_raw_os_error(s.io_error.raw_os_error().unwrap_or(libc::EIO));
+        return CtError::os(format!("{shown}: {}", s.call), io);
+    }
+    CtError::Os { op: format!("{shown}: reading map info"), err: std::io::Error::other(e.to_string()) }
+}

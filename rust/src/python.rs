@@ -1,0 +1,396 @@
+//! PyO3 surface. Every syscall and every decode runs with the GIL released; record
+//! batches leave through the Arrow PyCapsule interface (`__arrow_c_stream__`), which
+//! polars (and pyarrow, duckdb, …) import without copying primitive columns.
+
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+
+use arrow_array::ffi_stream::FFI_ArrowArrayStream;
+use arrow_array::{RecordBatch, RecordBatchIterator};
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::types::{PyCapsule, PyDict};
+
+use crate::error::CtError;
+use crate::iter::{self, MapReader, Method};
+use crate::layout::{self, Family, Layout};
+use crate::map::{MapParams, PinnedMap};
+use crate::stream::{DumpOptions, DumpStream, ReaderStatus};
+use crate::synth;
+use crate::sys;
+
+create_exception!(_native, CtscopeError, PyException, "Base class of ctscope's errors.");
+create_exception!(_native, PinNotFound, CtscopeError, "The pin path does not exist.");
+create_exception!(_native, NotACtMap, CtscopeError, "Not a usable (CT) map: wrong filesystem, object, type or sizes.");
+create_exception!(_native, PermissionDenied, CtscopeError, "Root or CAP_BPF is needed.");
+create_exception!(_native, BadArgument, CtscopeError, "An argument has a value ctscope cannot use.");
+create_exception!(_native, IterationLimit, CtscopeError, "The key-by-key walk exceeded its bound under churn.");
+
+impl From<CtError> for PyErr {
+    fn from(e: CtError) -> PyErr {
+        let msg = e.to_string();
+        match e {
+            CtError::PinNotFound(_) => PinNotFound::new_err(msg),
+            CtError::NotCtMap(_) => NotACtMap::new_err(msg),
+            CtError::Permission(_) => PermissionDenied::new_err(msg),
+            CtError::BadArgument(_) => BadArgument::new_err(msg),
+            CtError::IterationLimit(_) => IterationLimit::new_err(msg),
+            CtError::Os { .. } => CtscopeError::new_err(msg),
+        }
+    }
+}
+
+const STREAM_CAPSULE: &std::ffi::CStr = c"arrow_array_stream";
+
+fn export_stream(py: Python<'_>, reader: Box<dyn arrow_array::RecordBatchReader + Send>) -> PyResult<Bound<'_, PyCapsule>> {
+    // The capsule owns the stream; a consumer moves it out (leaving `release` null), and
+    // an unconsumed stream is released when the capsule is dropped.
+    PyCapsule::new_with_value(py, FFI_ArrowArrayStream::new(reader), STREAM_CAPSULE)
+}
+
+/// Live parameters of a map (kernel's view) plus the CT version/family ctscope detected.
+#[pyclass(frozen, module = "ctscope._native", get_all)]
+#[derive(Clone)]
+pub struct MapInfo {
+    pub path: String,
+    pub map_type: String,
+    pub map_type_id: u32,
+    pub id: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub map_flags: u32,
+    pub name: String,
+    pub btf_id: u32,
+    pub map_extra: u64,
+    pub version: Option<u8>,
+    pub family: Option<u8>,
+    /// The layout `auto` picks without reading data ("v3?" for ct3: decided from the data).
+    pub layout: Option<String>,
+}
+
+impl MapInfo {
+    fn from_params(path: &str, p: &MapParams) -> Self {
+        MapInfo {
+            path: path.to_string(),
+            map_type: layout::map_type_name(p.map_type),
+            map_type_id: p.map_type,
+            id: p.id,
+            key_size: p.key_size,
+            value_size: p.value_size,
+            max_entries: p.max_entries,
+            map_flags: p.map_flags,
+            name: p.name.clone(),
+            btf_id: p.btf_id,
+            map_extra: p.map_extra,
+            version: p.version,
+            family: p.family.map(Family::number),
+            layout: match (p.static_layout(), p.version) {
+                (Some(l), _) => Some(l.name().to_string()),
+                (None, Some(3)) => Some("v3?".to_string()),
+                _ => None,
+            },
+        }
+    }
+}
+
+#[pymethods]
+impl MapInfo {
+    fn as_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let d = PyDict::new(py);
+        d.set_item("path", &self.path)?;
+        d.set_item("name", &self.name)?;
+        d.set_item("id", self.id)?;
+        d.set_item("map_type", &self.map_type)?;
+        d.set_item("key_size", self.key_size)?;
+        d.set_item("value_size", self.value_size)?;
+        d.set_item("max_entries", self.max_entries)?;
+        d.set_item("map_flags", self.map_flags)?;
+        d.set_item("btf_id", self.btf_id)?;
+        d.set_item("map_extra", self.map_extra)?;
+        d.set_item("version", self.version)?;
+        d.set_item("family", self.family)?;
+        d.set_item("layout", &self.layout)?;
+        Ok(d)
+    }
+
+    fn __repr__(&self) -> String {
+        format!(
+            "MapInfo(name={:?}, type={}, key_size={}, value_size={}, max_entries={}, flags={:#x}, version={:?}, family={:?})",
+            self.name, self.map_type, self.key_size, self.value_size, self.max_entries, self.map_flags, self.version, self.family
+        )
+    }
+}
+
+/// A pinned map opened read-only (or read-write for repair commands).
+#[pyclass(module = "ctscope._native")]
+pub struct NativeMap {
+    inner: Arc<PinnedMap>,
+    info: MapInfo,
+}
+
+#[pymethods]
+impl NativeMap {
+    #[new]
+    #[pyo3(signature = (path, writable=false))]
+    fn new(py: Python<'_>, path: PathBuf, writable: bool) -> PyResult<Self> {
+        let inner = py.detach(|| PinnedMap::open(&path, writable))?;
+        let info = MapInfo::from_params(&path.to_string_lossy(), &inner.params);
+        Ok(NativeMap { inner: Arc::new(inner), info })
+    }
+
+    #[getter]
+    fn info(&self) -> MapInfo {
+        self.info.clone()
+    }
+
+    /// Re-read the live parameters (max_entries etc. can change when a pin is replaced).
+    fn refresh_info(&mut self, py: Python<'_>) -> PyResult<MapInfo> {
+        let p = py.detach(|| crate::map::read_params(self.inner.fd(), &self.inner.path))?;
+        self.info = MapInfo::from_params(&self.inner.path.to_string_lossy(), &p);
+        Ok(self.info.clone())
+    }
+
+    /// Start a dump. `layout`: auto|v2|v3-created|v3|v4|raw; `method`: auto|batch|next_key.
+    #[pyo3(signature = (layout="auto", method="auto", batch_size=None, now_ns=None, limit=None))]
+    fn dump(
+        &self,
+        py: Python<'_>,
+        layout: &str,
+        method: &str,
+        batch_size: Option<u32>,
+        now_ns: Option<u64>,
+        limit: Option<u64>,
+    ) -> PyResult<Dump> {
+        let layout = Layout::parse(layout)?;
+        let method = Method::parse(method)?;
+        if batch_size == Some(0) {
+            return Err(CtError::BadArgument("batch_size must be at least 1".into()).into());
+        }
+        let mono_at_start = sys::monotonic_ns();
+        let wall_at_start = sys::realtime_ns();
+        let now = now_ns.unwrap_or(mono_at_start);
+        let inner = self.inner.clone();
+        let opts = DumpOptions { layout, method, batch: batch_size.unwrap_or(iter::DEFAULT_BATCH), now_ns: now, limit };
+        let path = inner.path.to_string_lossy().into_owned();
+        let stream = py.detach(|| DumpStream::start(inner.fd.clone(), &inner.params, &path, opts))?;
+        Ok(Dump {
+            layout: stream.layout.name().to_string(),
+            layout_reason: stream.layout_reason.clone(),
+            status: stream.status.clone(),
+            stream: Mutex::new(Some(stream)),
+            now_ns: now,
+            mono_ns: mono_at_start,
+            wall_ns: wall_at_start,
+            info: self.info.clone(),
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        format!("NativeMap({})", self.info.__repr__())
+    }
+}
+
+/// A dump in flight: iterate with `next_batch()` or hand the whole stream to any Arrow
+/// consumer through `__arrow_c_stream__` (one or the other: the stream is consumed).
+#[pyclass(module = "ctscope._native")]
+pub struct Dump {
+    stream: Mutex<Option<DumpStream>>,
+    status: Arc<Mutex<ReaderStatus>>,
+    #[pyo3(get)]
+    layout: String,
+    #[pyo3(get)]
+    layout_reason: String,
+    /// Reference time for `idle_s` (monotonic ns).
+    #[pyo3(get)]
+    now_ns: u64,
+    /// CLOCK_MONOTONIC and CLOCK_REALTIME when the dump started.
+    #[pyo3(get)]
+    mono_ns: u64,
+    #[pyo3(get)]
+    wall_ns: u64,
+    #[pyo3(get)]
+    info: MapInfo,
+}
+
+#[pymethods]
+impl Dump {
+    /// The next record batch (as a single-batch Arrow stream object), or None at the end.
+    fn next_batch(&self, py: Python<'_>) -> PyResult<Option<Batch>> {
+        let res = py.detach(|| {
+            let mut guard = self.stream.lock().unwrap();
+            match guard.as_mut() {
+                Some(s) => s.next_batch(),
+                None => Ok(None),
+            }
+        })?;
+        Ok(res.map(|b| Batch { batch: Mutex::new(Some(b.clone())), num_rows: b.num_rows() }))
+    }
+
+    /// Arrow PyCapsule interface: the remaining batches as one stream.
+    #[pyo3(signature = (requested_schema=None))]
+    fn __arrow_c_stream__<'py>(
+        &self,
+        py: Python<'py>,
+        requested_schema: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyCapsule>> {
+        let _ = requested_schema; // we only offer our own schema
+        let s = self
+            .stream
+            .lock()
+            .unwrap()
+            .take()
+            .ok_or_else(|| CtscopeError::new_err("this dump was already consumed"))?;
+        export_stream(py, Box::new(s))
+    }
+
+    /// The method that did the reading ("batch" or "next_key", after any fallback).
+    #[getter]
+    fn method(&self) -> &'static str {
+        self.status.lock().unwrap().method.name()
+    }
+
+    #[getter]
+    fn finished(&self) -> bool {
+        self.status.lock().unwrap().finished
+    }
+
+    /// Reader counters: entries, syscalls, enospc_retries, duplicates_dropped.
+    #[getter]
+    fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+        let s = self.status.lock().unwrap().stats;
+        let d = PyDict::new(py);
+        d.set_item("entries", s.entries)?;
+        d.set_item("syscalls", s.syscalls)?;
+        d.set_item("enospc_retries", s.enospc_retries)?;
+        d.set_item("duplicates_dropped", s.duplicates_dropped)?;
+        Ok(d)
+    }
+
+    /// The Arrow schema of the batches, as a schema capsule (`__arrow_c_schema__`).
+    fn __arrow_c_schema__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyCapsule>> {
+        let schema = if self.layout == "raw" { crate::decode::raw_schema() } else { crate::decode::ct_schema() };
+        let ffi = arrow_schema::ffi::FFI_ArrowSchema::try_from(schema.as_ref())
+            .map_err(|e| CtscopeError::new_err(e.to_string()))?;
+        PyCapsule::new_with_value(py, ffi, c"arrow_schema")
+    }
+}
+
+/// One record batch, importable by polars without copying (`pl.DataFrame(batch)`).
+#[pyclass(module = "ctscope._native")]
+pub struct Batch {
+    batch: Mutex<Option<RecordBatch>>,
+    #[pyo3(get)]
+    num_rows: usize,
+}
+
+#[pymethods]
+impl Batch {
+    #[pyo3(signature = (requested_schema=None))]
+    fn __arrow_c_stream__<'py>(
+        &self,
+        py: Python<'py>,
+        requested_schema: Option<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyCapsule>> {
+        let _ = requested_schema;
+        let b = self.batch.lock().unwrap().take().ok_or_else(|| CtscopeError::new_err("batch already consumed"))?;
+        let schema = b.schema();
+        export_stream(py, Box::new(RecordBatchIterator::new([Ok(b)], schema)))
+    }
+
+    fn __len__(&self) -> usize {
+        self.num_rows
+    }
+}
+
+/// Create, fill and pin a synthetic Calico CT map. Returns a dict describing it.
+#[pyfunction]
+#[pyo3(signature = (pin, entries, max_entries, layout="v4", ipv6=false, seed=0, now_ns=None))]
+fn synth_map<'py>(
+    py: Python<'py>,
+    pin: PathBuf,
+    entries: u64,
+    max_entries: u32,
+    layout: &str,
+    ipv6: bool,
+    seed: u64,
+    now_ns: Option<u64>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let layout = Layout::parse(layout)?.unwrap_or(Layout::V4);
+    let family = if ipv6 { Family::V6 } else { Family::V4 };
+    let spec = synth::SynthSpec {
+        entries,
+        max_entries,
+        layout,
+        family,
+        seed,
+        now_ns: now_ns.unwrap_or_else(sys::monotonic_ns),
+    };
+    let rep = py.detach(|| synth::create_and_fill(&pin, &spec))?;
+    let d = PyDict::new(py);
+    d.set_item("pin", pin.to_string_lossy())?;
+    d.set_item("name", rep.name)?;
+    d.set_item("map_type", layout::map_type_name(rep.map_type))?;
+    d.set_item("entries", rep.written)?;
+    d.set_item("max_entries", max_entries)?;
+    d.set_item("layout", layout.name())?;
+    Ok(d)
+}
+
+/// The benchmark floor: read every entry with `BPF_MAP_LOOKUP_BATCH` (or the chosen
+/// method) and decode nothing. Returns (entries, seconds).
+#[pyfunction]
+#[pyo3(signature = (pin, batch_size=4096, method="batch"))]
+fn raw_read(py: Python<'_>, pin: PathBuf, batch_size: u32, method: &str) -> PyResult<(u64, f64)> {
+    let method = Method::parse(method)?;
+    py.detach(|| {
+        let m = PinnedMap::open(&pin, false)?;
+        m.require_hash()?;
+        let p = &m.params;
+        let t = std::time::Instant::now();
+        let mut r = MapReader::new(m.fd.clone(), p.key_size, p.value_size, p.max_entries, method, batch_size);
+        let mut n = 0u64;
+        while let Some(c) = r.next_chunk()? {
+            n += c.count as u64;
+        }
+        Ok::<_, CtError>((n, t.elapsed().as_secs_f64()))
+    })
+    .map_err(Into::into)
+}
+
+#[pyfunction]
+fn monotonic_ns() -> u64 {
+    sys::monotonic_ns()
+}
+
+#[pyfunction]
+fn realtime_ns() -> u64 {
+    sys::realtime_ns()
+}
+
+/// Flag labels in bit order, for documentation and filters.
+#[pyfunction]
+fn flag_labels() -> Vec<(u32, &'static str)> {
+    layout::FLAG_LABELS.to_vec()
+}
+
+pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add("CtscopeError", py.get_type::<CtscopeError>())?;
+    m.add("PinNotFound", py.get_type::<PinNotFound>())?;
+    m.add("NotACtMap", py.get_type::<NotACtMap>())?;
+    m.add("PermissionDenied", py.get_type::<PermissionDenied>())?;
+    m.add("BadArgument", py.get_type::<BadArgument>())?;
+    m.add("IterationLimit", py.get_type::<IterationLimit>())?;
+    m.add_class::<MapInfo>()?;
+    m.add_class::<NativeMap>()?;
+    m.add_class::<Dump>()?;
+    m.add_class::<Batch>()?;
+    m.add_function(wrap_pyfunction!(synth_map, m)?)?;
+    m.add_function(wrap_pyfunction!(raw_read, m)?)?;
+    m.add_function(wrap_pyfunction!(monotonic_ns, m)?)?;
+    m.add_function(wrap_pyfunction!(realtime_ns, m)?)?;
+    m.add_function(wrap_pyfunction!(flag_labels, m)?)?;
+    Ok(())
+}
