@@ -150,7 +150,7 @@ pub fn generate(spec: &SynthSpec) -> Result<(Vec<u8>, Vec<u8>, usize)> {
     // Clients: pod p uses source ports 32768.. so (pod, sport) never repeats.
     const PORTS: u64 = 28000;
     let pod = |i: u64| -> [u8; 16] {
-        let p = (i / PORTS) as u32;
+        let p = (i / PORTS) as u32 + 1;
         if v6fam { v6(0x10, 0x244, p) } else { v4(10, 244, (p >> 8) as u8, p as u8) }
     };
     let mut count = 0usize;

@@ -1,0 +1,3 @@
+from ctscope.cli import main
+
+main()

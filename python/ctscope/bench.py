@@ -1,0 +1,134 @@
+"""Throughput benchmark: ctscope against the raw batch-lookup floor, measured in the
+same run on the same map (machines are shared and noisy; only ratios travel)."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+C_FLOOR_SRC = Path(__file__).with_name("raw_floor.c")
+
+
+def build_c_floor(workdir: Path) -> Path | None:
+    """Compile the C floor (a bare BPF_MAP_LOOKUP_BATCH loop) if a C compiler exists."""
+    cc = shutil.which("cc") or shutil.which("gcc") or shutil.which("clang")
+    if not cc or not C_FLOOR_SRC.exists():
+        return None
+    exe = workdir / "raw_floor"
+    r = subprocess.run([cc, "-O2", "-o", str(exe), str(C_FLOOR_SRC)], capture_output=True, text=True)
+    return exe if r.returncode == 0 else None
+
+
+def _best(fn, repeat: int) -> float:
+    return min(fn() for _ in range(repeat))
+
+
+def _timed(cmd: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of a child process."""
+    t = time.perf_counter()
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    secs = time.perf_counter() - t
+    if p.returncode != 0:
+        raise RuntimeError(f"{cmd[0]} failed: {p.stderr.strip()[:300]}")
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    return secs, max(peak, before) / 1024
+
+
+_POLARS_CHILD = r"""
+import json, resource, sys, time, ctscope
+m = ctscope.open_map(sys.argv[1])
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t = time.perf_counter(); df = m.to_polars(); secs = time.perf_counter() - t
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"secs": secs, "rows": df.height, "arrow_mb": df.estimated_size() / 2**20,
+                  "peak_delta_mb": (peak - base) / 1024}))
+"""
+
+
+def run(pin: str, repeat: int = 3, bpftool: bool = True) -> dict:
+    from ctscope import open_map
+    from ctscope._native import raw_read
+
+    m = open_map(pin)
+    out: dict = {"pin": pin, "max_entries": m.info.max_entries, "layout": m.info.layout, "repeat": repeat}
+    entries, _ = raw_read(pin, 4096, "batch")
+    out["entries"] = entries
+    with tempfile.TemporaryDirectory(prefix="ctscope-bench-") as tmp:
+        tmpd = Path(tmp)
+        exe = build_c_floor(tmpd)
+        if exe:
+            def c_floor() -> float:
+                r = subprocess.run([str(exe), pin, "4096"], capture_output=True, text=True, check=True)
+                return float(r.stdout.split()[1])
+            out["a_c_floor_s"] = _best(c_floor, repeat)
+        out["a_rust_floor_s"] = _best(lambda: raw_read(pin, 4096, "batch")[1], repeat)
+        floor = out.get("a_c_floor_s", out["a_rust_floor_s"])
+        out["floor"] = "c" if "a_c_floor_s" in out else "rust"
+
+        def polars_once() -> float:
+            t = time.perf_counter()
+            m.to_polars()
+            return time.perf_counter() - t
+        out["b_to_polars_s"] = _best(polars_once, repeat)
+        child = subprocess.run([sys.executable, "-c", _POLARS_CHILD, pin], capture_output=True, text=True, check=True)
+        mem = json.loads(child.stdout)
+        out["b_arrow_mb"] = round(mem["arrow_mb"], 1)
+        out["b_peak_delta_mb"] = round(mem["peak_delta_mb"], 1)
+        out["b_mem_ratio"] = round(mem["peak_delta_mb"] / mem["arrow_mb"], 2) if mem["arrow_mb"] else None
+
+        pq = tmpd / "dump.parquet"
+        cli = [sys.executable, "-m", "ctscope", "dump", pin, "--format", "parquet", "-o", str(pq)]
+        secs = []
+        rss = 0.0
+        for _ in range(repeat):
+            s, r = _timed(cli)
+            secs.append(s)
+            rss = max(rss, r)
+        out["c_dump_parquet_s"] = min(secs)
+        out["c_peak_rss_mb"] = round(rss, 1)
+        out["c_parquet_mb"] = round(pq.stat().st_size / 2**20, 1)
+
+        if bpftool and shutil.which("bpftool"):
+            t = time.perf_counter()
+            with open(tmpd / "bpftool.json", "wb") as f:
+                subprocess.run(["bpftool", "-j", "map", "dump", "pinned", pin], stdout=f, check=True)
+            out["d_bpftool_json_s"] = time.perf_counter() - t
+
+    n = entries or 1
+    for key in [k for k in list(out) if k.endswith("_s")]:
+        out[key[:-2] + "_x_floor"] = round(out[key] / floor, 3)
+        out[key[:-2] + "_entries_per_s"] = round(n / out[key]) if out[key] else None
+    if "d_bpftool_json_s" in out:
+        out["d_over_b"] = round(out["d_bpftool_json_s"] / out["b_to_polars_s"], 1)
+    return out
+
+
+def format_report(r: dict) -> str:
+    floor = r.get("a_c_floor_s", r["a_rust_floor_s"])
+    lines = [f"ctscope bench: {r['entries']:,} entries in {r['pin']} (layout {r['layout']}), best of {r['repeat']}",
+             f"  floor ({r['floor']} BPF_MAP_LOOKUP_BATCH loop, no decoding): {floor:.3f} s  "
+             f"({r['entries'] / floor / 1e6:.2f} M entries/s)"]
+    rows = [("a  rust raw batch loop", "a_rust_floor_s"), ("b  open_map().to_polars()", "b_to_polars_s"),
+            ("c  ctscope dump --format parquet", "c_dump_parquet_s"), ("d  bpftool -j map dump", "d_bpftool_json_s")]
+    for label, key in rows:
+        if key in r:
+            lines.append(f"  {label:34s} {r[key]:8.3f} s  {r[key] / floor:7.2f} x floor  "
+                         f"{r['entries'] / r[key] / 1e6:6.2f} M/s")
+    lines.append(f"  to_polars memory: peak +{r['b_peak_delta_mb']} MiB for {r['b_arrow_mb']} MiB of Arrow "
+                 f"({r['b_mem_ratio']} x)")
+    lines.append(f"  dump parquet: peak RSS {r['c_peak_rss_mb']} MiB (whole process), file {r['c_parquet_mb']} MiB")
+    if "d_over_b" in r:
+        lines.append(f"  bpftool / to_polars: {r['d_over_b']} x")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(format_report(run(sys.argv[1])))

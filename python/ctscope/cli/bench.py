@@ -1,0 +1,33 @@
+"""`ctscope bench`: dump throughput against the raw batch-lookup floor."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+import typer
+
+from ctscope import bench as benchmark
+from ctscope.cli.app import app
+
+
+@app.command("bench")
+def bench_cmd(
+    pin: Optional[str] = typer.Argument(None, help="Map to measure (default: a synthetic 1,000,000-entry v4 map in a private bpffs)."),
+    entries: int = typer.Option(1_000_000, "--entries", help="Size of the synthetic map when no PIN is given."),
+    repeat: int = typer.Option(3, "--repeat", help="Runs per measurement; the best is kept."),
+    no_bpftool: bool = typer.Option(False, "--no-bpftool", help="Skip the (slow) bpftool comparison."),
+    as_json: bool = typer.Option(False, "--json", help="JSON output."),
+) -> None:
+    """Measure to_polars, dump --format parquet and bpftool against the floor."""
+    if pin:
+        r = benchmark.run(pin, repeat, not no_bpftool)
+    else:
+        from ctscope.bpffs import private_bpffs
+        from ctscope.cli.synth import synth
+
+        with private_bpffs() as fs:
+            p = fs / "tc" / "globals" / "cali_v4_ct4"
+            synth(str(p), entries)
+            r = benchmark.run(str(p), repeat, not no_bpftool)
+    print(json.dumps(r, indent=2) if as_json else benchmark.format_report(r))

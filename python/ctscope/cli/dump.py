@@ -1,0 +1,83 @@
+"""`ctscope dump`: every entry of a CT map, decoded, filtered and written in a format."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Optional
+
+import polars as pl
+import typer
+
+from ctscope import export
+from ctscope._native import realtime_ns
+from ctscope.cli.app import app
+from ctscope.ctmap import iter_batches, open_map
+from ctscope.pins import DEFAULT_BPFFS, default_ct_pin
+
+
+def resolve_pin(pin: Optional[str], bpffs: str, ipv6: bool) -> Path:
+    return Path(pin) if pin else default_ct_pin(bpffs, ipv6)
+
+
+@app.command()
+def dump(
+    pin: Optional[str] = typer.Argument(None, help="Pinned map (default: newest cali_v4_ct* under BPFFS/tc/globals)."),
+    bpffs: str = typer.Option(DEFAULT_BPFFS, "--bpffs", help="bpffs mount to look under."),
+    ipv6: bool = typer.Option(False, "--ipv6", help="Pick the cali_v6_* map."),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="table|json|ndjson|csv|parquet|arrow (default: from -o suffix, else table)."),
+    output: Optional[str] = typer.Option(None, "-o", "--output", help="Write to FILE (atomically: temp name, then rename)."),
+    layout: str = typer.Option("auto", "--layout", help="auto|v2|v3-created|v3|v4|raw"),
+    method: str = typer.Option("auto", "--method", help="auto|batch|next_key"),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Entries per batch syscall."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Stop after N entries (after --where)."),
+    where: Optional[str] = typer.Option(None, "--where", "-w", help="SQL predicate, e.g. \"proto = 6 AND dport = 443\"."),
+    now_ns: Optional[int] = typer.Option(None, "--now-ns", help="Monotonic reference time for idle_s (default: now)."),
+) -> None:
+    """Dump a CT map (read-only)."""
+    fmt = export.format_from_path(output, fmt)
+    m = open_map(resolve_pin(pin, bpffs, ipv6), layout=layout)
+    d = m.dump(method=method, batch_size=batch_size, now_ns=now_ns, limit=None if where else limit)
+    schema = pl.DataFrame(m.dump(layout=d.layout, limit=0)).schema
+    expr = export.parse_where(where, schema)
+    with _progress(m.info.max_entries) as on_rows:
+        frames = export.filtered(iter_batches(d), expr, limit, on_rows)
+        if fmt in export.BINARY_FORMATS:
+            meta = lambda n: export.snapshot_metadata(d, m.info, n, realtime_ns())  # noqa: E731
+            if output:
+                with export.atomic_output(output) as tmp:
+                    rows = export.write_binary(frames, schema, fmt, tmp, meta)
+            else:
+                rows = export.write_binary(frames, schema, fmt, export.stdout_binary(), meta)
+        elif output:
+            with export.atomic_output(output) as tmp, open(tmp, "w", encoding="utf-8") as f:
+                rows = export.write_text(frames, fmt, f)
+        else:
+            rows = export.write_text(frames, fmt, sys.stdout)
+    if output:
+        print(f"ctscope: wrote {rows} entries ({d.layout}, via {d.method}) to {output}", file=sys.stderr)
+
+
+class _progress:
+    """A rich progress line on stderr when it is a terminal; a no-op otherwise."""
+
+    def __init__(self, max_entries: int):
+        self.max_entries = max_entries
+        self.progress = None
+
+    def __enter__(self):
+        if not sys.stderr.isatty():
+            return None
+        from rich.console import Console
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(TextColumn("dumping"), BarColumn(), TextColumn("{task.completed:,} entries"),
+                                 TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+        self.progress.start()
+        task = self.progress.add_task("dump", total=self.max_entries)
+        return lambda n: self.progress.advance(task, n)
+
+    def __exit__(self, *exc):
+        if self.progress:
+            self.progress.stop()
+        return False

@@ -1,0 +1,48 @@
+"""`ctscope synth`: create and pin a realistic synthetic Calico CT map."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from ctscope._native import synth_map
+from ctscope.cli.app import app
+from ctscope.errors import BadArgument
+
+DEFAULT_MAX_ENTRIES = 512_000  # Calico's default bpfMapSizeConntrack
+
+
+def default_max_entries(entries: int) -> int:
+    """Calico's default, or enough room that an LRU map does not evict (fill ≤ 80%)."""
+    return max(DEFAULT_MAX_ENTRIES, -(-entries * 5 // 4))
+
+
+def synth(pin: str, entries: int, max_entries: int | None = None, version: int = 4, ipv6: bool = False,
+          seed: int = 0, layout: str | None = None, now_ns: int | None = None) -> dict:
+    """Python API behind the command; returns what was written."""
+    layout = layout or {2: "v2", 3: "v3", 4: "v4"}.get(version)
+    if layout is None:
+        raise BadArgument(f"--version {version}: expected 2, 3 or 4")
+    if ipv6 and layout == "v2":
+        raise BadArgument("Calico's v2 CT map is IPv4 only: drop --ipv6 or use --version 3/4")
+    if entries < 0:
+        raise BadArgument("--entries must be >= 0")
+    return synth_map(str(pin), entries, max_entries or default_max_entries(entries), layout, ipv6, seed, now_ns)
+
+
+@app.command("synth")
+def synth_cmd(
+    pin: str = typer.Argument(..., help="Where to pin the new map (on a bpffs)."),
+    entries: int = typer.Option(..., "--entries", help="How many entries to write."),
+    max_entries: Optional[int] = typer.Option(None, "--max-entries", help="Map size (default: 512000, or 1.25 x entries)."),
+    version: int = typer.Option(4, "--version", help="CT map version: 2, 3 or 4."),
+    ipv6: bool = typer.Option(False, "--ipv6", help="An IPv6 map (cali_v6_ct*)."),
+    seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same map)."),
+    layout: Optional[str] = typer.Option(None, "--layout", help="Override: v3-created writes Calico <= 3.29 ct3 bytes."),
+) -> None:
+    """Create, fill and pin a synthetic Calico CT map (refuses to overwrite a pin)."""
+    r = synth(pin, entries, max_entries, version, ipv6, seed, layout)
+    typer.echo(f"pinned {r['name']} ({r['map_type']}, layout {r['layout']}) at {Path(pin)}: "
+               f"{r['entries']:,} entries, max_entries {r['max_entries']:,}")

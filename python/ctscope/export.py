@@ -1,0 +1,200 @@
+"""Writing dumps: text formats stream batch by batch, parquet and Arrow IPC stream
+through polars sinks, so memory stays bounded whatever the map size. Files are written
+under a temporary name in the target directory and renamed only when complete, so an
+interrupted dump never leaves a partial file under the final name."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import tempfile
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO
+
+import polars as pl
+
+from ctscope.errors import BadArgument
+
+TEXT_FORMATS = ("table", "json", "ndjson", "csv")
+BINARY_FORMATS = ("parquet", "arrow")
+FORMATS = TEXT_FORMATS + BINARY_FORMATS
+
+# The compact view `table` shows (everything is in the other formats).
+TABLE_COLUMNS = ["proto", "src", "sport", "dst", "dport", "type", "tcp_state", "idle_s", "flag_names",
+                 "a2b_packets", "b2a_packets", "a2b_bytes", "b2a_bytes", "orig_ip", "orig_port"]
+
+
+def format_from_path(path: str | None, fmt: str | None) -> str:
+    if fmt:
+        if fmt not in FORMATS:
+            raise BadArgument(f"unknown format {fmt!r}: expected one of {', '.join(FORMATS)}")
+        return fmt
+    if path:
+        suffix = Path(path).suffix.lower()
+        return {".parquet": "parquet", ".arrow": "arrow", ".ipc": "arrow", ".feather": "arrow",
+                ".json": "json", ".ndjson": "ndjson", ".jsonl": "ndjson", ".csv": "csv"}.get(suffix, "table")
+    return "table"
+
+
+def parse_where(where: str | None, schema: pl.Schema) -> pl.Expr | None:
+    """A SQL predicate (`proto = 6 AND dport = 443`) as a polars expression, checked
+    against the schema up front so a typo fails before the map is read."""
+    if not where:
+        return None
+    try:
+        expr = pl.sql_expr(where)
+        pl.DataFrame(schema=schema).filter(expr)
+    except Exception as e:  # polars raises several types for bad SQL
+        raise BadArgument(f"--where {where!r}: {' '.join(str(e).split())}") from None
+    return expr
+
+
+def filtered(frames: Iterator[pl.DataFrame], where: pl.Expr | None, limit: int | None,
+             on_rows: Callable[[int], None] | None = None) -> Iterator[pl.DataFrame]:
+    """Apply --where and --limit to a stream of frames."""
+    n = 0
+    for df in frames:
+        if on_rows:
+            on_rows(df.height)
+        if where is not None:
+            df = df.filter(where)
+        if limit is not None and n + df.height >= limit:
+            yield df.head(limit - n)
+            return
+        n += df.height
+        yield df
+
+
+@contextmanager
+def atomic_output(path: str | os.PathLike[str]):
+    """Yield a temporary path beside `path`; rename it over `path` only on success."""
+    target = Path(path)
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise BadArgument(f"{target}: directory {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise PermissionError(13, "output directory is not writable", str(parent))
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.replace(tmp, target)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except FileNotFoundError:
+            pass
+        raise
+
+
+def _text_frame(df: pl.DataFrame, fmt: str) -> pl.DataFrame:
+    if fmt == "csv" and "flag_names" in df.columns:
+        df = df.with_columns(pl.col("flag_names").list.join("|"))
+    if fmt == "csv":
+        df = df.with_columns(pl.col(pl.Binary).bin.encode("hex"))
+    if fmt in ("json", "ndjson"):
+        df = df.with_columns(pl.col(pl.Binary).bin.encode("hex"))
+    return df
+
+
+def write_text(frames: Iterator[pl.DataFrame], fmt: str, out: IO[str]) -> int:
+    """Stream frames as table/json/ndjson/csv; returns rows written."""
+    rows = 0
+    first = True
+    if fmt == "json":
+        out.write("[")
+    widths: dict[str, int] | None = None
+    for df in frames:
+        if fmt == "table":
+            cols = [c for c in TABLE_COLUMNS if c in df.columns] or df.columns
+            text_df = df.select(cols).with_columns(
+                [pl.col(c).list.join(",") for c in cols if df.schema[c] == pl.List(pl.String)]
+                + [pl.col(c).round(1) for c in cols if df.schema[c] == pl.Float64]
+                + [pl.col(pl.Binary).bin.encode("hex")]
+            ).cast(pl.String).fill_null("-")
+            if widths is None:
+                widths = {c: max(len(c), 5) for c in cols}
+                for c in cols:
+                    if text_df.height:
+                        widths[c] = max(widths[c], int(text_df[c].str.len_chars().max() or 0))
+                out.write("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip() + "\n")
+            for row in text_df.iter_rows():
+                out.write("  ".join(str(v).ljust(widths[c]) for c, v in zip(cols, row)).rstrip() + "\n")
+        elif fmt == "ndjson":
+            if df.height:
+                out.write(_text_frame(df, fmt).write_ndjson())
+        elif fmt == "json":
+            if df.height:
+                lines = _text_frame(df, fmt).write_ndjson().rstrip("\n").replace("\n", ",\n")
+                out.write(("\n" if first else ",\n") + lines)
+                first = False
+        elif fmt == "csv":
+            out.write(_text_frame(df, fmt).write_csv(include_header=rows == 0 and first))
+            first = False
+        rows += df.height
+    if fmt == "json":
+        out.write("\n]\n" if not first else "]\n")
+    if fmt == "table" and widths is None:
+        out.write("(no entries)\n")
+    return rows
+
+
+def write_binary(frames: Iterator[pl.DataFrame], schema: pl.Schema, fmt: str, target: str | os.PathLike[str] | IO[bytes],
+                 metadata: Callable[[int], dict[str, str]] | None = None) -> int:
+    """Stream frames into parquet or Arrow IPC through a polars sink (bounded memory)."""
+    from polars.io.plugins import register_io_source
+
+    count = [0]
+
+    def source(with_columns, predicate, n_rows, batch_size):  # noqa: ARG001 - no pushdown
+        for df in frames:
+            count[0] += df.height
+            yield df
+
+    lf = register_io_source(source, schema=schema)
+    if fmt == "parquet":
+        kv = (lambda _ctx: metadata(count[0])) if metadata else None
+        lf.sink_parquet(target, metadata=kv, row_group_size=262_144)
+    else:
+        lf.sink_ipc(target, compat_level=pl.CompatLevel.newest())
+    return count[0]
+
+
+def snapshot_metadata(dump, info, entries: int, end_wall_ns: int) -> dict[str, str]:
+    """What a snapshot file records so offline analysis answers like a live dump."""
+    from ctscope import __version__
+
+    meta = {
+        "map_path": info.path,
+        "map_name": info.name,
+        "map_id": info.id,
+        "map_type": info.map_type,
+        "key_size": info.key_size,
+        "value_size": info.value_size,
+        "max_entries": info.max_entries,
+        "map_flags": info.map_flags,
+        "version": info.version,
+        "family": info.family,
+        "layout": dump.layout,
+        "layout_reason": dump.layout_reason,
+        "method": dump.method,
+        "entries": entries,
+        "now_ns": dump.now_ns,
+        "mono_ns": dump.mono_ns,
+        "dump_start_wall_ns": dump.wall_ns,
+        "dump_end_wall_ns": end_wall_ns,
+        "boot_wall_ns": dump.wall_ns - dump.mono_ns,
+        "hostname": os.environ.get("NODE_NAME") or socket.gethostname(),
+        "ctscope_version": __version__,
+    }
+    return {"ctscope": json.dumps(meta)}
+
+
+def stdout_binary() -> IO[bytes]:
+    if sys.stdout.isatty():
+        raise BadArgument("binary formats (parquet, arrow) need -o FILE or a redirected stdout")
+    return sys.stdout.buffer
