@@ -72,8 +72,13 @@ def family_of(addr: str) -> int:
 
 
 def canon(addr: str) -> str:
-    """Canonical text of an address as Python's ipaddress prints it."""
-    return str(ipaddress.ip_address(addr))
+    """Canonical text of an address: what Python's ipaddress prints, with IPv4-mapped IPv6 addresses in
+    RFC 5952 §5 mixed notation (``::ffff:172.16.5.4``) as Python ≥ 3.13 prints them (3.11/3.12 print
+    ``::ffff:ac10:504``)."""
+    ip = ipaddress.ip_address(addr)
+    if ip.version == 6 and ip.ipv4_mapped is not None:
+        return f"::ffff:{ip.ipv4_mapped}"
+    return str(ip)
 
 
 # ---------------------------------------------------------------------------------------- key §2

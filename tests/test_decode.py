@@ -7,6 +7,8 @@ bpfkernel, and ctscope must decode them to the values computed here from the ent
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import os
 import struct
 
 import polars as pl
@@ -390,6 +392,20 @@ def test_auto_v3_rst_seen(make_ct_map, family):
     assert df["created_ns"].null_count() == df.height and df["rst_seen_ns"].to_list() == [0] * df.height
 
 
+def test_auto_v3_rst_seen_some_resets(make_ct_map):
+    """Mostly zero offset 0 with a few non-zero rst_seen (RSTs seen) is still the v3.30 meaning."""
+    m = make_ct_map("v3", 4)
+    entries = _simple_entries(4, 30, lambda last: 0)
+    for e in entries[:3]:
+        e.ts0 = e.last_seen - S
+        e.a2b = Leg(syn=True, ack=True, rst=True, opener=True)
+    m.fill((e.key.pack(), e.value("v3", 4)) for e in entries)
+    d = ctscope.open_map(m.path).dump(now_ns=NOW)
+    df = pl.DataFrame(d)
+    assert d.layout == "v3", d.layout_reason
+    check_frame(df, entries, "v3", NOW, "auto v3 with resets")
+
+
 @pytest.mark.parametrize(("have", "ask"), [
     (("v4", 4), "v2"), (("v4", 6), "v2"), (("v2", 4), "v4"), (("v2", 4), "v3"), (("v2", 4), "v3-created"),
 ])
@@ -451,3 +467,70 @@ def test_flags_padding_ignored_for_old_layouts(make_ct_map):
     assert new["rst_seen_ns"].to_list() == [NOW - 9 * S] and new["created_ns"].to_list() == [None]
     # same bytes, same struct everywhere else
     assert struct.unpack_from("<Q", v, 8)[0] == NOW - 8 * S
+
+
+# ------------------------------------------------------------------------------ property test
+from hypothesis import HealthCheck, given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+_u16 = st.integers(0, 0xFFFF)
+_u32 = st.integers(0, 0xFFFFFFFF)
+
+
+def _addr_st(family):
+    if family == 4:
+        return st.integers(0, 2**32 - 1).map(lambda i: str(ipaddress.IPv4Address(i)))
+    return st.one_of(st.integers(0, 2**128 - 1),
+                     st.integers(0, 2**32 - 1).map(lambda i: (0xFFFF << 32) | i)  # IPv4-mapped
+                     ).map(lambda i: str(ipaddress.IPv6Address(i)))
+
+
+_leg_st = st.builds(Leg, bytes=st.integers(0, 2**64 - 1), packets=_u32, seqno=_u32, syn=st.booleans(),
+                    ack=st.booleans(), fin=st.booleans(), rst=st.booleans(), approved=st.booleans(),
+                    opener=st.booleans(), workload=st.booleans(), ifindex=_u32,
+                    extra_bits=st.integers(0, 0x1FFFFFF).map(lambda x: x << 7))
+
+
+@st.composite
+def _entry_st(draw, family):
+    key = Key(draw(st.sampled_from([cb.TCP, cb.UDP, cb.ICMP, cb.ICMP6, cb.SCTP, 0, 253, 255])),
+              draw(_addr_st(family)), draw(_u16), draw(_addr_st(family)), draw(_u16))
+    type_ = draw(st.sampled_from([cb.NORMAL, cb.NORMAL, cb.NAT_REV, cb.NAT_FWD, 3, 255]))
+    last = draw(st.integers(0, NOW))
+    e = Entry("h", key, type_=type_, flags=draw(_u32), ts0=draw(st.integers(0, 2**64 - 1)), last_seen=last)
+    if type_ == cb.NAT_FWD:
+        e.rev_key = Key(draw(st.integers(0, 255)), draw(_addr_st(family)), draw(_u16), draw(_addr_st(family)),
+                        draw(_u16))
+        e.nat_sport = draw(_u16)
+    else:
+        e.a2b, e.b2a = draw(_leg_st), draw(_leg_st)
+        e.tun_ip, e.orig_ip, e.orig_sip = draw(_addr_st(family)), draw(_addr_st(family)), draw(_addr_st(family))
+        e.orig_port, e.orig_sport = draw(_u16), draw(_u16)
+    return e
+
+
+_hyp_counter = iter(range(10**9))
+
+
+@pytest.mark.parametrize(("layout", "family"), CASES, ids=CASE_IDS)
+@settings(max_examples=25, derandomize=True, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
+@given(data=st.data())
+def test_random_entries_every_column(bpffs, layout, family, data):
+    ents = data.draw(st.lists(_entry_st(family), min_size=1, max_size=40,
+                              unique_by=lambda e: (e.key.proto & 0xFF, e.key.addr_a, e.key.port_a, e.key.addr_b,
+                                                   e.key.port_b)))
+    # the key's protocol is a u32 in the map but a u8 column: keep test protocols < 256
+    name, mtype, ks, vs, flags = __import__("conftest").ct_map_params(layout, family)
+    d = bpffs / f"hyp-{next(_hyp_counter)}"
+    d.mkdir()
+    path = d / name
+    fd = bpfkernel.create_pinned(path, mtype, ks, vs, 1024, flags, name)
+    try:
+        bpfkernel.fill(fd, [(e.key.pack(), e.value(layout, family)) for e in ents])
+        df = ctscope.open_map(path, layout=layout).to_polars(now_ns=NOW)
+        check_frame(df, ents, layout, NOW, f"{layout} IPv{family} random")
+    finally:
+        os.close(fd)
+        os.unlink(path)
+        d.rmdir()
