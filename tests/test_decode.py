@@ -91,9 +91,12 @@ class Entry:
 def addrs(family: int) -> dict[str, str]:
     if family == 4:
         return dict(pod="10.65.0.2", pod2="10.65.1.7", client="10.65.3.200", svc="10.96.0.10",
-                    node="192.168.1.20", ext="172.16.5.4", hi="255.255.255.254")
+                    node="192.168.1.20", ext="172.16.5.4", hi="255.255.255.254",
+                    t1="0.0.0.1", t2="255.255.255.255", t3="1.0.0.0", t4="100.64.0.0")
     return dict(pod="fd00:10:65::2", pod2="fd00:10:65:1::7", client="fd00:10:65:3::c8", svc="fd00:10:96::a",
-                node="2001:db8::1:20", ext="::ffff:172.16.5.4", hi="ffff:ffff::fffe")
+                node="2001:db8::1:20", ext="::ffff:172.16.5.4", hi="ffff:ffff::fffe",
+                # text-form edge cases (RFC 5952: first longest zero run; IPv4-compatible is plain hex)
+                t1="1:0:0:1:0:0:1:1", t2="::1.2.3.4", t3="0:0:1:0:0:0:0:0", t4="::1")
 
 
 def build_entries(family: int) -> list[Entry]:
@@ -150,6 +153,9 @@ def build_entries(family: int) -> list[Entry]:
               flags=0x10 | 0x20 | 0x80 | 0x100 | 0x4000 | 0x20000 | 0x200000 | 0x400000 | 0x80000000,
               ts0=NOW - 10 * S, last_seen=NOW - 10 * S,
               a2b=Leg(syn=True, ack=True), b2a=Leg(syn=True, ack=True, opener=True)),
+        Entry("address-text", Key(cb.UDP, a["t1"], 1, a["t2"], 2), flags=0, ts0=NOW - 3 * S,
+              last_seen=NOW - 2 * S, a2b=Leg(bytes=1, packets=1, opener=True),
+              tun_ip=a["t3"], orig_ip=a["t4"], orig_port=2, orig_sport=1, orig_sip=a["t2"]),
         Entry("extremes", Key(cb.TCP, a["hi"], 65535, a["pod"], 65534), flags=0xFFFFFFFF & ~0x02,
               ts0=NOW, last_seen=NOW,
               a2b=Leg(bytes=2**64 - 1, packets=2**32 - 1, seqno=0xFFFFFFFF, syn=True, ack=True, approved=True,
