@@ -16,6 +16,7 @@ import pytest
 
 import bpfkernel
 import ctbytes as cb
+from conftest import skip_or_fail
 import ctscope
 from ctscope import errors
 
@@ -356,3 +357,30 @@ def test_read_only_open_leaves_map_untouched(make_ct_map):
     assert m.items() == want
     after = bpfkernel.map_info(m.fd)
     assert (before.id, before.max_entries, before.map_flags) == (after.id, after.max_entries, after.map_flags)
+
+
+def test_permission_denied(make_ct_map):
+    """A pin the process may not open gives PermissionDenied (not NotACtMap, though the kernel answers
+    EACCES for directories too), and the message says what is needed. Set up as root: the pin belongs to
+    another user with mode 0600 and the child drops CAP_DAC_OVERRIDE/READ_SEARCH/FOWNER/BPF/SYS_ADMIN."""
+    import shutil
+
+    if shutil.which("setpriv") is None:
+        skip_or_fail("needs setpriv (util-linux) to drop capabilities")
+    m = make_ct_map("v4", 4)
+    m.fill(entries(3).items())
+    os.chown(m.path, 65534, 65534)
+    os.chmod(m.path, 0o600)
+    code = ("import sys, ctscope\n"
+            "from ctscope import errors\n"
+            "try:\n"
+            "    ctscope.open_map(sys.argv[1]).to_polars()\n"
+            "except errors.PermissionDenied as e:\n"
+            "    print('PermissionDenied:', e); sys.exit(0)\n"
+            "except Exception as e:\n"
+            "    print(type(e).__name__, e); sys.exit(3)\n"
+            "print('no error'); sys.exit(4)\n")
+    r = subprocess.run(["setpriv", "--bounding-set", "-dac_override,-dac_read_search,-fowner,-bpf,-sys_admin,-perfmon",
+                        sys.executable, "-c", code, str(m.path)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "root" in r.stdout or "CAP_BPF" in r.stdout, r.stdout
