@@ -37,10 +37,14 @@ class CtMap:
         batch_size: int | None = None,
         now_ns: int | None = None,
         limit: int | None = None,
+        threads: int | None = None,
     ) -> Dump:
         """Start reading the map. The result is an Arrow C stream (`pl.DataFrame(dump)`
-        works) and also yields batches one by one with `iter_batches(dump)`."""
-        return self._native.dump(layout or self.layout, method, batch_size, now_ns, limit)
+        works) and also yields batches one by one with `iter_batches(dump)`.
+
+        `threads`: bucket-range workers for the batch method (default: available cores;
+        1 = one reader thread overlapped with decoding)."""
+        return self._native.dump(layout or self.layout, method, batch_size, now_ns, limit, threads)
 
     def to_polars(
         self,
@@ -49,9 +53,10 @@ class CtMap:
         batch_size: int | None = None,
         now_ns: int | None = None,
         limit: int | None = None,
+        threads: int | None = None,
     ) -> pl.DataFrame:
         """Every entry as a polars DataFrame (primitive columns imported without copying)."""
-        return dump_to_polars(self.dump(layout, method, batch_size, now_ns, limit))
+        return dump_to_polars(self.dump(layout, method, batch_size, now_ns, limit, threads))
 
     def __repr__(self) -> str:
         return f"CtMap({self.path!r}, {self.info!r})"

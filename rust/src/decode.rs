@@ -223,6 +223,7 @@ fn tcp_state(flags: u32, a: LegBits, b: LegBits) -> &'static str {
 }
 
 /// Decodes chunks of one CT layout and family into record batches.
+#[derive(Clone)]
 pub struct CtDecoder {
     layout: Layout,
     key: KeyOffsets,

@@ -14,6 +14,7 @@ pub mod error;
 pub mod iter;
 pub mod layout;
 pub mod map;
+pub mod parallel;
 pub mod python;
 pub mod stream;
 pub mod synth;

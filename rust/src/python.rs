@@ -153,7 +153,9 @@ impl NativeMap {
     }
 
     /// Start a dump. `layout`: auto|v2|v3-created|v3|v4|raw; `method`: auto|batch|next_key.
-    #[pyo3(signature = (layout="auto", method="auto", batch_size=None, now_ns=None, limit=None))]
+    /// `threads`: bucket-range workers for the batch method (default: available cores).
+    #[pyo3(signature = (layout="auto", method="auto", batch_size=None, now_ns=None, limit=None, threads=None))]
+    #[allow(clippy::too_many_arguments)]
     fn dump(
         &self,
         py: Python<'_>,
@@ -162,6 +164,7 @@ impl NativeMap {
         batch_size: Option<u32>,
         now_ns: Option<u64>,
         limit: Option<u64>,
+        threads: Option<usize>,
     ) -> PyResult<Dump> {
         let layout = Layout::parse(layout)?;
         let method = Method::parse(method)?;
@@ -172,7 +175,12 @@ impl NativeMap {
         let wall_at_start = sys::realtime_ns();
         let now = now_ns.unwrap_or(mono_at_start);
         let inner = self.inner.clone();
-        let opts = DumpOptions { layout, method, batch: batch_size.unwrap_or(iter::DEFAULT_BATCH), now_ns: now, limit };
+        if threads == Some(0) {
+            return Err(CtError::BadArgument("threads must be at least 1".into()).into());
+        }
+        let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let opts =
+            DumpOptions { layout, method, batch: batch_size.unwrap_or(iter::DEFAULT_BATCH), now_ns: now, limit, threads };
         let path = inner.path.to_string_lossy().into_owned();
         let stream = py.detach(|| DumpStream::start(inner.fd.clone(), &inner.params, &path, opts))?;
         Ok(Dump {

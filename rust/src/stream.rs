@@ -2,7 +2,7 @@
 //! the two overlap on separate cores. The consumer is either Python (`Dump.next_batch`,
 //! GIL released) or any Arrow C stream reader (`__arrow_c_stream__`).
 
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsFd, OwnedFd};
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Mutex};
 
@@ -14,6 +14,8 @@ use crate::error::{CtError, Result};
 use crate::iter::{Chunk, MapReader, Method, ReadStats};
 use crate::layout::{self, Layout};
 use crate::map::MapParams;
+use crate::parallel::{self, RangeJob, Registry};
+use crate::sys::{self, BatchStep};
 
 /// What the reader thread reports once it stops.
 #[derive(Clone, Debug)]
@@ -23,14 +25,32 @@ pub struct ReaderStatus {
     pub finished: bool,
 }
 
+#[derive(Clone)]
 enum Decoder {
     Ct(CtDecoder),
     Raw { ks: usize, vs: usize },
 }
 
+impl Decoder {
+    fn decode(&self, c: &Chunk, n: usize) -> Result<RecordBatch> {
+        match self {
+            Decoder::Ct(d) => d.decode(&c.keys, &c.values, n),
+            Decoder::Raw { ks, vs } => decode::decode_raw(&c.keys, &c.values, n, *ks, *vs),
+        }
+        .map_err(|e| CtError::Os { op: "building Arrow batch".into(), err: std::io::Error::other(e.to_string()) })
+    }
+}
+
+/// What the readers send: raw chunks (single reader; the consumer decodes) or batches
+/// already decoded by a parallel range worker.
+enum Payload {
+    Raw(Chunk),
+    Batch(RecordBatch),
+}
+
 pub struct DumpStream {
-    rx: Receiver<Result<Chunk>>,
-    first: Option<Result<Chunk>>,
+    rx: Receiver<Result<Payload>>,
+    first: Option<Result<Payload>>,
     decoder: Decoder,
     schema: SchemaRef,
     remaining: Option<u64>,
@@ -45,6 +65,8 @@ pub struct DumpOptions {
     pub batch: u32,
     pub now_ns: u64,
     pub limit: Option<u64>,
+    /// Bucket-range workers for the batch method (1 = one reader thread + the consumer).
+    pub threads: usize,
 }
 
 impl DumpStream {
@@ -57,49 +79,26 @@ impl DumpStream {
                 layout::map_type_name(p.map_type)
             )));
         }
-        let mut reader = MapReader::new(fd, p.key_size, p.value_size, p.max_entries, opt.method, opt.batch);
-        let status =
-            Arc::new(Mutex::new(ReaderStatus { method: reader.method(), stats: ReadStats::default(), finished: false }));
-        let (tx, rx) = sync_channel::<Result<Chunk>>(2);
-        let st = status.clone();
-        std::thread::Builder::new()
-            .name("ctscope-reader".into())
-            .spawn(move || {
-                loop {
-                    let next = reader.next_chunk();
-                    let end = !matches!(next, Ok(Some(_)));
-                    {
-                        let mut s = st.lock().unwrap();
-                        s.method = reader.method();
-                        s.stats = reader.stats;
-                        s.finished = matches!(next, Ok(None));
-                    }
-                    let msg = match next {
-                        Ok(Some(c)) => Ok(c),
-                        Ok(None) => break,
-                        Err(e) => Err(e),
-                    };
-                    // A closed receiver means the consumer stopped early: stop reading too.
-                    if tx.send(msg).is_err() || end {
-                        break;
-                    }
-                }
-            })
-            .map_err(|e| CtError::os("spawning reader thread", e))?;
-
-        let mut first = None;
+        // One small batch call first: it tells whether the kernel has batch ops for this
+        // map, and gives a ct3 map's values to decide its layout from.
+        let probe = if opt.method == Method::NextKey { None } else { Some(probe(&fd, p)?) };
+        let batch_ok = probe.as_ref().is_some_and(|p| p.is_some());
+        if opt.method == Method::Batch && !batch_ok {
+            return Err(CtError::NotCtMap(format!(
+                "{path_name}: the kernel has no BPF_MAP_LOOKUP_BATCH for this map; use --method next_key or auto"
+            )));
+        }
+        let sample = probe.flatten().unwrap_or_default();
         let (layout, reason) = match opt.layout {
             Some(l) => (l, format!("layout {} chosen explicitly", l.name())),
             None => match p.static_layout() {
                 Some(l) => (l, format!("{}: ct{} map", l.name(), p.version.unwrap_or(0))),
                 None if p.version == Some(3) => {
-                    let c = rx.recv().unwrap_or(Ok(Chunk { keys: vec![], values: vec![], count: 0 }));
-                    let guess = match &c {
-                        Ok(c) => layout::guess_v3_meaning(&c.values, p.value_size as usize),
-                        Err(_) => (Layout::V3, String::new()),
-                    };
-                    first = Some(c);
-                    guess
+                    if batch_ok {
+                        layout::guess_v3_meaning(&sample, p.value_size as usize)
+                    } else {
+                        (Layout::V3, "ct3 map read key by key: assumed v3 (offset 0 = rst_seen); force with --layout".into())
+                    }
                 }
                 None => {
                     return Err(CtError::NotCtMap(format!(
@@ -120,7 +119,15 @@ impl DumpStream {
             Layout::Raw => decode::raw_schema(),
             _ => decode::ct_schema(),
         };
-        Ok(DumpStream { rx, first, decoder, schema, remaining: opt.limit, layout, layout_reason: reason, status })
+        let method = if batch_ok { Method::Batch } else { Method::NextKey };
+        let status = Arc::new(Mutex::new(ReaderStatus { method, stats: ReadStats::default(), finished: false }));
+        let rx = if batch_ok && opt.threads > 1 {
+            spawn_ranges(fd, p, &opt, decoder.clone(), status.clone())?
+        } else {
+            let m = if batch_ok { Method::Batch } else { Method::NextKey };
+            spawn_reader(MapReader::new(fd, p.key_size, p.value_size, p.max_entries, m, opt.batch), status.clone())?
+        };
+        Ok(DumpStream { rx, first: None, decoder, schema, remaining: opt.limit, layout, layout_reason: reason, status })
     }
 
     /// The next decoded batch, or None when the map has been read to its end.
@@ -132,21 +139,32 @@ impl DumpStream {
             Some(m) => m,
             None => match self.rx.recv() {
                 Ok(m) => m,
-                Err(_) => return Ok(None), // reader finished and hung up
+                Err(_) => return Ok(None), // every reader finished and hung up
             },
         };
-        let chunk = msg?;
-        let mut n = chunk.count;
-        if let Some(r) = &mut self.remaining {
-            n = n.min(*r as usize);
-            *r -= n as u64;
-        }
-        let batch = match &self.decoder {
-            Decoder::Ct(d) => d.decode(&chunk.keys, &chunk.values, n),
-            Decoder::Raw { ks, vs } => decode::decode_raw(&chunk.keys, &chunk.values, n, *ks, *vs),
-        }
-        .map_err(|e| CtError::Os { op: "building Arrow batch".into(), err: std::io::Error::other(e.to_string()) })?;
+        let batch = match msg? {
+            Payload::Raw(chunk) => {
+                let n = self.take_rows(chunk.count);
+                self.decoder.decode(&chunk, n)?
+            }
+            Payload::Batch(b) => {
+                let n = self.take_rows(b.num_rows());
+                if n < b.num_rows() { b.slice(0, n) } else { b }
+            }
+        };
         Ok(Some(batch))
+    }
+
+    /// Count `n` rows against --limit; how many of them to keep.
+    fn take_rows(&mut self, n: usize) -> usize {
+        match &mut self.remaining {
+            Some(r) => {
+                let k = n.min(*r as usize);
+                *r -= k as u64;
+                k
+            }
+            None => n,
+        }
     }
 
     pub fn schema(&self) -> SchemaRef {
@@ -165,4 +183,100 @@ impl RecordBatchReader for DumpStream {
     fn schema(&self) -> SchemaRef {
         self.schema.clone()
     }
+}
+
+/// First batch call: Some(values) when batch ops work, None when the kernel lacks them.
+fn probe(fd: &Arc<OwnedFd>, p: &MapParams) -> Result<Option<Vec<u8>>> {
+    let (ks, vs) = (p.key_size as usize, p.value_size as usize);
+    let mut count = 1024u32;
+    loop {
+        let mut keys = vec![0u8; count as usize * ks];
+        let mut values = vec![0u8; count as usize * vs];
+        let mut out = vec![0u8; ks.max(4)];
+        match sys::lookup_batch(fd.as_fd(), None, &mut out, &mut keys, &mut values, count) {
+            Ok(BatchStep::More(n)) | Ok(BatchStep::Done(n)) => {
+                values.truncate(n as usize * vs);
+                return Ok(Some(values));
+            }
+            Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => count *= 2,
+            Err(e) if matches!(e.raw_os_error(), Some(sys::ENOTSUPP) | Some(libc::EINVAL)) => return Ok(None),
+            Err(e) => return Err(CtError::os("BPF_MAP_LOOKUP_BATCH", e)),
+        }
+    }
+}
+
+/// One reader thread; the consumer decodes (so syscalls and decoding overlap).
+fn spawn_reader(mut reader: MapReader, st: Arc<Mutex<ReaderStatus>>) -> Result<Receiver<Result<Payload>>> {
+    let (tx, rx) = sync_channel::<Result<Payload>>(2);
+    std::thread::Builder::new()
+        .name("ctscope-reader".into())
+        .spawn(move || {
+            loop {
+                let next = reader.next_chunk();
+                {
+                    let mut s = st.lock().unwrap();
+                    s.method = reader.method();
+                    s.stats = reader.stats;
+                    s.finished = matches!(next, Ok(None));
+                }
+                let (msg, end) = match next {
+                    Ok(Some(c)) => (Ok(Payload::Raw(c)), false),
+                    Ok(None) => break,
+                    Err(e) => (Err(e), true),
+                };
+                // A closed receiver means the consumer stopped early: stop reading too.
+                if tx.send(msg).is_err() || end {
+                    break;
+                }
+            }
+        })
+        .map_err(|e| CtError::os("spawning reader thread", e))?;
+    Ok(rx)
+}
+
+/// Bucket-range workers, each reading and decoding its own range (see parallel.rs).
+fn spawn_ranges(
+    fd: Arc<OwnedFd>,
+    p: &MapParams,
+    opt: &DumpOptions,
+    decoder: Decoder,
+    st: Arc<Mutex<ReaderStatus>>,
+) -> Result<Receiver<Result<Payload>>> {
+    let ranges = parallel::split(parallel::n_buckets(p.max_entries), opt.threads);
+    let registry = Registry::new(&ranges);
+    let (tx, rx) = sync_channel::<Result<Payload>>(2 * ranges.len());
+    let left = Arc::new(Mutex::new(ranges.len()));
+    for (i, &(start, end)) in ranges.iter().enumerate() {
+        let job = RangeJob {
+            fd: fd.clone(),
+            key_size: p.key_size as usize,
+            value_size: p.value_size as usize,
+            index: i,
+            start,
+            end,
+            last: i + 1 == ranges.len(),
+            cap: opt.batch.max(1),
+            registry: registry.clone(),
+        };
+        let (dec, st, left) = (decoder.clone(), st.clone(), left.clone());
+        let tx = tx.clone();
+        std::thread::Builder::new()
+            .name(format!("ctscope-range{i}"))
+            .spawn(move || {
+                let stats = parallel::run_range(
+                    job,
+                    move |c: &Chunk| dec.decode(c, c.count),
+                    |b: Result<RecordBatch>| tx.send(b.map(Payload::Batch)).is_ok(),
+                );
+                let mut s = st.lock().unwrap();
+                s.stats.syscalls += stats.syscalls;
+                s.stats.entries += stats.entries;
+                s.stats.enospc_retries += stats.enospc_retries;
+                let mut l = left.lock().unwrap();
+                *l -= 1;
+                s.finished = *l == 0;
+            })
+            .map_err(|e| CtError::os("spawning range worker", e))?;
+    }
+    Ok(rx)
 }
