@@ -79,6 +79,10 @@ def atomic_output(path: str | os.PathLike[str]):
     if not os.access(parent, os.W_OK):
         raise PermissionError(13, "output directory is not writable", str(parent))
     fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=parent)
+    # mkstemp makes 0600; give the file the mode a plain open() would (0666 & ~umask).
+    umask = os.umask(0)
+    os.umask(umask)
+    os.fchmod(fd, 0o666 & ~umask)
     os.close(fd)
     try:
         yield Path(tmp)

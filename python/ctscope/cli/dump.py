@@ -33,11 +33,12 @@ def dump(
     limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Stop after N entries (after --where)."),
     where: Optional[str] = typer.Option(None, "--where", "-w", help="SQL predicate, e.g. \"proto = 6 AND dport = 443\"."),
     now_ns: Optional[int] = typer.Option(None, "--now-ns", help="Monotonic reference time for idle_s (default: now)."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Bucket-range workers (default: cores; 1 = single reader)."),
 ) -> None:
     """Dump a CT map (read-only)."""
     fmt = export.format_from_path(output, fmt)
     m = open_map(resolve_pin(pin, bpffs, ipv6), layout=layout)
-    d = m.dump(method=method, batch_size=batch_size, now_ns=now_ns, limit=None if where else limit)
+    d = m.dump(method=method, batch_size=batch_size, now_ns=now_ns, limit=None if where else limit, threads=threads)
     schema = pl.DataFrame(m.dump(layout=d.layout, limit=0)).schema
     expr = export.parse_where(where, schema)
     with _progress(m.info.max_entries) as on_rows:

@@ -41,8 +41,9 @@ def synth_cmd(
     ipv6: bool = typer.Option(False, "--ipv6", help="An IPv6 map (cali_v6_ct*)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same map)."),
     layout: Optional[str] = typer.Option(None, "--layout", help="Override: v3-created writes Calico <= 3.29 ct3 bytes."),
+    now_ns: Optional[int] = typer.Option(None, "--now-ns", help="Monotonic time the idle ages count back from (default: now)."),
 ) -> None:
     """Create, fill and pin a synthetic Calico CT map (refuses to overwrite a pin)."""
-    r = synth(pin, entries, max_entries, version, ipv6, seed, layout)
+    r = synth(pin, entries, max_entries, version, ipv6, seed, layout, now_ns)
     typer.echo(f"pinned {r['name']} ({r['map_type']}, layout {r['layout']}) at {Path(pin)}: "
                f"{r['entries']:,} entries, max_entries {r['max_entries']:,}")

@@ -1,0 +1,71 @@
+#!/usr/bin/env python3
+"""Dump throughput against the raw BPF_MAP_LOOKUP_BATCH floor, measured in one run.
+
+    sudo python benches/bench_dump.py                 # 1,000,000-entry synthetic v4 map
+    sudo python benches/bench_dump.py --entries 10000000 --threads 1,2,4
+    sudo python benches/bench_dump.py --pin /sys/fs/bpf/tc/globals/cali_v4_ct4
+
+Prints (a) the C floor and a Rust raw loop, (b) open_map().to_polars() for each thread
+count, (c) `ctscope dump --format parquet` (time, peak RSS), (d) `bpftool -j map dump`,
+as seconds, entries/s and ratios to (a). Goals: (b) <= 1.25 x (a) with one thread and
+<= 1.0 x with two; (d)/(b) >= 30; to_polars peak memory < 2 x its Arrow size.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+
+from ctscope import bench, open_map
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pin", help="existing map (default: synthesise one in a private bpffs)")
+    ap.add_argument("--entries", type=int, default=1_000_000)
+    ap.add_argument("--threads", default="1,2,4", help="thread counts for (b)")
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--no-bpftool", action="store_true")
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+
+    def measure(pin: str) -> dict:
+        r = bench.run(pin, args.repeat, not args.no_bpftool)
+        floor = r.get("a_c_floor_s", r["a_rust_floor_s"])
+        m = open_map(pin)
+        r["threads"] = {}
+        for t in [int(x) for x in args.threads.split(",")]:
+            best = min(_time(lambda: m.to_polars(threads=t)) for _ in range(args.repeat))
+            r["threads"][t] = {"s": round(best, 4), "x_floor": round(best / floor, 3)}
+        return r
+
+    if args.pin:
+        r = measure(args.pin)
+    else:
+        from ctscope.bpffs import private_bpffs
+        from ctscope.cli.synth import synth
+
+        with private_bpffs() as fs:
+            pin = fs / "tc" / "globals" / "cali_v4_ct4"
+            t = time.perf_counter()
+            synth(str(pin), args.entries)
+            print(f"synthesised {args.entries:,} entries in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+            r = measure(str(pin))
+    if args.json:
+        print(json.dumps(r, indent=2))
+        return
+    print(bench.format_report(r))
+    for t, v in r["threads"].items():
+        print(f"  to_polars threads={t}: {v['s']:.3f} s = {v['x_floor']:.2f} x floor")
+
+
+def _time(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+if __name__ == "__main__":
+    main()
