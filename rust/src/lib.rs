@@ -8,14 +8,20 @@
 //! * `stream` — reader thread + decoder = a dump in flight
 //! * `synth`  — realistic synthetic CT maps
 //! * `python` — the PyO3 classes and the Arrow C stream export
+//! * `object`, `backup`, `migrate`, `prog_refs`, `python_repair` — check / resize / restore
 
+pub mod backup;
 pub mod decode;
 pub mod error;
 pub mod iter;
 pub mod layout;
 pub mod map;
+pub mod migrate;
+pub mod object;
 pub mod parallel;
+pub mod prog_refs;
 pub mod python;
+pub mod python_repair;
 pub mod stream;
 pub mod synth;
 pub mod sys;

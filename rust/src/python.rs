@@ -400,5 +400,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(monotonic_ns, m)?)?;
     m.add_function(wrap_pyfunction!(realtime_ns, m)?)?;
     m.add_function(wrap_pyfunction!(flag_labels, m)?)?;
+    crate::python_repair::register(m)?;
     Ok(())
 }

@@ -1,0 +1,289 @@
+//! Backup snapshots of a map's raw entries, written before any repair touches a pin.
+//!
+//! Format: an Arrow IPC *file* (readable by polars/pyarrow) with two columns, `key` and
+//! `value`, both FixedSizeBinary of the map's sizes. The schema metadata carries the map's
+//! parameters, the entry count and a CRC-32 of all key bytes then all value bytes, so a
+//! truncated or altered file is refused rather than restored. The file is written under a
+//! temporary name in the target directory, fsynced, renamed into place and the directory
+//! fsynced: after a crash either the complete backup exists or none does.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow_array::{Array, FixedSizeBinaryArray, RecordBatch};
+use arrow_buffer::Buffer;
+use arrow_ipc::reader::FileReader;
+use arrow_ipc::writer::FileWriter;
+use arrow_schema::{DataType, Field, Schema};
+
+use crate::error::{CtError, Result};
+
+pub const FORMAT: &str = "ctscope-backup/1";
+const ROWS_PER_BATCH: usize = 65536;
+
+/// The parameters of the map a backup was taken from.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SourceMap {
+    pub pin: String,
+    pub name: String,
+    pub id: u32,
+    pub map_type: u32,
+    pub key_size: u32,
+    pub value_size: u32,
+    pub max_entries: u32,
+    pub map_flags: u32,
+    pub map_extra: u64,
+}
+
+/// Raw entries in memory: `count` keys and values, back to back.
+#[derive(Clone, Debug, Default)]
+pub struct Entries {
+    pub key_size: usize,
+    pub value_size: usize,
+    pub keys: Vec<u8>,
+    pub values: Vec<u8>,
+    pub count: usize,
+}
+
+impl Entries {
+    pub fn new(key_size: usize, value_size: usize) -> Self {
+        Entries { key_size, value_size, ..Default::default() }
+    }
+    pub fn key(&self, i: usize) -> &[u8] {
+        &self.keys[i * self.key_size..(i + 1) * self.key_size]
+    }
+    pub fn value(&self, i: usize) -> &[u8] {
+        &self.values[i * self.value_size..(i + 1) * self.value_size]
+    }
+    pub fn push(&mut self, key: &[u8], value: &[u8]) {
+        self.keys.extend_from_slice(key);
+        self.values.extend_from_slice(value);
+        self.count += 1;
+    }
+    /// CRC-32 of all key bytes followed by all value bytes.
+    pub fn crc32(&self) -> u32 {
+        let mut h = crc32fast::Hasher::new();
+        h.update(&self.keys);
+        h.update(&self.values);
+        h.finalize()
+    }
+}
+
+/// A backup read back from disk.
+pub struct Backup {
+    pub source: SourceMap,
+    pub entries: Entries,
+    /// CLOCK_REALTIME ns when the backup was taken.
+    pub taken_ns: u64,
+}
+
+fn bad(path: &Path, what: impl std::fmt::Display) -> CtError {
+    CtError::BadArgument(format!("{}: {what}", path.display()))
+}
+
+/// Write `entries` of `source` to `path` atomically. Refuses to overwrite an existing file.
+pub fn write(path: &Path, source: &SourceMap, entries: &Entries, taken_ns: u64) -> Result<u64> {
+    let shown = path.display();
+    if path.exists() {
+        return Err(CtError::BadArgument(format!("{shown}: already exists; a backup is never overwritten")));
+    }
+    let dir = match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+        _ => PathBuf::from("."),
+    };
+    if !dir.is_dir() {
+        return Err(CtError::BadArgument(format!("{shown}: directory {} does not exist", dir.display())));
+    }
+    let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = dir.join(format!(".{file_name}.{}.partial", std::process::id()));
+    let res = write_tmp(&tmp, source, entries, taken_ns).and_then(|bytes| {
+        std::fs::rename(&tmp, path).map_err(|e| CtError::os(format!("{shown}: rename into place"), e))?;
+        sync_dir(&dir)?;
+        Ok(bytes)
+    });
+    if res.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    res
+}
+
+fn write_tmp(tmp: &Path, source: &SourceMap, entries: &Entries, taken_ns: u64) -> Result<u64> {
+    let shown = tmp.display();
+    let io = |what: &str, e: std::io::Error| CtError::os(format!("{shown}: {what}"), e);
+    let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(tmp).map_err(|e| io("create", e))?;
+    let ks = i32::try_from(entries.key_size).map_err(|_| bad(tmp, "key size too large"))?;
+    let vs = i32::try_from(entries.value_size).map_err(|_| bad(tmp, "value size too large"))?;
+    let meta: HashMap<String, String> = [
+        ("ctscope.format", FORMAT.to_string()),
+        ("ctscope.pin", source.pin.clone()),
+        ("ctscope.name", source.name.clone()),
+        ("ctscope.map_id", source.id.to_string()),
+        ("ctscope.map_type", source.map_type.to_string()),
+        ("ctscope.key_size", source.key_size.to_string()),
+        ("ctscope.value_size", source.value_size.to_string()),
+        ("ctscope.max_entries", source.max_entries.to_string()),
+        ("ctscope.map_flags", source.map_flags.to_string()),
+        ("ctscope.map_extra", source.map_extra.to_string()),
+        ("ctscope.entries", entries.count.to_string()),
+        ("ctscope.crc32", format!("{:08x}", entries.crc32())),
+        ("ctscope.taken_realtime_ns", taken_ns.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect();
+    let schema = Arc::new(Schema::new_with_metadata(
+        vec![Field::new("key", DataType::FixedSizeBinary(ks), false), Field::new("value", DataType::FixedSizeBinary(vs), false)],
+        meta,
+    ));
+    let arrow = |e: arrow_schema::ArrowError| CtError::Os { op: format!("{shown}: writing Arrow IPC"), err: std::io::Error::other(e) };
+    let mut w = FileWriter::try_new(BufWriter::with_capacity(1 << 20, file), &schema).map_err(arrow)?;
+    // One shared buffer per column; batches are zero-copy slices of it.
+    let keys = Buffer::from(entries.keys.clone());
+    let values = Buffer::from(entries.values.clone());
+    let mut start = 0;
+    while start < entries.count || (start == 0 && entries.count == 0) {
+        let n = ROWS_PER_BATCH.min(entries.count - start);
+        let k = FixedSizeBinaryArray::try_new(ks, keys.slice_with_length(start * entries.key_size, n * entries.key_size), None)
+            .map_err(arrow)?;
+        let v = FixedSizeBinaryArray::try_new(
+            vs,
+            values.slice_with_length(start * entries.value_size, n * entries.value_size),
+            None,
+        )
+        .map_err(arrow)?;
+        let batch = RecordBatch::try_new(schema.clone(), vec![Arc::new(k), Arc::new(v)]).map_err(arrow)?;
+        w.write(&batch).map_err(arrow)?;
+        start += n;
+        if n == 0 {
+            break;
+        }
+    }
+    w.finish().map_err(arrow)?;
+    let mut buf = w.into_inner().map_err(arrow)?;
+    buf.flush().map_err(|e| io("flush", e))?;
+    let file = buf.into_inner().map_err(|e| io("flush", e.into_error()))?;
+    file.sync_all().map_err(|e| io("fsync", e))?;
+    Ok(file.metadata().map(|m| m.len()).unwrap_or(0))
+}
+
+/// fsync a directory so a rename in it survives a power loss.
+pub fn sync_dir(dir: &Path) -> Result<()> {
+    let d = File::open(dir).map_err(|e| CtError::os(format!("{}: open directory", dir.display()), e))?;
+    d.sync_all().map_err(|e| CtError::os(format!("{}: fsync directory", dir.display()), e))
+}
+
+/// Read a backup, checking its format, sizes, entry count and CRC.
+pub fn read(path: &Path) -> Result<Backup> {
+    let shown = path.display();
+    let file = File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => CtError::PinNotFound(format!("{shown}: no such backup file")),
+        _ => CtError::os(format!("{shown}: open backup"), e),
+    })?;
+    let reader = FileReader::try_new_buffered(file, None)
+        .map_err(|e| bad(path, format!("not a complete ctscope backup (Arrow IPC file): {e}")))?;
+    let schema = reader.schema();
+    let meta = schema.metadata();
+    let get = |k: &str| -> Result<&String> {
+        meta.get(&format!("ctscope.{k}")).ok_or_else(|| bad(path, format!("not a ctscope backup (metadata ctscope.{k} missing)")))
+    };
+    if get("format")? != FORMAT {
+        return Err(bad(path, format!("backup format {:?}, expected {FORMAT:?}", get("format")?)));
+    }
+    let num = |k: &str| -> Result<u64> {
+        get(k)?.parse::<u64>().map_err(|_| bad(path, format!("metadata ctscope.{k} is not a number")))
+    };
+    let source = SourceMap {
+        pin: get("pin")?.clone(),
+        name: get("name")?.clone(),
+        id: num("map_id")? as u32,
+        map_type: num("map_type")? as u32,
+        key_size: num("key_size")? as u32,
+        value_size: num("value_size")? as u32,
+        max_entries: num("max_entries")? as u32,
+        map_flags: num("map_flags")? as u32,
+        map_extra: num("map_extra")?,
+    };
+    let expect_count = num("entries")? as usize;
+    let expect_crc = u32::from_str_radix(get("crc32")?, 16).map_err(|_| bad(path, "metadata ctscope.crc32 is not hex"))?;
+    let taken_ns = num("taken_realtime_ns")?;
+    let (ks, vs) = (source.key_size as usize, source.value_size as usize);
+    let mut entries = Entries::new(ks, vs);
+    entries.keys.reserve(expect_count * ks);
+    entries.values.reserve(expect_count * vs);
+    for batch in reader {
+        let batch = batch.map_err(|e| bad(path, format!("corrupt record batch: {e}")))?;
+        let col = |i: usize, size: usize| -> Result<FixedSizeBinaryArray> {
+            let a = batch
+                .column(i)
+                .as_any()
+                .downcast_ref::<FixedSizeBinaryArray>()
+                .ok_or_else(|| bad(path, "columns are not FixedSizeBinary"))?;
+            if a.value_length() as usize != size {
+                return Err(bad(path, format!("column {i} holds {}-byte items, expected {size}", a.value_length())));
+            }
+            Ok(a.clone())
+        };
+        let (k, v) = (col(0, ks)?, col(1, vs)?);
+        let n = k.len();
+        // value_data() is the sliced region of this array's buffer.
+        entries.keys.extend_from_slice(&k.value_data()[..n * ks]);
+        entries.values.extend_from_slice(&v.value_data()[..n * vs]);
+        entries.count += n;
+    }
+    if entries.count != expect_count {
+        return Err(bad(path, format!("holds {} entries, its metadata says {expect_count}: truncated", entries.count)));
+    }
+    let crc = entries.crc32();
+    if crc != expect_crc {
+        return Err(bad(path, format!("CRC-32 {crc:08x} of the entries does not match {expect_crc:08x}: the file is damaged")));
+    }
+    Ok(Backup { source, entries, taken_ns })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample(n: usize) -> Entries {
+        let mut e = Entries::new(16, 88);
+        for i in 0..n {
+            let mut k = [0u8; 16];
+            k[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            let v = [(i % 251) as u8; 88];
+            e.push(&k, &v);
+        }
+        e
+    }
+
+    #[test]
+    fn round_trips_and_detects_damage() {
+        let dir = std::env::temp_dir().join(format!("ctscope-backup-test-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("b.arrow");
+        let _ = std::fs::remove_file(&path);
+        let src = SourceMap { name: "cali_v4_ct4".into(), map_type: 9, key_size: 16, value_size: 88, max_entries: 1000, ..Default::default() };
+        let e = sample(ROWS_PER_BATCH + 17);
+        write(&path, &src, &e, 42).unwrap();
+        assert!(write(&path, &src, &e, 42).is_err(), "never overwrites");
+        let b = read(&path).unwrap();
+        assert_eq!(b.source, src);
+        assert_eq!(b.entries.count, e.count);
+        assert_eq!(b.entries.keys, e.keys);
+        assert_eq!(b.entries.values, e.values);
+        assert_eq!(b.taken_ns, 42);
+        // Truncation is refused.
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
+        assert!(read(&path).is_err());
+        // Empty maps back up too.
+        let p2 = dir.join("empty.arrow");
+        let _ = std::fs::remove_file(&p2);
+        write(&p2, &src, &Entries::new(16, 88), 1).unwrap();
+        assert_eq!(read(&p2).unwrap().entries.count, 0);
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,233 @@
+//! The resize primitives: read every entry of a live map, create its twin with a new
+//! `max_entries`, copy, verify key→value equality, swap pins atomically, and copy the
+//! delta written to the old map meanwhile. The order and the crash-recovery rules live in
+//! Python (`ctscope.resize`); each step here is one kernel-visible action.
+
+use std::collections::HashMap;
+use std::hash::{BuildHasherDefault, Hasher};
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use crate::backup::Entries;
+use crate::error::{CtError, Result};
+use crate::iter::{MapReader, Method};
+use crate::map::MapParams;
+use crate::sys::{self, CreateParams};
+
+/// Every entry of the map behind `fd` (batch lookup, next-key fallback).
+pub fn read_all(fd: Arc<OwnedFd>, p: &MapParams) -> Result<Entries> {
+    let mut r = MapReader::new(fd, p.key_size, p.value_size, p.max_entries, Method::Auto, 16384);
+    let mut e = Entries::new(p.key_size as usize, p.value_size as usize);
+    while let Some(c) = r.next_chunk()? {
+        e.keys.extend_from_slice(&c.keys);
+        e.values.extend_from_slice(&c.values);
+        e.count += c.count;
+    }
+    Ok(e)
+}
+
+/// A new, unpinned map with the type, sizes, flags and name of `p` and `max_entries`.
+/// It lives as long as the returned fd unless pinned.
+pub fn create_like(p: &MapParams, max_entries: u32) -> Result<OwnedFd> {
+    if p.map_extra != 0 {
+        // CreateParams has no map_extra: refuse rather than create a map libbpf would reject.
+        return Err(CtError::BadArgument(format!(
+            "map {} has map_extra {:#x}; ctscope resizes hash maps, whose map_extra is 0",
+            p.name, p.map_extra
+        )));
+    }
+    let cp = CreateParams {
+        map_type: p.map_type,
+        key_size: p.key_size,
+        value_size: p.value_size,
+        max_entries,
+        map_flags: p.map_flags,
+        name: p.name.clone(),
+    };
+    sys::map_create(&cp).map_err(|e| CtError::os(format!("BPF_MAP_CREATE {} with max_entries {max_entries}", p.name), e))
+}
+
+/// Write all `entries` into `fd` (`BPF_MAP_UPDATE_BATCH`, per-element fallback).
+pub fn copy_into(fd: &OwnedFd, entries: &Entries) -> Result<u64> {
+    crate::synth::write_entries(fd, &entries.keys, &entries.values, entries.count, entries.key_size, entries.value_size)
+}
+
+/// FxHash-style mixing: CT keys are already high-entropy, SipHash would only cost time.
+#[derive(Default)]
+pub struct FastHasher(u64);
+impl Hasher for FastHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        let mut chunks = bytes.chunks_exact(8);
+        for c in &mut chunks {
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(c.try_into().unwrap())).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+        for &b in chunks.remainder() {
+            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+        }
+    }
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
+type FastMap<'a> = HashMap<&'a [u8], &'a [u8], BuildHasherDefault<FastHasher>>;
+
+fn index(e: &Entries) -> FastMap<'_> {
+    let mut m = FastMap::with_capacity_and_hasher(e.count, Default::default());
+    for i in 0..e.count {
+        m.insert(e.key(i), e.value(i));
+    }
+    m
+}
+
+/// How a map's content compares with the entries it should hold.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Comparison {
+    pub expected: u64,
+    pub actual: u64,
+    /// Keys in both with byte-identical values.
+    pub equal: u64,
+    /// Expected keys the map lacks.
+    pub missing: u64,
+    /// Keys in both whose values differ.
+    pub different: u64,
+    /// Keys the map holds that were not expected.
+    pub extra: u64,
+}
+
+impl Comparison {
+    pub fn identical(&self) -> bool {
+        self.missing == 0 && self.different == 0 && self.extra == 0 && self.equal == self.expected
+    }
+}
+
+/// Compare key→value sets exactly.
+pub fn compare(expected: &Entries, actual: &Entries) -> Comparison {
+    let idx = index(expected);
+    let mut c = Comparison { expected: expected.count as u64, actual: actual.count as u64, ..Default::default() };
+    for i in 0..actual.count {
+        match idx.get(actual.key(i)) {
+            Some(v) if *v == actual.value(i) => c.equal += 1,
+            Some(_) => c.different += 1,
+            None => c.extra += 1,
+        }
+    }
+    c.missing = c.expected - c.equal - c.different;
+    c
+}
+
+/// Entries of `current` whose key is absent from `reference` or whose value differs.
+pub fn changed_since(reference: &Entries, current: &Entries) -> Entries {
+    let idx = index(reference);
+    let mut out = Entries::new(current.key_size, current.value_size);
+    for i in 0..current.count {
+        if idx.get(current.key(i)) != Some(&current.value(i)) {
+            out.push(current.key(i), current.value(i));
+        }
+    }
+    out
+}
+
+/// The entries whose last_seen (value offset 8, every CT layout) is newest, at most `n`:
+/// what `--force` keeps when a map shrinks below its entry count.
+pub fn newest(e: &Entries, n: usize) -> Entries {
+    let mut order: Vec<usize> = (0..e.count).collect();
+    if e.value_size >= 16 {
+        let last_seen = |i: usize| u64::from_le_bytes(e.value(i)[8..16].try_into().unwrap());
+        order.sort_unstable_by_key(|&i| std::cmp::Reverse(last_seen(i)));
+    }
+    let mut out = Entries::new(e.key_size, e.value_size);
+    for &i in order.iter().take(n) {
+        out.push(e.key(i), e.value(i));
+    }
+    out
+}
+
+/// The temporary pin name used while swapping: hidden (dot) so Felix's prefix scan and
+/// `ctscope maps` never take it for a map, and in the same directory so rename(2) works.
+pub fn swap_name(pin: &Path) -> PathBuf {
+    let name = pin.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    pin.with_file_name(format!(".{name}.ctscope-new"))
+}
+
+/// Pin `fd` at `pin`, replacing whatever is pinned there in one step: pin under
+/// `swap_name(pin)`, then rename(2) over `pin` (bpffs supports rename). A loader that
+/// opens `pin` at any moment finds either the old map or the new one, never nothing.
+pub fn pin_replace(fd: BorrowedFd<'_>, pin: &Path) -> Result<()> {
+    let tmp = swap_name(pin);
+    match std::fs::remove_file(&tmp) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(CtError::os(format!("{}: removing a stale swap pin", tmp.display()), e)),
+    }
+    sys::obj_pin(fd, &tmp).map_err(|e| CtError::os(format!("{}: BPF_OBJ_PIN", tmp.display()), e))?;
+    std::fs::rename(&tmp, pin).map_err(|e| {
+        let _ = std::fs::remove_file(&tmp);
+        CtError::os(format!("rename {} -> {}", tmp.display(), pin.display()), e)
+    })
+}
+
+/// `BPF_OBJ_PIN` at a path that must not exist yet (EEXIST otherwise).
+pub fn pin_new(fd: BorrowedFd<'_>, pin: &Path) -> Result<()> {
+    sys::obj_pin(fd, pin).map_err(|e| CtError::os(format!("{}: BPF_OBJ_PIN", pin.display()), e))
+}
+
+/// Atomically move the pin `from` to `to` (replacing `to`).
+pub fn rename_pin(from: &Path, to: &Path) -> Result<()> {
+    std::fs::rename(from, to).map_err(|e| CtError::os(format!("rename {} -> {}", from.display(), to.display()), e))
+}
+
+/// Kernel id of the map behind a fd.
+pub fn map_id(fd: BorrowedFd<'_>) -> Result<u32> {
+    Ok(sys::map_info(fd).map_err(|e| CtError::os("BPF_OBJ_GET_INFO_BY_FD", e))?.id)
+}
+
+/// Write `entries` into the map behind `fd` (a writable pin) — used by restore and delta.
+pub fn write_into(fd: BorrowedFd<'_>, entries: &Entries) -> Result<u64> {
+    let owned = fd.try_clone_to_owned().map_err(|e| CtError::os("dup", e))?;
+    copy_into(&owned, entries)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entries(items: &[(u8, u8)]) -> Entries {
+        let mut e = Entries::new(4, 16);
+        for &(k, v) in items {
+            let mut val = [v; 16];
+            val[8..16].copy_from_slice(&(v as u64).to_le_bytes());
+            e.push(&[k; 4], &val);
+        }
+        e
+    }
+
+    #[test]
+    fn compares_exactly() {
+        let a = entries(&[(1, 1), (2, 2), (3, 3)]);
+        assert!(compare(&a, &a).identical());
+        let b = entries(&[(1, 1), (2, 9), (4, 4)]);
+        let c = compare(&a, &b);
+        assert_eq!((c.equal, c.different, c.missing, c.extra), (1, 1, 1, 1));
+        assert!(!c.identical());
+    }
+
+    #[test]
+    fn finds_changes_and_newest() {
+        let base = entries(&[(1, 1), (2, 2)]);
+        let now = entries(&[(1, 1), (2, 5), (3, 3)]);
+        let d = changed_since(&base, &now);
+        assert_eq!(d.count, 2);
+        assert_eq!(d.key(0), &[2; 4]);
+        let top = newest(&now, 2);
+        assert_eq!(top.count, 2);
+        assert_eq!(top.key(0), &[2; 4]); // last_seen 5
+        assert_eq!(top.key(1), &[3; 4]);
+    }
+
+    #[test]
+    fn swap_name_is_hidden_and_beside_the_pin() {
+        let p = swap_name(Path::new("/sys/fs/bpf/tc/globals/cali_v4_ct4"));
+        assert_eq!(p, Path::new("/sys/fs/bpf/tc/globals/.cali_v4_ct4.ctscope-new"));
+    }
+}
