@@ -4,8 +4,6 @@ same run on the same map (machines are shared and noisy; only ratios travel)."""
 from __future__ import annotations
 
 import json
-import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -30,26 +28,47 @@ def _best(fn, repeat: int) -> float:
     return min(fn() for _ in range(repeat))
 
 
-def _timed(cmd: list[str]) -> tuple[float, float]:
-    """Wall seconds and peak RSS (MiB) of a child process."""
+def _hwm_mb() -> float:
+    """Peak RSS of this process image (VmHWM: unlike ru_maxrss it is not inherited across exec)."""
+    for line in open("/proc/self/status"):
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+# Runs `ctscope ARGS...` in a child and reports its own peak RSS on the last stderr line.
+_CLI_CHILD = r"""
+import sys
+from ctscope.bench import _hwm_mb
+from ctscope.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    if e.code:
+        raise
+print(f"HWM {_hwm_mb()}", file=sys.stderr)
+"""
+
+
+def _timed_cli(args: list[str]) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MiB) of `ctscope ARGS` in a fresh process."""
     t = time.perf_counter()
-    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    p = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    p = subprocess.run([sys.executable, "-c", _CLI_CHILD, *args], stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True)
     secs = time.perf_counter() - t
     if p.returncode != 0:
-        raise RuntimeError(f"{cmd[0]} failed: {p.stderr.strip()[:300]}")
-    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    return secs, max(peak, before) / 1024
+        raise RuntimeError(f"ctscope {' '.join(args)} failed: {p.stderr.strip()[-300:]}")
+    return secs, float(p.stderr.strip().splitlines()[-1].split()[1])
 
 
 _POLARS_CHILD = r"""
-import json, resource, sys, time, ctscope
+import json, sys, time, ctscope
+from ctscope.bench import _hwm_mb
 m = ctscope.open_map(sys.argv[1])
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+base = _hwm_mb()
 t = time.perf_counter(); df = m.to_polars(); secs = time.perf_counter() - t
-peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"secs": secs, "rows": df.height, "arrow_mb": df.estimated_size() / 2**20,
-                  "peak_delta_mb": (peak - base) / 1024}))
+                  "peak_delta_mb": _hwm_mb() - base}))
 """
 
 
@@ -85,11 +104,11 @@ def run(pin: str, repeat: int = 3, bpftool: bool = True) -> dict:
         out["b_mem_ratio"] = round(mem["peak_delta_mb"] / mem["arrow_mb"], 2) if mem["arrow_mb"] else None
 
         pq = tmpd / "dump.parquet"
-        cli = [sys.executable, "-m", "ctscope", "dump", pin, "--format", "parquet", "-o", str(pq)]
+        cli = ["dump", pin, "--format", "parquet", "-o", str(pq)]
         secs = []
         rss = 0.0
         for _ in range(repeat):
-            s, r = _timed(cli)
+            s, r = _timed_cli(cli)
             secs.append(s)
             rss = max(rss, r)
         out["c_dump_parquet_s"] = min(secs)
