@@ -1,0 +1,146 @@
+"""`ctscope dump`, `maps`, `synth` and `demo` from the command line, as a user runs them."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+import ctscope
+
+pytestmark = pytest.mark.kernel
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    p = subprocess.run([sys.executable, "-m", "ctscope", *args], capture_output=True, text=True)
+    if check and p.returncode != 0:
+        raise AssertionError(f"ctscope {' '.join(args)} exited {p.returncode}: {p.stderr}")
+    return p
+
+
+@pytest.fixture(scope="module")
+def synth_map(bpffs):
+    d = bpffs / "cli" / "tc" / "globals"
+    d.mkdir(parents=True)
+    pin = d / "cali_v4_ct4"
+    run("synth", str(pin), "--entries", "3000", "--max-entries", "8192", "--seed", "3")
+    return pin
+
+
+@pytest.fixture(scope="module")
+def reference(synth_map):
+    return ctscope.open_map(synth_map).to_polars(now_ns=10**18)
+
+
+def test_synth_makes_calico_shaped_map(synth_map):
+    info = ctscope.open_map(synth_map).info
+    assert (info.name, info.map_type, info.key_size, info.value_size, info.max_entries, info.map_flags) == (
+        "cali_v4_ct4", "lru_hash", 16, 88, 8192, 0)
+    df = ctscope.open_map(synth_map).to_polars()
+    assert df.height == 3000
+    assert set(df["type"].unique()) == {"normal", "nat_fwd", "nat_rev"}
+    assert set(df["tcp_state"].drop_nulls().unique()) == {"ESTABLISHED", "SYN-SENT", "CLOSED", "RESET"}
+    assert {1, 6, 17}.issubset(set(df["proto"].unique()))
+    assert df.filter(pl.col("flag_names").list.contains("B-A")).height > 0
+    # Every NAT fwd stub points at a NAT rev entry that exists.
+    rev = df.filter(pl.col("type") == "nat_rev").select("proto", "addr_a", "port_a", "addr_b", "port_b")
+    fwd = df.filter(pl.col("type") == "nat_fwd").select(
+        pl.col("rev_proto").alias("proto"), pl.col("rev_addr_a").alias("addr_a"), pl.col("rev_port_a").alias("port_a"),
+        pl.col("rev_addr_b").alias("addr_b"), pl.col("rev_port_b").alias("port_b"))
+    assert fwd.height > 0 and fwd.join(rev, on=fwd.columns, how="anti").height == 0
+
+
+def test_synth_refuses_existing_pin(synth_map):
+    p = run("synth", str(synth_map), "--entries", "1", check=False)
+    assert p.returncode == 2 and "already exists" in p.stderr and p.stderr.count("\n") == 1
+
+
+def test_default_pin_found_under_bpffs(synth_map, reference):
+    bpffs_root = synth_map.parent.parent.parent
+    p = run("dump", "--bpffs", str(bpffs_root), "-f", "ndjson")
+    assert len(p.stdout.splitlines()) == reference.height
+
+
+def test_ndjson_and_json_hold_every_row_and_column(synth_map, reference):
+    nd = [json.loads(line) for line in run("dump", str(synth_map), "-f", "ndjson", "--now-ns", str(10**18)).stdout.splitlines()]
+    arr = json.loads(run("dump", str(synth_map), "-f", "json", "--now-ns", str(10**18)).stdout)
+    assert len(nd) == len(arr) == reference.height
+    assert set(nd[0]) == set(reference.columns)
+    key = lambda r: (r["proto"], r["addr_a"], r["port_a"], r["addr_b"], r["port_b"])  # noqa: E731
+    by_key = {key(r): r for r in reference.to_dicts()}
+    for r in arr:
+        exp = by_key[key(r)]
+        assert r["last_seen_ns"] == exp["last_seen_ns"] and isinstance(r["last_seen_ns"], int)
+        assert r["flag_names"] == exp["flag_names"]
+        assert r["a2b_bytes"] == exp["a2b_bytes"]
+
+
+def test_csv_round_trips(synth_map, reference):
+    rows = list(csv.DictReader(io.StringIO(run("dump", str(synth_map), "-f", "csv").stdout)))
+    assert len(rows) == reference.height
+    assert set(rows[0]) == set(reference.columns)
+    assert sum(1 for r in rows if "B-A" in r["flag_names"].split("|")) == reference.filter(
+        pl.col("flag_names").list.contains("B-A")).height
+
+
+@pytest.mark.parametrize("fmt,reader", [("parquet", pl.read_parquet), ("arrow", pl.read_ipc)])
+def test_binary_snapshots_equal_live_dump(synth_map, reference, tmp_path, fmt, reader):
+    out = tmp_path / f"snap.{fmt}"
+    p = run("dump", str(synth_map), "-o", str(out), "--now-ns", str(10**18))
+    assert f"wrote {reference.height} entries" in p.stderr
+    got = reader(out)
+    keys = ["proto", "addr_a", "port_a", "addr_b", "port_b"]
+    assert got.sort(keys).equals(reference.sort(keys))
+    assert not list(tmp_path.glob(".*partial")), "temporary file left behind"
+
+
+def test_parquet_metadata_records_the_map(synth_map, tmp_path):
+    out = tmp_path / "snap.parquet"
+    run("dump", str(synth_map), "-o", str(out))
+    meta = json.loads(pl.read_parquet_metadata(out)["ctscope"])
+    assert meta["max_entries"] == 8192 and meta["layout"] == "v4" and meta["entries"] == 3000
+    assert meta["map_name"] == "cali_v4_ct4" and meta["boot_wall_ns"] > 0
+
+
+def test_where_and_limit(synth_map, reference):
+    p = run("dump", str(synth_map), "-f", "ndjson", "--where", "proto = 17 AND type = 'normal'")
+    rows = [json.loads(x) for x in p.stdout.splitlines()]
+    assert len(rows) == reference.filter((pl.col("proto") == 17) & (pl.col("type") == "normal")).height > 0
+    assert all(r["proto"] == 17 for r in rows)
+    assert len(run("dump", str(synth_map), "-f", "ndjson", "--limit", "7").stdout.splitlines()) == 7
+    assert len(run("dump", str(synth_map), "-f", "ndjson", "--limit", "5", "--where", "proto = 6").stdout.splitlines()) == 5
+
+
+def test_bad_where_is_one_line_exit_2(synth_map):
+    p = run("dump", str(synth_map), "--where", "no_such_col = 1", check=False)
+    assert p.returncode == 2 and p.stderr.startswith("ctscope: error: --where") and p.stderr.count("\n") == 1
+
+
+def test_table_is_aligned_text(synth_map, reference):
+    lines = run("dump", str(synth_map), "--limit", "20").stdout.splitlines()
+    assert lines[0].split()[:5] == ["PROTO", "SRC", "SPORT", "DST", "DPORT"]
+    assert len(lines) == 21
+
+
+def test_maps_lists_fill(synth_map):
+    out = json.loads(run("maps", "--bpffs", str(synth_map.parent.parent.parent), "--json").stdout)
+    assert len(out) == 1
+    assert out[0]["entries"] == 3000 and out[0]["max_entries"] == 8192 and out[0]["version"] == 4
+    assert abs(out[0]["fill"] - 3000 / 8192) < 1e-3
+
+
+def test_demo_runs_on_a_private_bpffs():
+    p = run("demo", "--entries", "20000")
+    assert "dumped 20,000 entries into polars" in p.stdout
+    assert "connections" in p.stdout
+
+
+def test_demo_sample_works_without_a_kernel():
+    p = run("demo", "--sample")
+    assert "20,000" in p.stdout
