@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import errno
 import sys
 
 import click
+import typer
 
 from ctscope.cli.app import app, state
 from ctscope.errors import CtscopeError, exit_code
@@ -13,18 +15,39 @@ from ctscope.errors import CtscopeError, exit_code
 from ctscope.cli import bench, demo, dump, maps, synth  # noqa: E402,F401
 
 
+# typer >= 0.2x vendors its own click (typer._click): its usage errors are not
+# click.ClickException. Catch both families.
+_EXIT = tuple({click.exceptions.Exit, typer.Exit})
+_ABORT = tuple({click.exceptions.Abort, typer.Abort})
+_USAGE = tuple({click.ClickException, *(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")})
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors with distinct exit codes (see README), tracebacks
     only with --debug."""
     debug = "--debug" in (argv if argv is not None else sys.argv[1:])
     try:
-        app(args=argv, standalone_mode=False)
-    except click.exceptions.Exit as e:
+        try:
+            rv = app(args=argv, standalone_mode=False)
+        except SystemExit as e:
+            # typer's _main catches EPIPE itself and calls sys.exit(1), even with
+            # standalone_mode=False: recognise it by the OSError it was raised under.
+            ctx = e.__context__
+            if e.code == 1 and isinstance(ctx, OSError) and ctx.errno == errno.EPIPE:
+                raise BrokenPipeError(errno.EPIPE, "Broken pipe") from None
+            raise
+        # typer turns Ctrl-C into Exit(130) and, outside standalone mode, *returns* an
+        # Exit's code instead of raising it: pass it on (commands themselves return None).
+        if isinstance(rv, int) and not isinstance(rv, bool) and rv != 0:
+            if rv == 130:
+                print("ctscope: interrupted", file=sys.stderr)
+            sys.exit(rv)
+    except _EXIT as e:
         sys.exit(e.exit_code)
-    except click.ClickException as e:
+    except _USAGE as e:
         e.show()
         sys.exit(2)
-    except click.exceptions.Abort:
+    except _ABORT:
         print("ctscope: interrupted", file=sys.stderr)
         sys.exit(130)
     except KeyboardInterrupt:
