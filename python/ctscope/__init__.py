@@ -4,16 +4,23 @@
     >>> m = ctscope.open_map("/sys/fs/bpf/tc/globals/cali_v4_ct4")
     >>> m.info.max_entries
     >>> df = m.to_polars()
+    >>> ctscope.stats("snapshots/")["fill_ratio"]           # live pin, snapshot file, or many
+    >>> ctscope.expired("node1.parquet", all=True)          # Felix's verdict per entry
 """
 
 from importlib.metadata import PackageNotFoundError, version
 
 from ctscope.ctmap import CtMap, open_map
 from ctscope import errors
+from ctscope.analysis import (Timeouts, diff, expired, metrics, open_source, read, report, scan, stats, top,
+                              with_expiry)
 
 try:
     __version__ = version("ctscope")
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["CtMap", "open_map", "errors", "__version__"]
+__all__ = ["CtMap", "open_map", "errors", "__version__",
+           # analysis (ctscope.analysis): live pins, snapshot files, directories/globs of snapshots
+           "read", "scan", "open_source", "stats", "expired", "with_expiry", "Timeouts", "top", "diff", "metrics",
+           "report"]

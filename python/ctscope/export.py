@@ -164,8 +164,27 @@ def write_binary(frames: Iterator[pl.DataFrame], schema: pl.Schema, fmt: str, ta
         kv = (lambda _ctx: metadata(count[0])) if metadata else None
         lf.sink_parquet(target, metadata=kv, row_group_size=262_144)
     else:
-        lf.sink_ipc(target, compat_level=pl.CompatLevel.newest())
+        # polars' IPC writers take no schema metadata: arrow_ipc writes the schema and footer
+        # (with it) around polars-encoded batches. The leading schema is written before the
+        # entry count is known, so it says null there; the footer has the final figures.
+        from ctscope import arrow_ipc
+
+        def ipc_meta(final: bool) -> dict[str, str]:
+            if not metadata:
+                return {}
+            return metadata(count[0]) if final else _provisional(metadata(count[0]))
+
+        arrow_ipc.write_file(source(None, None, None, None), schema, target, ipc_meta)
     return count[0]
+
+
+def _provisional(meta: dict[str, str]) -> dict[str, str]:
+    """Snapshot metadata as known before the first batch: no entry count or end time yet."""
+    if "ctscope" not in meta:
+        return meta
+    m = json.loads(meta["ctscope"])
+    m.update(entries=None, dump_end_wall_ns=None)
+    return {**meta, "ctscope": json.dumps(m)}
 
 
 def snapshot_metadata(dump, info, entries: int, end_wall_ns: int) -> dict[str, str]:
@@ -194,8 +213,16 @@ def snapshot_metadata(dump, info, entries: int, end_wall_ns: int) -> dict[str, s
         "boot_wall_ns": dump.wall_ns - dump.mono_ns,
         "hostname": os.environ.get("NODE_NAME") or socket.gethostname(),
         "ctscope_version": __version__,
+        # What Felix's "Auto" timeouts read on this node, so offline expiry matches live.
+        "nf_conntrack_sysctls": _nf_sysctls(),
     }
     return {"ctscope": json.dumps(meta)}
+
+
+def _nf_sysctls() -> dict[str, int]:
+    from ctscope.analysis.timeouts import read_sysctls
+
+    return read_sysctls()
 
 
 def stdout_binary() -> IO[bytes]:

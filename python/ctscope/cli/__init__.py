@@ -13,6 +13,7 @@ from ctscope.errors import CtscopeError, exit_code
 
 # Importing a module registers its command(s) on `app`.
 from ctscope.cli import bench, demo, dump, maps, synth  # noqa: E402,F401
+from ctscope.cli import diff, expired, metrics, query, report, snapshot, stats, top  # noqa: E402,F401
 
 
 # typer >= 0.2x vendors its own click (typer._click): its usage errors are not

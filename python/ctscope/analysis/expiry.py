@@ -1,0 +1,145 @@
+"""Felix's conntrack expiry rules as polars expressions (facts §6; felix/bpf/conntrack
+timeouts.go `EntryExpired` and cleanup.go `LivenessScanner.Check`).
+
+Adds two columns: `expired` (bool) and `expire_reason` (Felix's reason text, null when kept).
+
+* Age is the reference monotonic time minus last_seen, in integer nanoseconds (comparisons
+  are strict, as Felix's `age > timeout`).
+* A NAT_FWD entry keeps no state of its own: it is judged by the entry at its rev key
+  (found by a join on rev_proto/rev_addr_a/rev_port_a/rev_addr_b/rev_port_b within the same
+  snapshot) — that entry's last_seen, flags and legs, with the protocol of the fwd key. A
+  fwd entry whose rev entry is missing is expired (Felix deletes it as useless).
+* Entries of layouts that record `created` (v2, v3 up to Calico 3.29) younger than
+  CreationGracePeriod are kept, as those Felix versions did.
+"""
+
+from __future__ import annotations
+
+import polars as pl
+
+from ctscope.analysis.sources import SNAP
+from ctscope.analysis.timeouts import S, Timeouts
+
+TCP, UDP, ICMP, ICMP6 = 6, 17, 1, 58
+FLAG_DSR_FWD = 0x02
+RST_RESIDUAL_NS = 120 * S  # Felix: "2*60*time.Second" for established/DSR flows with rst_seen set
+
+# Felix's reason strings (timeouts.go), so output can be grepped against Felix's debug logs.
+R_RST = "RST seen"
+R_FINS = "FINs seen"
+R_RST_RESIDUAL = "no traffic on conn with RST with residual traffic for too long"
+R_ESTABLISHED = "no traffic on established flow for too long"
+R_PRE_ESTABLISHED = "no traffic on pre-established flow for too long"
+R_ICMP = "no traffic on ICMP flow for too long"
+R_UDP = "no traffic on UDP flow for too long"
+R_GENERIC = "no traffic on generic IP flow for too long"
+R_NO_REV = "no reverse NAT entry"
+REV_PREFIX = "reverse entry: "  # a fwd entry expired because its rev entry is
+
+KEY = ["proto", "addr_a", "port_a", "addr_b", "port_b"]
+REV_KEY = ["rev_proto", "rev_addr_a", "rev_port_a", "rev_addr_b", "rev_port_b"]
+# What is judged: the entry's own values, or for NAT_FWD its rev entry's.
+JUDGED = ["last_seen_ns", "flags", "rst_seen_ns", "a2b_syn", "a2b_ack", "a2b_fin", "a2b_rst",
+          "b2a_syn", "b2a_ack", "b2a_fin", "b2a_rst"]
+_R = "_rev_"
+
+
+def with_expiry(frame: pl.LazyFrame | pl.DataFrame, timeouts: Timeouts, now_ns: int | pl.Expr | None = None
+                ) -> pl.LazyFrame:
+    """`frame` (public schema) plus `expired` and `expire_reason`.
+
+    `now_ns`: the reference monotonic time — an int, or an expression (per-row `_now_ns` of a
+    multi-snapshot source, the default when that column exists)."""
+    lf = frame.lazy()
+    cols = lf.collect_schema().names()
+    if now_ns is None:
+        if "_now_ns" not in cols:
+            raise ValueError("with_expiry needs now_ns (the reference monotonic time of the dump)")
+        now_ns = pl.col("_now_ns")
+    now = (pl.lit(now_ns, pl.Int64) if isinstance(now_ns, int) else now_ns.cast(pl.Int64))
+    group = [SNAP] if SNAP in cols else []
+
+    # The rev entry of every fwd entry: a left join on the fwd's rev key. Keys are unique in
+    # a map, so the join never duplicates rows; it keeps the frame's order.
+    rev = lf.filter(pl.col("type") != "nat_fwd").select(
+        *[pl.col(k).alias(r) for k, r in zip(KEY, REV_KEY)],
+        *[pl.col(c) for c in group],
+        *[pl.col(c).alias(_R + c) for c in JUDGED],
+    )
+    lf = lf.join(rev, on=REV_KEY + group, how="left", maintain_order="left", nulls_equal=False)
+
+    is_fwd = pl.col("type") == "nat_fwd"
+
+    def judged(c: str) -> pl.Expr:
+        return pl.when(is_fwd).then(pl.col(_R + c)).otherwise(pl.col(c))
+
+    def bit(c: str) -> pl.Expr:
+        return judged(c).fill_null(False)
+
+    age = now - judged("last_seen_ns").cast(pl.Int64)
+    t = timeouts
+    dsr = (judged("flags") & FLAG_DSR_FWD) != 0
+    rst = bit("a2b_rst") | bit("b2a_rst")
+    fins = pl.when(dsr).then(bit("a2b_fin") | bit("b2a_fin")).otherwise(bit("a2b_fin") & bit("b2a_fin"))
+    established = bit("a2b_syn") & bit("a2b_ack") & bit("b2a_syn") & bit("b2a_ack")
+    rst_seen_ts = judged("rst_seen_ns").fill_null(0) != 0
+    proto = pl.col("proto")
+    tcp = proto == TCP
+    long_lived = established | dsr
+
+    rule = (
+        pl.when(is_fwd & pl.col(_R + "last_seen_ns").is_null()).then(pl.lit(R_NO_REV))
+        .when(tcp & rst & (age > t["TCPResetSeen"])).then(pl.lit(R_RST))
+        .when(tcp & fins & (age > t["TCPFinsSeen"])).then(pl.lit(R_FINS))
+        .when(tcp & long_lived & rst_seen_ts & (age > RST_RESIDUAL_NS)).then(pl.lit(R_RST_RESIDUAL))
+        .when(tcp & long_lived & (age > t["TCPEstablished"])).then(pl.lit(R_ESTABLISHED))
+        .when(tcp & ~long_lived & (age > t["TCPSynSent"])).then(pl.lit(R_PRE_ESTABLISHED))
+        .when(proto.is_in([ICMP, ICMP6]) & (age > t["ICMPTimeout"])).then(pl.lit(R_ICMP))
+        .when((proto == UDP) & (age > t["UDPTimeout"])).then(pl.lit(R_UDP))
+        .when(~proto.is_in([TCP, UDP, ICMP, ICMP6]) & (age > t["GenericTimeout"])).then(pl.lit(R_GENERIC))
+        .otherwise(pl.lit(None, pl.String))
+    )
+    # Felix checks the scanned entry's own `created` first (layouts that have it).
+    in_grace = (now - pl.col("created_ns").cast(pl.Int64)) < t["CreationGracePeriod"]
+    reason = (
+        pl.when(in_grace.fill_null(False)).then(pl.lit(None, pl.String))
+        .when(is_fwd & pl.col(_R + "last_seen_ns").is_not_null()).then(pl.lit(REV_PREFIX) + rule)
+        .otherwise(rule)
+    )
+    return (
+        lf.with_columns(reason.alias("expire_reason"))
+        .with_columns(pl.col("expire_reason").is_not_null().alias("expired"))
+        .drop([_R + c for c in JUDGED])
+        .select(*cols, "expired", "expire_reason")
+    )
+
+
+def expired(source=None, *, timeouts: str | Timeouts | None = None, felix_config=None, now_ns: int | None = None,
+            all: bool = False, where: str | None = None, **source_kw) -> pl.DataFrame:
+    """Felix's verdict on SOURCE's entries: the expired ones, or with `all=True` every entry,
+    with `expired` and `expire_reason` columns. SOURCE as for `ctscope.scan`."""
+    from ctscope.analysis.sources import Source, open_source, where_filter
+
+    src = source if isinstance(source, Source) else open_source(source, now_ns=now_ns, **source_kw)
+    lf = annotate(src, timeouts=timeouts, felix_config=felix_config)
+    cond = where_filter(where, lf)
+    if cond is not None:
+        lf = lf.filter(cond)
+    if not all:
+        lf = lf.filter(pl.col("expired"))
+    with src.reading():
+        return lf.drop(["_snap", "_now_ns"]).collect()
+
+
+def timeouts_for(src, timeouts: str | Timeouts | None = None, felix_config=None) -> Timeouts:
+    """Effective timeouts for a source: "Auto" reads the sysctls recorded in its (first)
+    snapshot, else this host's."""
+    if isinstance(timeouts, Timeouts):
+        return timeouts
+    snap = src.snapshots[0]
+    return Timeouts.resolve(timeouts, felix_config=felix_config, node=snap.node or None, sysctls=snap.sysctls)
+
+
+def annotate(src, *, timeouts: str | Timeouts | None = None, felix_config=None) -> pl.LazyFrame:
+    """The source's internal frame with Felix's verdict columns (per-snapshot reference times)."""
+    return with_expiry(src.frame, timeouts_for(src, timeouts, felix_config))

@@ -1,0 +1,291 @@
+"""SOURCE for every analysis command: a live pin, a snapshot file, or many snapshots.
+
+* nothing            -> the live default pin (newest cali_v4_ct* under BPFFS/tc/globals)
+* `X.parquet`, `X.arrow` (`.ipc`, `.feather`) -> one snapshot file
+* a directory, or a glob (`snaps/**/*.parquet`) -> every snapshot under / matching it;
+  `key=value` path components (`node=n1/date=2026-08-01/`) become columns (hive partitioning)
+* anything else      -> a pinned map, dumped now (read-only)
+
+Every snapshot carries its metadata (export.snapshot_metadata) including the monotonic
+reference time its `idle_s` was computed against, so that ages — and hence Felix's expiry
+verdicts — come out the same offline as live. Files are scanned lazily (polars streaming),
+so a fleet of snapshots is never loaded whole.
+
+Internally each row also carries `_snap` (index into Source.snapshots) and `_now_ns` (its
+snapshot's reference time), so per-snapshot questions (the NAT fwd -> rev lookup, stats
+per node) never mix snapshots. `Source.scan()` hides them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime as dt
+import glob as globmod
+import json
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import polars as pl
+
+from ctscope.errors import BadArgument, SnapshotError
+
+META_KEY = "ctscope"
+SUFFIX_KINDS = {".parquet": "parquet", ".arrow": "arrow", ".ipc": "arrow", ".feather": "arrow"}
+SNAP, NOW = "_snap", "_now_ns"
+INTERNAL = (SNAP, NOW)
+
+
+@dataclasses.dataclass(frozen=True)
+class Snapshot:
+    """One map dump: where it came from and what its metadata says."""
+
+    path: str
+    kind: str  # live | parquet | arrow
+    meta: dict
+    partitions: dict[str, str]
+    now_ns: int  # reference monotonic time for ages (the dump's, or --now-ns)
+
+    @property
+    def node(self) -> str:
+        return str(self.partitions.get("node") or self.meta.get("hostname") or "")
+
+    @property
+    def map_name(self) -> str:
+        return str(self.meta.get("map_name") or "")
+
+    @property
+    def max_entries(self) -> int:
+        return int(self.meta.get("max_entries") or 0)
+
+    @property
+    def mono_ns(self) -> int:
+        return int(self.meta.get("mono_ns") or self.meta.get("now_ns") or 0)
+
+    @property
+    def wall_ns(self) -> int:
+        return int(self.meta.get("dump_start_wall_ns") or 0)
+
+    @property
+    def dump_seconds(self) -> float | None:
+        start, end = self.meta.get("dump_start_wall_ns"), self.meta.get("dump_end_wall_ns")
+        return (end - start) / 1e9 if start and end else None
+
+    @property
+    def sysctls(self) -> dict[str, int] | None:
+        """nf_conntrack sysctls recorded at dump time (for "Auto" timeouts); None = unknown."""
+        s = self.meta.get("nf_conntrack_sysctls")
+        return dict(s) if isinstance(s, dict) else None
+
+    def summary(self) -> dict:
+        return {
+            "source": self.path, "kind": self.kind, "node": self.node, "map_name": self.map_name,
+            "map_path": self.meta.get("map_path"), "max_entries": self.max_entries, "layout": self.meta.get("layout"),
+            "now_ns": self.now_ns, "dump_start": _iso(self.wall_ns), "dump_start_wall_ns": self.wall_ns or None,
+            "dump_seconds": self.dump_seconds,
+            **({"partitions": self.partitions} if self.partitions else {}),
+        }
+
+
+@dataclasses.dataclass
+class Source:
+    """Rows (lazily) plus the snapshots they came from."""
+
+    spec: str
+    snapshots: list[Snapshot]
+    frame: pl.LazyFrame  # public columns + partition columns + _snap + _now_ns
+    files: bool  # True when rows are read from files (errors then name a snapshot)
+
+    @property
+    def single(self) -> bool:
+        return len(self.snapshots) == 1
+
+    @property
+    def now_ns(self) -> int:
+        if not self.single:
+            raise BadArgument(f"{self.spec}: holds {len(self.snapshots)} snapshots; this needs exactly one")
+        return self.snapshots[0].now_ns
+
+    def scan(self) -> pl.LazyFrame:
+        """The rows without the internal columns."""
+        return self.frame.drop(INTERNAL)
+
+    @contextmanager
+    def reading(self) -> Iterator[None]:
+        """Turn polars' errors while reading files into one-line SnapshotErrors (exit 2)."""
+        try:
+            yield
+        except (pl.exceptions.ComputeError, pl.exceptions.ShapeError, pl.exceptions.SchemaError,
+                pl.exceptions.ColumnNotFoundError, OSError) as e:
+            if not self.files or isinstance(e, (FileNotFoundError, PermissionError)):
+                raise
+            raise SnapshotError(f"{self.spec}: unreadable snapshot data ({_one_line(e)})") from None
+
+
+def open_source(source: str | os.PathLike[str] | None = None, *, now_ns: int | None = None, bpffs: str | None = None,
+                ipv6: bool = False, layout: str = "auto") -> Source:
+    """Resolve SOURCE (see module doc). `now_ns` overrides every snapshot's reference time."""
+    from ctscope.pins import DEFAULT_BPFFS, default_ct_pin
+
+    if source is None:
+        return _live(str(default_ct_pin(bpffs or DEFAULT_BPFFS, ipv6)), now_ns, layout)
+    spec = os.fspath(source)
+    p = Path(spec)
+    if any(ch in spec for ch in "*?["):
+        root = _glob_root(spec)
+        files = sorted(f for f in globmod.glob(spec, recursive=True) if _is_snapshot_file(Path(f)))
+        if not files:
+            raise FileNotFoundError(2, "no snapshot files (*.parquet, *.arrow) match", spec)
+        return _files(spec, [Path(f) for f in files], root, now_ns)
+    if p.is_dir():
+        files = sorted(f for f in p.rglob("*") if _is_snapshot_file(f))
+        if not files:
+            raise FileNotFoundError(2, "no snapshot files (*.parquet, *.arrow) under this directory", spec)
+        return _files(spec, files, p, now_ns)
+    if p.suffix.lower() in SUFFIX_KINDS:
+        if not p.exists():
+            raise FileNotFoundError(2, "no such snapshot file", spec)
+        return _files(spec, [p], None, now_ns)
+    return _live(spec, now_ns, layout)
+
+
+def snapshot_metadata(path: str | os.PathLike[str]) -> dict:
+    """The ctscope metadata of one snapshot file (parquet key/value metadata, or the Arrow
+    IPC footer's schema metadata). SnapshotError when it is unreadable or not a snapshot."""
+    p = Path(path)
+    kind = SUFFIX_KINDS.get(p.suffix.lower())
+    if kind is None:
+        raise BadArgument(f"{p}: not a snapshot file name (expected .parquet or .arrow)")
+    if kind == "parquet":
+        try:
+            kv = pl.read_parquet_metadata(p)
+        except FileNotFoundError:
+            raise
+        except Exception as e:  # polars reports a bad footer as several error types
+            raise SnapshotError(f"{p}: truncated or not a parquet file ({_one_line(e)})") from None
+    else:
+        from ctscope.arrow_ipc import IpcFormatError, read_metadata
+
+        try:
+            kv = read_metadata(str(p))
+        except IpcFormatError as e:
+            raise SnapshotError(f"{p}: {e}") from None
+    raw = kv.get(META_KEY)
+    if raw is None:
+        raise SnapshotError(f"{p}: not a ctscope snapshot (no {META_KEY!r} key in the file metadata; "
+                            f"write snapshots with `ctscope dump -o` or `ctscope snapshot`)")
+    try:
+        meta = json.loads(raw)
+        int(meta["now_ns"])
+    except (ValueError, KeyError, TypeError):
+        raise SnapshotError(f"{p}: corrupt ctscope metadata (expected JSON with now_ns)") from None
+    return meta
+
+
+# ------------------------------------------------------------------------------------------ builders
+def _live(pin: str, now_ns: int | None, layout: str) -> Source:
+    from ctscope import export
+    from ctscope._native import realtime_ns
+    from ctscope.analysis.timeouts import read_sysctls
+    from ctscope.ctmap import dump_to_polars, open_map
+
+    m = open_map(pin, layout=layout)
+    d = m.dump(now_ns=now_ns)
+    df = dump_to_polars(d)
+    meta = json.loads(export.snapshot_metadata(d, m.info, df.height, realtime_ns())[META_KEY])
+    meta.setdefault("nf_conntrack_sysctls", read_sysctls())
+    snap = Snapshot(pin, "live", meta, {}, int(d.now_ns))
+    frame = df.lazy().with_columns(pl.lit(0, pl.UInt32).alias(SNAP), pl.lit(snap.now_ns, pl.UInt64).alias(NOW))
+    return Source(pin, [snap], frame, files=False)
+
+
+def _files(spec: str, files: list[Path], root: Path | None, now_ns: int | None) -> Source:
+    snaps: list[Snapshot] = []
+    frames: list[pl.LazyFrame] = []
+    for i, f in enumerate(files):
+        meta = snapshot_metadata(f)
+        parts = _partitions(f, root)
+        kind = SUFFIX_KINDS[f.suffix.lower()]
+        snap = Snapshot(str(f), kind, meta, parts, int(now_ns if now_ns is not None else meta["now_ns"]))
+        snaps.append(snap)
+        lf = pl.scan_parquet(f) if kind == "parquet" else pl.scan_ipc(f)
+        if now_ns is not None and now_ns != int(meta["now_ns"]):
+            lf = lf.with_columns(((pl.lit(now_ns, pl.Int64) - pl.col("last_seen_ns").cast(pl.Int64)) / 1e9).alias("idle_s"))
+        extra = [pl.lit(i, pl.UInt32).alias(SNAP), pl.lit(snap.now_ns, pl.UInt64).alias(NOW)]
+        if len(files) > 1:
+            extra += [pl.lit(str(f)).alias("snapshot")]
+            if "node" not in parts:
+                extra.append(pl.lit(snap.node).alias("node"))
+            extra += [_partition_value(k, v) for k, v in parts.items()]
+        frames.append(lf.with_columns(extra))
+    frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
+    return Source(spec, snaps, frame, files=True)
+
+
+def _partition_value(key: str, value: str) -> pl.Expr:
+    if key == "date":
+        try:
+            return pl.lit(dt.date.fromisoformat(value)).alias(key)
+        except ValueError:
+            pass
+    return pl.lit(value).alias(key)
+
+
+def _partitions(f: Path, root: Path | None) -> dict[str, str]:
+    parts = f.parent.relative_to(root).parts if root is not None and f.is_relative_to(root) else f.parent.parts
+    out = {}
+    for part in parts:
+        if "=" in part:
+            k, v = part.split("=", 1)
+            if k and k not in ("snapshot", SNAP, NOW):
+                out[k] = v
+    return out
+
+
+def _is_snapshot_file(f: Path) -> bool:
+    # Dot-files are atomic_output's in-progress temporaries.
+    return f.suffix.lower() in SUFFIX_KINDS and not f.name.startswith(".") and f.is_file()
+
+
+def _glob_root(pattern: str) -> Path:
+    parts = []
+    for part in Path(pattern).parts:
+        if any(ch in part for ch in "*?["):
+            break
+        parts.append(part)
+    return Path(*parts) if parts else Path(".")
+
+
+def _iso(wall_ns: int) -> str | None:
+    if not wall_ns:
+        return None
+    return dt.datetime.fromtimestamp(wall_ns / 1e9, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return text[:300] + ("…" if len(text) > 300 else "")
+
+
+# ------------------------------------------------------------------------------------------ public API
+def scan(source: str | os.PathLike[str] | None = None, **kw) -> pl.LazyFrame:
+    """A LazyFrame of SOURCE's entries (public schema; many snapshots add `snapshot`, `node`
+    and partition columns). Live pins are dumped once, when this is called."""
+    return open_source(source, **kw).scan()
+
+
+def read(source: str | os.PathLike[str] | None = None, **kw) -> pl.DataFrame:
+    """A DataFrame of SOURCE's entries (see `scan`)."""
+    src = open_source(source, **kw)
+    with src.reading():
+        return src.scan().collect()
+
+
+def where_filter(where: str | None, frame: pl.LazyFrame) -> pl.Expr | None:
+    """--where as an expression checked against `frame`'s columns (public + derived)."""
+    from ctscope.export import parse_where
+
+    schema = frame.collect_schema()
+    visible = pl.Schema({k: v for k, v in schema.items() if k not in INTERNAL})
+    return parse_where(where, visible)

@@ -1,0 +1,151 @@
+"""`ctscope stats`: the figures of `calico-node -bpf conntrack stats`, and more.
+
+Calico's command (felix/cmd/calico-bpf/commands/conntrack.go) counts NAT_FWD entries as
+"NAT connections" and everything else as "connections"; TCP states are counted over TCP
+connections with Calico's display rule. On top: fill ratio against Felix's auto-grow
+thresholds, counts by type, protocol and state, an idle-time histogram and the number of
+entries Felix's next sweep would delete.
+
+One pass over the rows: they are grouped by (snapshot, proto, type, tcp_state,
+expire_reason, idle bucket) into a small "cube", and every figure is read off the cube.
+"""
+
+from __future__ import annotations
+
+import math
+
+import polars as pl
+
+from ctscope.analysis.expiry import annotate
+from ctscope.analysis.sources import SNAP, Source, open_source, where_filter
+
+# Felix's DoubleIfFull auto-grow (felix/bpf/conntrack/scanner.go): after a sweep,
+# live/max > 0.90 -> grow; > 0.85 while growing for 3 sweeps in a row -> grow.
+GROW_AT = 0.90
+GROW_SUSTAINED_AT = 0.85
+
+# Idle-time histogram edges (seconds), at Felix's default timeouts: ICMP 5 s, SYN-SENT 20 s,
+# UDP 60 s, generic 10 min, established 1 h.
+IDLE_EDGES = [1, 5, 20, 60, 600, 3600, 6 * 3600, 86400]
+IDLE_LABELS = ["<1s", "1-5s", "5-20s", "20s-1m", "1-10m", "10m-1h", "1-6h", "6h-1d", ">=1d"]
+
+PROTO_NAMES = {1: "icmp", 4: "ipip", 6: "tcp", 17: "udp", 41: "ipv6", 47: "gre", 50: "esp", 58: "icmpv6", 132: "sctp"}
+TCP_STATES = {"ESTABLISHED": "tcp_established", "CLOSED": "tcp_closed", "RESET": "tcp_reset", "SYN-SENT": "tcp_syn_sent"}
+TYPES = ["normal", "nat_fwd", "nat_rev"]
+
+
+def proto_name(p: int) -> str:
+    return PROTO_NAMES.get(int(p), str(int(p)))
+
+
+def idle_bucket() -> pl.Expr:
+    """Index into IDLE_LABELS (negative idle, i.e. last_seen after the reference, counts as <1s)."""
+    return pl.sum_horizontal([(pl.col("idle_s") >= e).cast(pl.UInt8) for e in IDLE_EDGES]).cast(pl.UInt8)
+
+
+def cube(src: Source, *, timeouts=None, felix_config=None, where: str | None = None) -> pl.DataFrame:
+    """Entry counts (and idle seconds summed) per snapshot/proto/type/tcp_state/expire_reason/idle bucket."""
+    lf = annotate(src, timeouts=timeouts, felix_config=felix_config)
+    cond = where_filter(where, lf)
+    if cond is not None:
+        lf = lf.filter(cond)
+    q = (
+        lf.with_columns(idle_bucket().alias("_idle_bucket"))
+        .group_by([SNAP, "proto", "type", "tcp_state", "expire_reason", "_idle_bucket"])
+        .agg(pl.len().alias("n"), pl.col("idle_s").sum().alias("idle_sum"))
+    )
+    with src.reading():
+        return q.collect(engine="streaming")
+
+
+def summarize(c: pl.DataFrame, max_entries: int) -> dict:
+    """Every figure for one snapshot's (or the sum of several snapshots') cube rows."""
+
+    def n(expr: pl.Expr | None = None) -> int:
+        d = c if expr is None else c.filter(expr)
+        return int(d["n"].sum() or 0)
+
+    fwd = pl.col("type") == "nat_fwd"
+    conns = ~fwd
+    total = n()
+    nat = n(fwd)
+    connections = total - nat
+    tcp = n(conns & (pl.col("proto") == 6))
+    udp = n(conns & (pl.col("proto") == 17))
+    expired = n(pl.col("expire_reason").is_not_null())
+    out = {
+        "map_size": max_entries,
+        "total_connections": connections,
+        "total_entries": total,
+        "nat_connections": nat,
+        "tcp": tcp,
+        "udp": udp,
+        "others": connections - tcp - udp,
+    }
+    for state, key in TCP_STATES.items():
+        out[key] = n(conns & (pl.col("proto") == 6) & (pl.col("tcp_state") == state))
+    fill = total / max_entries if max_entries else None
+    after = (total - expired) / max_entries if max_entries else None
+    out.update({
+        "expired": expired,
+        "fill_ratio": fill,
+        "fill_ratio_after_sweep": after,
+        "autogrow": {
+            "grow_at": GROW_AT, "grow_sustained_at": GROW_SUSTAINED_AT,
+            "verdict": _verdict(after),
+        },
+        "by_type": {t: n(pl.col("type") == t) for t in TYPES} | {
+            str(t): int(k) for t, k in c.filter(~pl.col("type").is_in(TYPES)).group_by("type").agg(pl.col("n").sum()).iter_rows()
+        },
+        "by_protocol": {proto_name(p): int(k) for p, k in
+                        c.group_by("proto").agg(pl.col("n").sum()).sort("n", descending=True).iter_rows()},
+        "by_state": {s: int(k) for s, k in
+                     c.filter(pl.col("tcp_state").is_not_null()).group_by("tcp_state").agg(pl.col("n").sum())
+                     .sort("n", descending=True).iter_rows()},
+        "expired_by_reason": {r: int(k) for r, k in
+                              c.filter(pl.col("expire_reason").is_not_null()).group_by("expire_reason")
+                              .agg(pl.col("n").sum()).sort("n", descending=True).iter_rows()},
+        "idle_histogram": _histogram(c),
+        "idle_seconds_sum": float(c["idle_sum"].sum() or 0.0),
+    })
+    return out
+
+
+def _histogram(c: pl.DataFrame) -> list[dict]:
+    counts = dict(c.group_by("_idle_bucket").agg(pl.col("n").sum()).iter_rows())
+    lows = [0, *IDLE_EDGES]
+    highs = [*IDLE_EDGES, math.inf]
+    return [{"bucket": IDLE_LABELS[i], "ge_s": lows[i], "lt_s": highs[i] if highs[i] != math.inf else None,
+             "entries": int(counts.get(i, 0))} for i in range(len(IDLE_LABELS))]
+
+
+def _verdict(after: float | None) -> str:
+    if after is None:
+        return "unknown"
+    if after > GROW_AT:
+        return "grow"  # Felix with DoubleIfFull doubles the map (and restarts) after this sweep
+    if after > GROW_SUSTAINED_AT:
+        return "warning"  # grows if it keeps rising for 3 sweeps
+    return "ok"
+
+
+def stats(source=None, *, timeouts=None, felix_config=None, where: str | None = None, now_ns: int | None = None,
+          **source_kw) -> dict:
+    """Stats for SOURCE (see `ctscope.scan`). Top-level keys are the totals over all snapshots
+    (for one snapshot: its figures); `snapshots` lists each snapshot's own figures."""
+    src = source if isinstance(source, Source) else open_source(source, now_ns=now_ns, **source_kw)
+    c = cube(src, timeouts=timeouts, felix_config=felix_config, where=where)
+    from ctscope.analysis.expiry import timeouts_for
+
+    per = []
+    for i, snap in enumerate(src.snapshots):
+        figures = summarize(c.filter(pl.col(SNAP) == i), snap.max_entries)
+        per.append({**snap.summary(), **figures})
+    total = summarize(c, sum(s.max_entries for s in src.snapshots))
+    return {
+        "source": src.spec,
+        **({"where": where} if where else {}),
+        **(per[0] if src.single else {"snapshot_count": len(per), **total}),
+        "timeouts": timeouts_for(src, timeouts, felix_config).spec(),
+        "snapshots": per,
+    }

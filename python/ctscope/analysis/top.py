@@ -1,0 +1,56 @@
+"""`ctscope top`: who holds the most entries (or moves the most bytes/packets)."""
+
+from __future__ import annotations
+
+import polars as pl
+
+from ctscope.analysis.sources import Source, open_source, where_filter
+from ctscope.errors import BadArgument
+
+# Grouping keys per --by. `service` is the pre-DNAT destination recorded in NAT_REV entries
+# (the service IP and port a client asked for).
+BY: dict[str, list[str]] = {
+    "src": ["src"],
+    "dst": ["dst"],
+    "pair": ["src", "dst"],
+    "service": ["proto", "orig_ip", "orig_port"],
+    "dport": ["proto", "dport"],
+    "proto": ["proto"],
+    "node": ["node"],
+}
+METRICS = ("entries", "bytes", "packets")
+
+
+def top(source=None, *, by: str = "src", metric: str = "entries", n: int = 10, where: str | None = None,
+        now_ns: int | None = None, **source_kw) -> pl.DataFrame:
+    """The `n` largest groups of SOURCE's entries by `metric`, with each group's entries, bytes,
+    packets and share of the metric's total (over the rows --where kept)."""
+    if by not in BY:
+        raise BadArgument(f"--by {by!r}: expected one of {', '.join(BY)}")
+    if metric not in METRICS:
+        raise BadArgument(f"--metric {metric!r}: expected one of {', '.join(METRICS)}")
+    if n < 1:
+        raise BadArgument(f"-n {n}: expected at least 1")
+    src = source if isinstance(source, Source) else open_source(source, now_ns=now_ns, **source_kw)
+    lf = src.frame
+    if by == "node" and "node" not in lf.collect_schema().names():
+        lf = lf.with_columns(pl.lit(src.snapshots[0].node).alias("node"))
+    cond = where_filter(where, lf)
+    if cond is not None:
+        lf = lf.filter(cond)
+    if by == "service":
+        lf = lf.filter(pl.col("type") == "nat_rev")
+    keys = BY[by]
+    grouped = lf.group_by(keys).agg(
+        pl.len().alias("entries"),
+        (pl.col("a2b_bytes").fill_null(0) + pl.col("b2a_bytes").fill_null(0)).sum().alias("bytes"),
+        (pl.col("a2b_packets").cast(pl.UInt64).fill_null(0) + pl.col("b2a_packets").cast(pl.UInt64).fill_null(0))
+        .sum().alias("packets"),
+    )
+    q = (
+        grouped.with_columns((pl.col(metric) / pl.col(metric).sum()).alias("share"))
+        .sort([metric, *keys], descending=[True] + [False] * len(keys), nulls_last=True)
+        .head(n)
+    )
+    with src.reading():
+        return q.collect(engine="streaming")

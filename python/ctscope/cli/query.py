@@ -1,0 +1,57 @@
+"""`ctscope query`: SQL over the entries (polars SQL), as a table named `ct`."""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import polars as pl
+import typer
+
+from ctscope.analysis.expiry import annotate
+from ctscope.analysis.sources import INTERNAL, open_source, where_filter
+from ctscope.cli import analysis_io as io
+from ctscope.cli.app import app
+from ctscope.errors import BadArgument
+
+
+@app.command()
+def query(
+    args: List[str] = typer.Argument(..., metavar="[SOURCE] SQL", help="Optional SOURCE, then the SQL text."),
+    where: Optional[str] = io.Where,
+    expiry: bool = typer.Option(True, "--expiry/--no-expiry",
+                                help="Include Felix's `expired`/`expire_reason` columns (a join per query)."),
+    timeouts: Optional[str] = io.Timeouts,
+    felix_config: Optional[str] = io.FelixConfig,
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="table|json|ndjson|csv|parquet|arrow"),
+    output: Optional[str] = io.Output,
+    now_ns: Optional[int] = io.NowNs,
+    bpffs: str = io.Bpffs,
+    ipv6: bool = io.Ipv6,
+    layout: str = io.Layout,
+) -> None:
+    """Run SQL over table `ct`, e.g. "SELECT dport, count(*) AS n FROM ct GROUP BY dport ORDER BY n DESC LIMIT 5"."""
+    if len(args) > 2:
+        raise BadArgument(f"query takes [SOURCE] SQL, got {len(args)} arguments (quote the SQL)")
+    source, sql = (None, args[0]) if len(args) == 1 else (args[0], args[1])
+    fmt = io.frame_format(fmt, output)
+    df = run_query(sql, source, where=where, expiry=expiry, timeouts=timeouts, felix_config=felix_config,
+                   **io.source_kw(bpffs, ipv6, layout, now_ns))
+    io.emit_frame(df, fmt, output)
+
+
+def run_query(sql: str, source=None, *, where: str | None = None, expiry: bool = True, timeouts=None,
+              felix_config=None, **source_kw) -> pl.DataFrame:
+    """SQL over SOURCE's entries registered as `ct` (Python API behind the command)."""
+    src = open_source(source, **source_kw)
+    lf = annotate(src, timeouts=timeouts, felix_config=felix_config) if expiry else src.frame
+    cond = where_filter(where, lf)
+    if cond is not None:
+        lf = lf.filter(cond)
+    ctx = pl.SQLContext(ct=lf.drop(INTERNAL))
+    try:
+        result = ctx.execute(sql, eager=False)
+        result.collect_schema()
+    except Exception as e:  # polars raises SQL/column errors of several types
+        raise BadArgument(f"SQL {sql!r}: {' '.join(str(e).split())}") from None
+    with src.reading():
+        return result.collect(engine="streaming")
