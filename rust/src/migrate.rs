@@ -143,11 +143,12 @@ pub fn newest(e: &Entries, n: usize) -> Entries {
     out
 }
 
-/// The temporary pin name used while swapping: hidden (dot) so Felix's prefix scan and
-/// `ctscope maps` never take it for a map, and in the same directory so rename(2) works.
+/// The temporary pin name used while swapping, in the same directory so rename(2) works.
+/// bpffs refuses names with a dot (EPERM), so it is a suffix: Felix's version scan parses
+/// `4_ctscope_swap` as no version and skips it, and `ctscope maps` ignores it.
 pub fn swap_name(pin: &Path) -> PathBuf {
     let name = pin.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-    pin.with_file_name(format!(".{name}.ctscope-new"))
+    pin.with_file_name(format!("{name}_ctscope_swap"))
 }
 
 /// Pin `fd` at `pin`, replacing whatever is pinned there in one step: pin under
@@ -226,8 +227,8 @@ mod tests {
     }
 
     #[test]
-    fn swap_name_is_hidden_and_beside_the_pin() {
+    fn swap_name_is_beside_the_pin_without_dots() {
         let p = swap_name(Path::new("/sys/fs/bpf/tc/globals/cali_v4_ct4"));
-        assert_eq!(p, Path::new("/sys/fs/bpf/tc/globals/.cali_v4_ct4.ctscope-new"));
+        assert_eq!(p, Path::new("/sys/fs/bpf/tc/globals/cali_v4_ct4_ctscope_swap"));
     }
 }

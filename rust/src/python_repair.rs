@@ -247,6 +247,11 @@ impl NewMap {
         Ok(Snapshot { entries: Arc::new(e), source: source_of("", &self.params), taken_ns: sys::realtime_ns() })
     }
 
+    /// Pin at `path`, which must not exist.
+    fn pin_at(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
+        Ok(py.detach(|| migrate::pin_new(self.fd.as_fd(), &path))?)
+    }
+
     /// Pin at `pin`, atomically replacing what is there (temp pin + rename).
     fn pin_replace(&self, py: Python<'_>, pin: PathBuf) -> PyResult<()> {
         Ok(py.detach(|| migrate::pin_replace(self.fd.as_fd(), &pin))?)

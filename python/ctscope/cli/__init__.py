@@ -12,7 +12,7 @@ from ctscope.cli.app import app, state
 from ctscope.errors import CtscopeError, exit_code
 
 # Importing a module registers its command(s) on `app`.
-from ctscope.cli import bench, demo, dump, maps, synth  # noqa: E402,F401
+from ctscope.cli import bench, check, demo, dump, maps, resize, synth  # noqa: E402,F401
 from ctscope.cli import diff, expired, metrics, query, report, snapshot, stats, top  # noqa: E402,F401
 
 

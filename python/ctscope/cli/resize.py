@@ -1,0 +1,59 @@
+"""`ctscope resize` and `ctscope restore`: the write commands. Neither acts without --yes."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict
+from typing import Optional
+
+import typer
+
+from ctscope import resize as migration
+from ctscope.cli.app import app
+from ctscope.errors import BadArgument
+
+
+@app.command("resize")
+def resize_cmd(
+    pin: str = typer.Argument(..., help="Pinned CT map to resize (on a bpffs)."),
+    max_entries: Optional[int] = typer.Option(None, "--max-entries", help="New max_entries."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and do nothing (also the default without --yes)."),
+    backup: Optional[str] = typer.Option(None, "--backup", help="Backup file (default ./ctscope-backup-<map>-<time>.arrow); with --delta: the first copy's backup."),
+    keep_old: bool = typer.Option(False, "--keep-old", help="Keep <pin>_old (the old map) for a later --delta."),
+    delta: bool = typer.Option(False, "--delta", help="Copy entries changed in <pin>_old since the first copy into <pin>, then drop <pin>_old."),
+    force: bool = typer.Option(False, "--force", help="Shrink below the entry count: keep the newest entries by last_seen."),
+    recover: bool = typer.Option(False, "--recover", help="Only recover an interrupted migration (Felix's rule: <pin>_old back to <pin>)."),
+    yes: bool = typer.Option(False, "--yes", help="Act. Without it the plan is printed and nothing changes."),
+    as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
+) -> None:
+    """Resize a pinned CT map: backup, copy into a new map, verify, swap pins atomically."""
+    act = yes and not dry_run
+    say = (lambda s: None) if as_json else typer.echo
+    if recover:
+        p = migration.canonical_pin(pin)
+        if not migration.needs_recovery(p):
+            say(f"{p}: no interrupted migration ({p.name}_old absent): nothing to recover")
+            res = migration.Result(pin=str(p), done=True)
+        elif not act:
+            say(f"plan (nothing done; add --yes): put {p.name}_old back at {p.name} (Felix's rule)")
+            res = migration.Result(pin=str(p))
+        else:
+            res = migration.Result(pin=str(p), done=True, recovered=migration.recover(p, say))
+    elif delta:
+        res = migration.finish_delta(pin, backup=backup, keep_old=keep_old, yes=act, say=say)
+    else:
+        if max_entries is None:
+            raise BadArgument("resize needs --max-entries N (or --delta / --recover)")
+        res = migration.resize(pin, max_entries, backup=backup, keep_old=keep_old, force=force, yes=act, say=say)
+    if as_json:
+        print(json.dumps(asdict(res), indent=2))
+
+
+@app.command("restore")
+def restore_cmd(
+    pin: str = typer.Argument(..., help="Pinned map to write into (same key/value sizes as the backup)."),
+    source: str = typer.Option(..., "--from", help="Backup file written by `ctscope resize`."),
+    yes: bool = typer.Option(False, "--yes", help="Act. Without it the plan is printed and nothing changes."),
+) -> None:
+    """Write a backup's entries back into a map of the same layout."""
+    migration.restore(pin, source, yes=yes)

@@ -1,0 +1,384 @@
+"""Resizing a pinned CT map without losing an entry, crash-safe at every step.
+
+Order (each step leaves a state a rerun, or Felix, can finish or undo):
+
+  plan       read-only: layout check, entry count, programs using the map
+  backup     every entry to an Arrow IPC file (fsynced, renamed into place)
+  create     a twin map (same type, sizes, flags, name; new max_entries), unpinned:
+             if we die it vanishes with our fd
+  copy       BPF_MAP_UPDATE_BATCH into the twin
+  verify     the twin holds exactly the snapshot's key->value set
+  pin-old    the live map pinned a second time at `<pin>_old` (Felix's convention)
+  pin-new    the twin pinned at a hidden swap name beside `<pin>`
+  swap       rename(2) of the swap pin over `<pin>`: one atomic step, so a loader
+             always finds a map at `<pin>`
+  delta      entries changed in the old map since the snapshot, copied again
+  remove-old `<pin>_old` unlinked (unless --keep-old)
+
+Recovery is Felix's rule (`PinnedMap.EnsureExists`): if `<pin>_old` exists the migration
+was interrupted, so `<pin>_old` goes back to `<pin>` (here by one atomic rename) and the
+stale swap pin is removed. Up to `verify` nothing on the bpffs has changed at all.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ctscope._native import LiveMap, on_bpffs, programs_using_map, raw_read, read_backup, rename_pin, swap_pin_name
+from ctscope.check import LAYOUTS, RELEASES, looks_like
+from ctscope.errors import BadArgument, CtscopeError, NotACtMap, PinNotFound
+
+PHASES = ("plan", "backup", "create", "copy", "verify", "pin-old", "pin-new", "swap", "delta", "remove-old")
+CRASH_ENV = "CTSCOPE_TEST_CRASH_AFTER"
+
+Say = Callable[[str], None]
+
+
+def crash_point(phase: str) -> None:
+    """Test hook: `CTSCOPE_TEST_CRASH_AFTER=<phase>` kills the process with SIGKILL right
+    after that phase, as an OOM kill or a node reboot would (no cleanup runs)."""
+    if os.environ.get(CRASH_ENV) == phase:
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def canonical_pin(pin: str | os.PathLike[str]) -> Path:
+    """The pin's path with its directory resolved; refuses pins outside a bpffs, and
+    symlinks (so no path component leads ctscope out of the bpffs)."""
+    p = Path(pin)
+    if not p.is_absolute():
+        p = Path.cwd() / p
+    parent = Path(os.path.realpath(p.parent))
+    if not parent.is_dir():
+        raise PinNotFound(f"{pin}: directory {p.parent} does not exist")
+    if not on_bpffs(str(parent)):
+        raise NotACtMap(f"{pin}: not on a BPF filesystem (bpffs); resize and restore act only on pins in a bpffs mount "
+                        "such as /sys/fs/bpf/tc/globals")
+    q = parent / p.name
+    if q.is_symlink():
+        raise NotACtMap(f"{pin}: is a symlink; give the pin itself (ctscope does not follow links)")
+    return q
+
+
+def old_pin(pin: Path) -> Path:
+    return pin.with_name(pin.name + "_old")
+
+
+def needs_recovery(pin: Path) -> bool:
+    return os.path.lexists(old_pin(pin)) or os.path.lexists(swap_pin_name(str(pin)))
+
+
+def recover(pin: Path, say: Say) -> list[str]:
+    """Felix's rule for an interrupted migration: `<pin>_old` back to `<pin>`; remove our
+    stale swap pin. Returns what was done."""
+    done: list[str] = []
+    swap = Path(swap_pin_name(str(pin)))
+    if os.path.lexists(swap):
+        os.unlink(swap)
+        done.append(f"removed the stale swap pin {swap.name} (a twin map that was never swapped in)")
+    old = old_pin(pin)
+    if os.path.lexists(old):
+        if old.is_symlink():
+            raise NotACtMap(f"{old}: is a symlink; refusing to recover through it")
+        old_id = LiveMap(str(old)).id
+        cur_id = None
+        if os.path.lexists(pin):
+            try:
+                cur_id = LiveMap(str(pin)).id
+            except CtscopeError:
+                cur_id = None
+        if cur_id is not None and cur_id != old_id:
+            users = programs_using_map(cur_id)
+            if users:
+                done.append(f"note: {_prog_list(users)} use the discarded map id {cur_id}; they keep it until reloaded")
+        rename_pin(str(old), str(pin))
+        what = ("was the same map" if cur_id == old_id else
+                "was missing" if cur_id is None else f"held map id {cur_id}, now discarded")
+        done.append(f"restored {old.name} (map id {old_id}) to {pin.name} ({pin.name} {what}): Felix's rule for an "
+                    "interrupted migration")
+    for line in done:
+        say(line)
+    return done
+
+
+def _prog_list(progs: list[dict[str, Any]]) -> str:
+    return ", ".join(f"prog {p['id']} {p['name'] or '(no name)'}" for p in progs)
+
+
+def check_layout(pin: Path, params: dict[str, Any]) -> None:
+    """Resize changes max_entries only: the map must have exactly its Calico version's
+    type, sizes and flags (anything else is a version change, which resize refuses)."""
+    ver, fam = params.get("version"), params.get("family")
+    lay = LAYOUTS.get((ver, fam)) if ver and fam else None
+    if lay is None:
+        raise NotACtMap(f"{pin}: {params['map_type']} map {params['name']!r} with {params['key_size']}/"
+                        f"{params['value_size']}-byte entries is not a Calico CT map; resize only handles those")
+    diffs = [f"{k} {params[k]!r} (ct{ver} has {v!r})" for k, v in lay.items() if params[k] != v]
+    if diffs:
+        raise BadArgument(
+            f"{pin}: refusing to resize: {', '.join(diffs)}. The pin has the parameters of {looks_like(params)}, "
+            f"not of ct{ver} ({RELEASES[ver]}): that is a map-version change, which keeps neither type nor flags. "
+            "Run `ctscope check` for the remedy.")
+
+
+def keep_when_forced(params: dict[str, Any], max_entries: int) -> int:
+    """How many entries --force keeps: all slots of a HASH map; an LRU map evicts before it
+    is full (per-CPU free lists, facts §8), so leave it that slack."""
+    if params["map_type"] != "lru_hash":
+        return max_entries
+    from ctscope.check import possible_cpus
+
+    return max(1, max_entries - min(max_entries // 10, possible_cpus() * 256))
+
+
+def default_backup_path(name: str, directory: str | os.PathLike[str] = ".") -> Path:
+    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
+    return Path(directory) / f"ctscope-backup-{name}-{stamp}.arrow"
+
+
+@dataclass
+class Result:
+    pin: str
+    done: bool = False
+    plan: list[str] = field(default_factory=list)
+    recovered: list[str] = field(default_factory=list)
+    backup: str | None = None
+    entries: int = 0
+    copied: int = 0
+    delta: int = 0
+    dropped: int = 0
+    old_id: int | None = None
+    new_id: int | None = None
+    programs: list[dict[str, Any]] = field(default_factory=list)
+    timings: dict[str, float] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+class _Timer:
+    def __init__(self, res: Result):
+        self.res, self.t = res, time.perf_counter()
+
+    def mark(self, phase: str) -> None:
+        now = time.perf_counter()
+        self.res.timings[phase] = round(now - self.t, 4)
+        self.t = now
+        crash_point(phase)
+
+
+def resize(pin: str | os.PathLike[str], max_entries: int, *, backup: str | None = None, keep_old: bool = False,
+           force: bool = False, yes: bool = False, say: Say = print) -> Result:
+    """Resize `pin` to `max_entries`. Without `yes` it only prints the plan."""
+    if max_entries <= 0 or max_entries > 0xFFFFFFFF:
+        raise BadArgument(f"--max-entries {max_entries}: expected 1 .. 4294967295")
+    pin = canonical_pin(pin)
+    res = Result(pin=str(pin))
+    old = old_pin(pin)
+    pending = needs_recovery(pin)
+    if pending and not yes:
+        res.plan.append(f"recover first: {old.name} exists (interrupted migration): put it back at {pin.name} "
+                        "(Felix's rule), then resize")
+        if not os.path.lexists(pin):
+            return _show_plan(res, say)
+    if pending and yes:
+        res.recovered = recover(pin, say)
+    if not os.path.lexists(pin):
+        raise PinNotFound(f"{pin}: no such pin")
+
+    live = LiveMap(str(pin))
+    params = live.params
+    check_layout(pin, params)
+    res.old_id = live.id
+    if params["max_entries"] == max_entries and not pending:
+        say(f"{pin}: max_entries is already {max_entries:,}: nothing to do")
+        res.done = True
+        return res
+    n, _ = raw_read(str(pin), 16384, "auto")
+    res.entries = n
+    if n > max_entries and not force:
+        raise BadArgument(
+            f"{pin}: holds {n:,} entries, more than --max-entries {max_entries:,}: an LRU map would evict and a HASH "
+            "map would refuse the rest; use --force to keep the newest by last_seen (the backup keeps them all)")
+    res.programs = programs_using_map(live.id)
+    bpath = Path(backup) if backup else default_backup_path(params["name"])
+    res.backup = str(bpath)
+    res.plan += [
+        f"map {params['name']} id {live.id}: {params['map_type']}, {params['key_size']}/{params['value_size']} bytes, "
+        f"flags {params['map_flags']:#x}, {n:,} entries, max_entries {params['max_entries']:,} -> {max_entries:,}",
+        f"backup every entry to {bpath}",
+        f"create {params['name']} with max_entries {max_entries:,} (same type, sizes, flags), copy "
+        f"{min(n, max_entries):,} entries with BPF_MAP_UPDATE_BATCH" + (
+            f" (the newest {max_entries:,} by last_seen: --force drops {n - max_entries:,})" if n > max_entries else ""),
+        "verify the new map holds exactly the copied key->value set",
+        f"pin the live map also at {old.name}, then swap the new map in at {pin.name} by an atomic rename",
+        f"copy the entries changed in the old map meanwhile, then {'keep' if keep_old else 'remove'} {old.name}",
+    ]
+    if res.programs:
+        res.plan.append(f"{_prog_list(res.programs)} ({len(res.programs)} program(s)) reference the current map (id {live.id}) and keep using it until "
+                        "reloaded: entries they write after the swap stay in the old map")
+    if not yes:
+        return _show_plan(res, say)
+
+    timer = _Timer(res)
+    timer.mark("plan")
+    snap = live.snapshot()
+    res.entries = snap.count
+    snap.write(str(bpath))
+    say(f"backup: {snap.count:,} entries -> {bpath}")
+    timer.mark("backup")
+
+    to_copy = snap if snap.count <= max_entries else snap.newest(keep_when_forced(params, max_entries))
+    res.dropped = snap.count - to_copy.count
+    new = live.create_twin(max_entries)
+    res.new_id = new.id
+    timer.mark("create")
+    res.copied = new.fill(to_copy)
+    timer.mark("copy")
+    cmp = to_copy.compare(new.snapshot())
+    if not cmp["identical"]:
+        raise CtscopeError(
+            f"{pin}: verification failed: the new map lacks {cmp['missing']:,}, differs on {cmp['different']:,} and has "
+            f"{cmp['extra']:,} unexpected of {cmp['expected']:,} entries (LRU eviction near max_entries?); "
+            "nothing was repinned, the live map is untouched")
+    say(f"copied and verified {cmp['equal']:,} entries (key and value bytes) in new map id {new.id}")
+    timer.mark("verify")
+
+    live.pin_at(str(old))
+    timer.mark("pin-old")
+    swap = swap_pin_name(str(pin))
+    new.pin_at(swap)
+    timer.mark("pin-new")
+    rename_pin(swap, str(pin))
+    say(f"swapped: {pin.name} is now map id {new.id} (max_entries {max_entries:,}); old map id {live.id} at {old.name}")
+    timer.mark("swap")
+
+    # Programs still write to the old map until reloaded: carry over what changed since
+    # the snapshot (Felix's delta copy), then check that nothing of the old map is missing.
+    current = live.snapshot()
+    changed = current.changed_since(snap)
+    if force and res.dropped:
+        changed = changed.newest(max(0, max_entries - to_copy.count))
+    res.delta = new.fill(changed) if changed.count else 0
+    final = current.compare(new.snapshot())
+    if not force and (final["missing"] or final["different"]):
+        raise CtscopeError(
+            f"{pin}: after the delta copy the new map lacks {final['missing']:,} and differs on {final['different']:,} "
+            f"entries of the old map; {old.name} is kept: rerun `ctscope resize {pin} --delta --yes`")
+    if res.delta:
+        say(f"delta: copied {res.delta:,} entries changed in the old map during the resize")
+    if final["extra"]:
+        res.notes.append(f"{final['extra']:,} entries deleted from the old map meanwhile (expired) remain in the new one")
+    timer.mark("delta")
+
+    if keep_old:
+        res.notes.append(
+            f"{old.name} kept. Felix treats an existing {old.name} as an interrupted migration and puts it back on "
+            f"restart; after reloading the programs run `ctscope resize {pin} --delta --backup {bpath} --yes` to copy "
+            "what they wrote to the old map and remove it")
+    else:
+        os.unlink(old)
+        res.notes.append(f"removed {old.name}; the old map is freed once no program references it")
+    timer.mark("remove-old")
+    if res.programs:
+        res.notes.append(f"{_prog_list(res.programs)} still use the old map id {live.id} until reloaded (e.g. "
+                         "restart calico-node); entries they write meanwhile are not in the new map")
+    res.done = True
+    for line in res.notes:
+        say(line)
+    return res
+
+
+def _show_plan(res: Result, say: Say) -> Result:
+    say("plan (nothing done; add --yes to run it):")
+    for i, line in enumerate(res.plan, 1):
+        say(f"  {i}. {line}")
+    return res
+
+
+def finish_delta(pin: str | os.PathLike[str], *, backup: str | None = None, keep_old: bool = False, yes: bool = False,
+                 say: Say = print) -> Result:
+    """`--delta`: copy into `<pin>` the entries of `<pin>_old` that changed since the first
+    copy (the backup, when given; otherwise every entry whose value differs from `<pin>`'s,
+    as Felix does), then remove `<pin>_old` unless `keep_old`."""
+    pin = canonical_pin(pin)
+    old = old_pin(pin)
+    res = Result(pin=str(pin))
+    if not os.path.lexists(old):
+        raise PinNotFound(f"{old}: no such pin; --delta copies from the {old.name} a `resize --keep-old` left")
+    oldm, newm = LiveMap(str(old)), LiveMap(str(pin), writable=True)
+    po, pn = oldm.params, newm.params
+    if oldm.id == newm.id:
+        raise BadArgument(f"{pin} and {old.name} are the same map (id {oldm.id}): nothing to copy; "
+                          f"`ctscope resize {pin} --recover --yes` removes the extra pin")
+    for k in ("map_type", "key_size", "value_size", "map_flags"):
+        if po[k] != pn[k]:
+            raise BadArgument(f"{old.name} and {pin.name} differ in {k} ({po[k]!r} vs {pn[k]!r}): not a resize pair")
+    res.old_id, res.new_id = oldm.id, newm.id
+    ref_desc = "the values in the new map (Felix's rule)"
+    if backup:
+        base = read_backup(backup)
+        if base.source["id"] != oldm.id:
+            raise BadArgument(f"{backup}: was taken from map id {base.source['id']}, but {old.name} is map id {oldm.id}")
+        ref_desc = f"the backup {backup}"
+    res.plan = [f"copy into {pin.name} (map id {newm.id}) every entry of {old.name} (map id {oldm.id}) that differs "
+                f"from {ref_desc}", f"{'keep' if keep_old else 'remove'} {old.name}"]
+    progs = programs_using_map(oldm.id)
+    res.programs = progs
+    if progs:
+        res.plan.append(f"{_prog_list(progs)} still use {old.name}: reload them first, or their later writes are lost")
+    if not yes:
+        return _show_plan(res, say)
+    cur = oldm.snapshot()
+    ref = base if backup else newm.snapshot()
+    changed = cur.changed_since(ref)
+    res.delta = newm.write(changed) if changed.count else 0
+    check = changed.compare(newm.snapshot())
+    if check["missing"] or check["different"]:
+        raise CtscopeError(f"{pin}: delta verification failed: {check['missing']:,} missing, {check['different']:,} "
+                           f"different of {changed.count:,} copied; {old.name} kept")
+    say(f"delta: copied and verified {res.delta:,} entries from {old.name} into {pin.name}")
+    crash_point("delta")
+    if not keep_old:
+        os.unlink(old)
+        say(f"removed {old.name}")
+    res.done = True
+    return res
+
+
+def restore(pin: str | os.PathLike[str], source: str, *, yes: bool = False, say: Say = print) -> Result:
+    """Write a backup's entries into `pin` (same key/value sizes). Existing keys get the
+    backup's values; other entries stay."""
+    pin = canonical_pin(pin)
+    res = Result(pin=str(pin), backup=source)
+    snap = read_backup(source)
+    target = LiveMap(str(pin), writable=True)
+    p, s = target.params, snap.source
+    if (p["key_size"], p["value_size"]) != (s["key_size"], s["value_size"]):
+        raise BadArgument(f"{source}: holds {s['key_size']}/{s['value_size']}-byte entries of {s['name']}, but {pin} "
+                          f"has {p['key_size']}/{p['value_size']}: not the same layout")
+    n, _ = raw_read(str(pin), 16384, "auto")
+    if snap.count > p["max_entries"]:
+        raise BadArgument(f"{source}: {snap.count:,} entries do not fit {pin} (max_entries {p['max_entries']:,}); "
+                          f"resize it first: ctscope resize {pin} --max-entries {snap.count} --yes")
+    res.entries = snap.count
+    res.plan = [f"write {snap.count:,} entries of {s['name']} (map id {s['id']}, backup CRC ok) into {pin} "
+                f"(map id {target.id}: {n:,} entries, max_entries {p['max_entries']:,})",
+                "keys already present take the backup's value; no entry is deleted"]
+    if p["map_type"] != s["map_type"]:
+        res.plan.append(f"note: the backup came from a {s['map_type']} map, the target is {p['map_type']}")
+    if p["map_type"] == "lru_hash" and n + snap.count > p["max_entries"] * 0.9:
+        res.plan.append("note: the LRU map may evict entries to make room")
+    if not yes:
+        return _show_plan(res, say)
+    res.copied = target.write(snap)
+    cmp = snap.compare(target.snapshot())
+    if cmp["missing"] or cmp["different"]:
+        raise CtscopeError(f"{pin}: after restore {cmp['missing']:,} backup entries are missing and {cmp['different']:,} "
+                           "differ (evicted by LRU, or rewritten by a live program)")
+    say(f"restored and verified {res.copied:,} entries from {source} into {pin}")
+    res.done = True
+    return res
