@@ -51,7 +51,10 @@ def with_expiry(frame: pl.LazyFrame | pl.DataFrame, timeouts: Timeouts, now_ns: 
     `now_ns`: the reference monotonic time — an int, or an expression (per-row `_now_ns` of a
     multi-snapshot source, the default when that column exists)."""
     lf = frame.lazy()
-    cols = lf.collect_schema().names()
+    schema = lf.collect_schema()
+    cols = [c for c in schema.names() if c not in ("expired", "expire_reason")]  # re-judging replaces them
+    # Rev key columns must have the key's types for the join (hand-built frames may hold all-null columns).
+    lf = lf.with_columns(pl.col(r).cast(schema[k]) for k, r in zip(KEY, REV_KEY) if schema[r] != schema[k])
     if now_ns is None:
         if "_now_ns" not in cols:
             raise ValueError("with_expiry needs now_ns (the reference monotonic time of the dump)")
