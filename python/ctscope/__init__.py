@@ -12,8 +12,12 @@ from importlib.metadata import PackageNotFoundError, version
 
 from ctscope.ctmap import CtMap, open_map
 from ctscope import errors
-from ctscope.analysis import (Timeouts, diff, expired, metrics, open_source, read, report, scan, stats, top,
-                              with_expiry)
+from ctscope.analysis import Timeouts, expired, open_source, read, scan, with_expiry
+from ctscope.analysis.diff import diff
+from ctscope.analysis.metrics import metrics
+from ctscope.analysis.report import report
+from ctscope.analysis.stats import stats
+from ctscope.analysis.top import top
 
 try:
     __version__ = version("ctscope")

@@ -10,14 +10,12 @@ metrics  Prometheus text exposition
 charts   inline SVG charts; report: the HTML page
 """
 
-from ctscope.analysis.diff import Diff, diff
+# Functions named like their modules (stats, top, diff, metrics, report) are exported by
+# `ctscope` itself, not here, so `from ctscope.analysis import stats` still gives the module.
+from ctscope.analysis.diff import Diff
 from ctscope.analysis.expiry import expired, with_expiry
-from ctscope.analysis.metrics import metrics
-from ctscope.analysis.report import report
-from ctscope.analysis.sources import Source, Snapshot, open_source, read, scan, snapshot_metadata
-from ctscope.analysis.stats import stats
+from ctscope.analysis.sources import Snapshot, Source, open_source, read, scan, snapshot_metadata
 from ctscope.analysis.timeouts import Timeouts
-from ctscope.analysis.top import top
 
-__all__ = ["Diff", "Snapshot", "Source", "Timeouts", "diff", "expired", "metrics", "open_source", "read", "report",
-           "scan", "snapshot_metadata", "stats", "top", "with_expiry"]
+__all__ = ["Diff", "Snapshot", "Source", "Timeouts", "expired", "open_source", "read", "scan", "snapshot_metadata",
+           "with_expiry"]

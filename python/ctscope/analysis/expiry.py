@@ -44,77 +44,100 @@ JUDGED = ["last_seen_ns", "flags", "rst_seen_ns", "a2b_syn", "a2b_ack", "a2b_fin
 _R = "_rev_"
 
 
-def with_expiry(frame: pl.LazyFrame | pl.DataFrame, timeouts: Timeouts, now_ns: int | pl.Expr | None = None
-                ) -> pl.LazyFrame:
+# Reason codes while judging (integers are far cheaper than strings over millions of rows);
+# 0 = kept, NAT fwd entries judged by their rev entry get REV_OFFSET + the rev's code.
+_RULES = [R_RST, R_FINS, R_RST_RESIDUAL, R_ESTABLISHED, R_PRE_ESTABLISHED, R_ICMP, R_UDP, R_GENERIC]
+REV_OFFSET = 100
+NO_REV_CODE = 200
+REASON_OF_CODE = {i + 1: r for i, r in enumerate(_RULES)} | {
+    REV_OFFSET + i + 1: REV_PREFIX + r for i, r in enumerate(_RULES)} | {NO_REV_CODE: R_NO_REV}
+_CODE = "_expire_code"
+
+
+def _rule_code(col, proto: pl.Expr, now: pl.Expr, t: Timeouts) -> pl.Expr:
+    """timeouts.go EntryExpired as a UInt8 code (0 = kept); `col(name)` gives the judged
+    entry's column (the row's own, or its rev entry's)."""
+    def bit(c: str) -> pl.Expr:
+        return col(c).fill_null(False)
+
+    age = now - col("last_seen_ns").cast(pl.Int64)
+    dsr = (col("flags") & FLAG_DSR_FWD) != 0
+    rst = bit("a2b_rst") | bit("b2a_rst")
+    fins = pl.when(dsr).then(bit("a2b_fin") | bit("b2a_fin")).otherwise(bit("a2b_fin") & bit("b2a_fin"))
+    established = bit("a2b_syn") & bit("a2b_ack") & bit("b2a_syn") & bit("b2a_ack")
+    long_lived = established | dsr
+    rst_seen_ts = col("rst_seen_ns").fill_null(0) != 0
+    tcp = proto == TCP
+    code = lambda reason: pl.lit(_RULES.index(reason) + 1, pl.UInt8)  # noqa: E731
+    return (
+        pl.when(tcp & rst & (age > t["TCPResetSeen"])).then(code(R_RST))
+        .when(tcp & fins & (age > t["TCPFinsSeen"])).then(code(R_FINS))
+        .when(tcp & long_lived & rst_seen_ts & (age > RST_RESIDUAL_NS)).then(code(R_RST_RESIDUAL))
+        .when(tcp & long_lived & (age > t["TCPEstablished"])).then(code(R_ESTABLISHED))
+        .when(tcp & ~long_lived & (age > t["TCPSynSent"])).then(code(R_PRE_ESTABLISHED))
+        .when(proto.is_in([ICMP, ICMP6]) & (age > t["ICMPTimeout"])).then(code(R_ICMP))
+        .when((proto == UDP) & (age > t["UDPTimeout"])).then(code(R_UDP))
+        .when(~proto.is_in([TCP, UDP, ICMP, ICMP6]) & (age > t["GenericTimeout"])).then(code(R_GENERIC))
+        .otherwise(pl.lit(0, pl.UInt8))
+    )
+
+
+def with_expiry(frame: pl.LazyFrame | pl.DataFrame, timeouts: Timeouts, now_ns: int | pl.Expr | None = None,
+                *, reason_codes: bool = False) -> pl.LazyFrame:
     """`frame` (public schema) plus `expired` and `expire_reason`.
 
     `now_ns`: the reference monotonic time — an int, or an expression (per-row `_now_ns` of a
-    multi-snapshot source, the default when that column exists)."""
+    multi-snapshot source, the default when that column exists).
+
+    NAT fwd rows come out after all other rows (only they are joined with their rev entry,
+    which is several times cheaper than joining every row); a map dump has no meaningful
+    order anyway. `reason_codes=True` gives `_expire_code` (see REASON_OF_CODE) instead of
+    `expire_reason`: cheaper to aggregate over."""
     lf = frame.lazy()
     schema = lf.collect_schema()
     cols = [c for c in schema.names() if c not in ("expired", "expire_reason")]  # re-judging replaces them
-    # Rev key columns must have the key's types for the join (hand-built frames may hold all-null columns).
-    lf = lf.with_columns(pl.col(r).cast(schema[k]) for k, r in zip(KEY, REV_KEY) if schema[r] != schema[k])
     if now_ns is None:
         if "_now_ns" not in cols:
             raise ValueError("with_expiry needs now_ns (the reference monotonic time of the dump)")
         now_ns = pl.col("_now_ns")
-    now = (pl.lit(now_ns, pl.Int64) if isinstance(now_ns, int) else now_ns.cast(pl.Int64))
+    now = pl.lit(now_ns, pl.Int64) if isinstance(now_ns, int) else now_ns.cast(pl.Int64)
     group = [SNAP] if SNAP in cols else []
+    # Rev key columns must have the key's types for the join (hand-built frames may hold all-null columns).
+    lf = lf.with_columns(pl.col(r).cast(schema[k]) for k, r in zip(KEY, REV_KEY) if schema[r] != schema[k])
+    is_fwd = pl.col("type") == "nat_fwd"
+    t = timeouts
+    proto = pl.col("proto")
+    # Felix checks the scanned entry's own `created` first (layouts that have it).
+    in_grace = ((now - pl.col("created_ns").cast(pl.Int64)) < t["CreationGracePeriod"]).fill_null(False)
 
-    # The rev entry of every fwd entry: a left join on the fwd's rev key. Keys are unique in
-    # a map, so the join never duplicates rows; it keeps the frame's order.
-    rev = lf.filter(pl.col("type") != "nat_fwd").select(
+    def graced(code: pl.Expr) -> pl.Expr:
+        return pl.when(in_grace).then(pl.lit(0, pl.UInt8)).otherwise(code).alias(_CODE)
+
+    own = lf.filter(~is_fwd).with_columns(graced(_rule_code(pl.col, proto, now, t))).select(*cols, _CODE)
+
+    # The rev entry of every fwd entry: keys are unique within a map (and a snapshot), so the
+    # left join never duplicates rows.
+    rev = lf.filter(~is_fwd).select(
         *[pl.col(k).alias(r) for k, r in zip(KEY, REV_KEY)],
         *[pl.col(c) for c in group],
         *[pl.col(c).alias(_R + c) for c in JUDGED],
     )
-    lf = lf.join(rev, on=REV_KEY + group, how="left", maintain_order="left", nulls_equal=False)
-
-    is_fwd = pl.col("type") == "nat_fwd"
-
-    def judged(c: str) -> pl.Expr:
-        return pl.when(is_fwd).then(pl.col(_R + c)).otherwise(pl.col(c))
-
-    def bit(c: str) -> pl.Expr:
-        return judged(c).fill_null(False)
-
-    age = now - judged("last_seen_ns").cast(pl.Int64)
-    t = timeouts
-    dsr = (judged("flags") & FLAG_DSR_FWD) != 0
-    rst = bit("a2b_rst") | bit("b2a_rst")
-    fins = pl.when(dsr).then(bit("a2b_fin") | bit("b2a_fin")).otherwise(bit("a2b_fin") & bit("b2a_fin"))
-    established = bit("a2b_syn") & bit("a2b_ack") & bit("b2a_syn") & bit("b2a_ack")
-    rst_seen_ts = judged("rst_seen_ns").fill_null(0) != 0
-    proto = pl.col("proto")
-    tcp = proto == TCP
-    long_lived = established | dsr
-
-    rule = (
-        pl.when(is_fwd & pl.col(_R + "last_seen_ns").is_null()).then(pl.lit(R_NO_REV))
-        .when(tcp & rst & (age > t["TCPResetSeen"])).then(pl.lit(R_RST))
-        .when(tcp & fins & (age > t["TCPFinsSeen"])).then(pl.lit(R_FINS))
-        .when(tcp & long_lived & rst_seen_ts & (age > RST_RESIDUAL_NS)).then(pl.lit(R_RST_RESIDUAL))
-        .when(tcp & long_lived & (age > t["TCPEstablished"])).then(pl.lit(R_ESTABLISHED))
-        .when(tcp & ~long_lived & (age > t["TCPSynSent"])).then(pl.lit(R_PRE_ESTABLISHED))
-        .when(proto.is_in([ICMP, ICMP6]) & (age > t["ICMPTimeout"])).then(pl.lit(R_ICMP))
-        .when((proto == UDP) & (age > t["UDPTimeout"])).then(pl.lit(R_UDP))
-        .when(~proto.is_in([TCP, UDP, ICMP, ICMP6]) & (age > t["GenericTimeout"])).then(pl.lit(R_GENERIC))
-        .otherwise(pl.lit(None, pl.String))
+    by_rev = _rule_code(lambda c: pl.col(_R + c), proto, now, t)
+    fwd = (
+        lf.filter(is_fwd)
+        .join(rev, on=REV_KEY + group, how="left", nulls_equal=False)
+        .with_columns(graced(
+            pl.when(pl.col(_R + "last_seen_ns").is_null()).then(pl.lit(NO_REV_CODE, pl.UInt8))
+            .when(by_rev > 0).then(by_rev + REV_OFFSET)
+            .otherwise(pl.lit(0, pl.UInt8))))
+        .select(*cols, _CODE)
     )
-    # Felix checks the scanned entry's own `created` first (layouts that have it).
-    in_grace = (now - pl.col("created_ns").cast(pl.Int64)) < t["CreationGracePeriod"]
-    reason = (
-        pl.when(in_grace.fill_null(False)).then(pl.lit(None, pl.String))
-        .when(is_fwd & pl.col(_R + "last_seen_ns").is_not_null()).then(pl.lit(REV_PREFIX) + rule)
-        .otherwise(rule)
-    )
-    return (
-        lf.with_columns(reason.alias("expire_reason"))
-        .with_columns(pl.col("expire_reason").is_not_null().alias("expired"))
-        .drop([_R + c for c in JUDGED])
-        .select(*cols, "expired", "expire_reason")
-    )
+    judged = pl.concat([own, fwd], how="vertical").with_columns((pl.col(_CODE) != 0).alias("expired"))
+    if reason_codes:
+        return judged
+    return judged.with_columns(
+        pl.col(_CODE).replace_strict(REASON_OF_CODE, default=None, return_dtype=pl.String).alias("expire_reason"),
+    ).drop(_CODE)
 
 
 def expired(source=None, *, timeouts: str | Timeouts | None = None, felix_config=None, now_ns: int | None = None,
@@ -143,6 +166,7 @@ def timeouts_for(src, timeouts: str | Timeouts | None = None, felix_config=None)
     return Timeouts.resolve(timeouts, felix_config=felix_config, node=snap.node or None, sysctls=snap.sysctls)
 
 
-def annotate(src, *, timeouts: str | Timeouts | None = None, felix_config=None) -> pl.LazyFrame:
+def annotate(src, *, timeouts: str | Timeouts | None = None, felix_config=None, reason_codes: bool = False
+             ) -> pl.LazyFrame:
     """The source's internal frame with Felix's verdict columns (per-snapshot reference times)."""
-    return with_expiry(src.frame, timeouts_for(src, timeouts, felix_config))
+    return with_expiry(src.frame, timeouts_for(src, timeouts, felix_config), reason_codes=reason_codes)

@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""`stats` and `expired` against the dump alone, measured in one run on the same map.
+
+    sudo python benches/bench_analysis.py                  # 1,000,000-entry synthetic v4 map
+    sudo python benches/bench_analysis.py --entries 5000000
+    sudo python benches/bench_analysis.py --pin /sys/fs/bpf/tc/globals/cali_v4_ct4
+
+Live: (a) open_map().to_polars() — the dump alone; (b) ctscope.stats(pin); (c)
+ctscope.expired(pin) (expired rows only) and (d) expired(pin, all=True) (every row with its
+verdict). Snapshot: (e) pl.read_parquet() alone, (f) stats and (g) expired on the same file.
+Each figure is the best of --repeat runs; the ratios to (a) and (e) are what travels between
+machines. Goal: analysis adds little to the dump (ratios close to 1).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import polars as pl
+
+import ctscope
+
+TIMEOUTS = "TCPFinsSeen=30s"  # fixed: results independent of this host's sysctls
+
+
+def best(fn, repeat: int) -> tuple[float, object]:
+    out, times = None, []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        out = fn()
+        times.append(time.perf_counter() - t)
+    return min(times), out
+
+
+def measure(pin: str, repeat: int) -> dict:
+    m = ctscope.open_map(pin)
+    r: dict = {"pin": pin}
+    a, df = best(lambda: m.to_polars(), repeat)
+    r["entries"] = df.height
+    del df
+    b, st = best(lambda: ctscope.stats(pin, timeouts=TIMEOUTS), repeat)
+    c, ex = best(lambda: ctscope.expired(pin, timeouts=TIMEOUTS), repeat)
+    d, _ = best(lambda: ctscope.expired(pin, timeouts=TIMEOUTS, all=True), repeat)
+    r["live"] = {
+        "a_dump_s": round(a, 4),
+        "b_stats_s": round(b, 4), "b_over_a": round(b / a, 3),
+        "c_expired_s": round(c, 4), "c_over_a": round(c / a, 3),
+        "d_expired_all_s": round(d, 4), "d_over_a": round(d / a, 3),
+        "expired_rows": ex.height,
+    }
+    with tempfile.TemporaryDirectory() as tmp:
+        snap = Path(tmp) / "snap.parquet"
+        from ctscope.snapshots import write_snapshot
+
+        write_snapshot(pin, output=snap)
+        e, _ = best(lambda: pl.read_parquet(snap), repeat)
+        f, _ = best(lambda: ctscope.stats(str(snap), timeouts=TIMEOUTS), repeat)
+        g, _ = best(lambda: ctscope.expired(str(snap), timeouts=TIMEOUTS), repeat)
+        r["snapshot"] = {
+            "file_mb": round(snap.stat().st_size / 2**20, 1),
+            "e_read_s": round(e, 4),
+            "f_stats_s": round(f, 4), "f_over_e": round(f / e, 3),
+            "g_expired_s": round(g, 4), "g_over_e": round(g / e, 3),
+        }
+    r["stats_figures"] = {k: st[k] for k in ("total_entries", "total_connections", "nat_connections", "expired")}
+    return r
+
+
+def report(r: dict) -> str:
+    n = r["entries"]
+    lv, sn = r["live"], r["snapshot"]
+    rate = lambda s: f"{n / s / 1e6:5.2f} M entries/s"  # noqa: E731
+    return "\n".join([
+        f"{n:,} entries ({r['pin']})",
+        f"live      (a) dump alone (to_polars)        {lv['a_dump_s']:7.3f} s  {rate(lv['a_dump_s'])}",
+        f"          (b) stats                         {lv['b_stats_s']:7.3f} s  {lv['b_over_a']:.2f} x (a)",
+        f"          (c) expired ({lv['expired_rows']:,} rows)       {lv['c_expired_s']:7.3f} s  {lv['c_over_a']:.2f} x (a)",
+        f"          (d) expired --all                 {lv['d_expired_all_s']:7.3f} s  {lv['d_over_a']:.2f} x (a)",
+        f"snapshot  (e) read_parquet alone ({sn['file_mb']} MiB)  {sn['e_read_s']:7.3f} s",
+        f"          (f) stats                         {sn['f_stats_s']:7.3f} s  {sn['f_over_e']:.2f} x (e)",
+        f"          (g) expired                       {sn['g_expired_s']:7.3f} s  {sn['g_over_e']:.2f} x (e)",
+    ])
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--pin", help="existing map (default: synthesise one in a private bpffs)")
+    ap.add_argument("--entries", type=int, default=1_000_000)
+    ap.add_argument("--repeat", type=int, default=3)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    if args.pin:
+        r = measure(args.pin, args.repeat)
+    else:
+        from ctscope.bpffs import private_bpffs
+        from ctscope.cli.synth import synth
+
+        with private_bpffs() as fs:
+            pin = fs / "tc" / "globals" / "cali_v4_ct4"
+            t = time.perf_counter()
+            synth(str(pin), args.entries)
+            print(f"synthesised {args.entries:,} entries in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+            r = measure(str(pin), args.repeat)
+    print(json.dumps(r, indent=2) if args.json else report(r))
+
+
+if __name__ == "__main__":
+    main()
