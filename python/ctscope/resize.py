@@ -138,7 +138,12 @@ def keep_when_forced(params: dict[str, Any], max_entries: int) -> int:
 
 def default_backup_path(name: str, directory: str | os.PathLike[str] = ".") -> Path:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    return Path(directory) / f"ctscope-backup-{name}-{stamp}.arrow"
+    path = Path(directory) / f"ctscope-backup-{name}-{stamp}.arrow"
+    n = 1
+    while path.exists():  # a rerun within the same second: backups are never overwritten
+        n += 1
+        path = Path(directory) / f"ctscope-backup-{name}-{stamp}-{n}.arrow"
+    return path
 
 
 @dataclass

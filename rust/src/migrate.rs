@@ -53,21 +53,29 @@ pub fn copy_into(fd: &OwnedFd, entries: &Entries) -> Result<u64> {
     crate::synth::write_entries(fd, &entries.keys, &entries.values, entries.count, entries.key_size, entries.value_size)
 }
 
-/// FxHash-style mixing: CT keys are already high-entropy, SipHash would only cost time.
+/// Word-at-a-time mixing with murmur3's finaliser: much cheaper than SipHash, and the
+/// finaliser matters: CT keys vary mostly in their high bytes (addresses, ports), which a
+/// bare multiply never carries down to the low bits the table indexes by.
 #[derive(Default)]
 pub struct FastHasher(u64);
+const MIX: u64 = 0x51_7c_c1_b7_27_22_0a_95;
 impl Hasher for FastHasher {
     fn write(&mut self, bytes: &[u8]) {
         let mut chunks = bytes.chunks_exact(8);
         for c in &mut chunks {
-            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(c.try_into().unwrap())).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+            self.0 = (self.0.rotate_left(5) ^ u64::from_le_bytes(c.try_into().unwrap())).wrapping_mul(MIX);
         }
         for &b in chunks.remainder() {
-            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(0x51_7c_c1_b7_27_22_0a_95);
+            self.0 = (self.0.rotate_left(5) ^ b as u64).wrapping_mul(MIX);
         }
     }
     fn finish(&self) -> u64 {
-        self.0
+        let mut h = self.0;
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xff51_afd7_ed55_8ccd);
+        h ^= h >> 33;
+        h = h.wrapping_mul(0xc4ce_b9fe_1a85_ec53);
+        h ^ (h >> 33)
     }
 }
 type FastMap<'a> = HashMap<&'a [u8], &'a [u8], BuildHasherDefault<FastHasher>>;
@@ -224,6 +232,21 @@ mod tests {
         assert_eq!(top.count, 2);
         assert_eq!(top.key(0), &[2; 4]); // last_seen 5
         assert_eq!(top.key(1), &[3; 4]);
+    }
+
+    #[test]
+    fn hashes_keys_that_differ_only_in_high_bytes_apart() {
+        // 16-byte keys whose varying bytes sit at offsets 5-7 and 12-13 (address, port).
+        let mut low = std::collections::HashSet::new();
+        for i in 0u32..4096 {
+            let mut k = [0u8; 16];
+            k[5..8].copy_from_slice(&i.to_be_bytes()[1..]);
+            k[12..14].copy_from_slice(&(i as u16).to_le_bytes());
+            let mut h = FastHasher::default();
+            h.write(&k);
+            low.insert(h.finish() & 0xfff);
+        }
+        assert!(low.len() > 2000, "low 12 bits take only {} values", low.len());
     }
 
     #[test]

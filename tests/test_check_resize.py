@@ -1,0 +1,519 @@
+"""`ctscope check`, `resize` and `restore` against the real libbpf (issue 3's acceptance tests).
+
+Each kernel test gets its own private mount namespace (`unshare -m`) with a fresh bpffs at
+/sys/fs/bpf, libbpf's pin root for `LIBBPF_PIN_BY_NAME` maps. ctscope and bpftool run inside it
+(`nsenter -m`); the test itself creates, fills and reads maps with the independent ctypes wrapper
+(`bpfkernel`) through `/proc/<pid>/root/sys/fs/bpf`, so every verdict about entries is made by
+code that shares nothing with ctscope.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+import bpfkernel
+import ctbytes
+from conftest import skip_or_fail
+
+HERE = Path(__file__).resolve().parent
+BPF_SRC = HERE / "bpf" / "ct_reuse.c"
+PIN = "/sys/fs/bpf/cali_v4_ct4"
+PROG_PIN = "/sys/fs/bpf/prog"
+BIG = 300_000  # acceptance 1: "a few hundred thousand" entries
+SMALL = 10_000
+
+
+# ----------------------------------------------------------------------------------------- helpers
+
+class BpfNamespace:
+    """A mount namespace holding a fresh bpffs at /sys/fs/bpf for as long as the test runs."""
+
+    def __init__(self):
+        self.holder = subprocess.Popen(
+            ["unshare", "-m", "--propagation", "private", "sh", "-c",
+             "mount -t bpf bpf /sys/fs/bpf && echo ready && exec sleep 3600"],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        line = self.holder.stdout.readline().strip()
+        if line != "ready":
+            err = self.holder.stderr.read() if self.holder.poll() is not None else ""
+            self.close()
+            skip_or_fail(f"cannot make a private mount namespace with a bpffs (unshare -m): {err.strip() or line}")
+        self.root = f"/proc/{self.holder.pid}/root"
+
+    def host(self, path: str) -> str:
+        """The namespace's `path` as seen from this (the test's) process."""
+        return self.root + path
+
+    def run(self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        full_env = dict(os.environ, **(env or {}))
+        # Entering a mount namespace resets the working directory to its root: set it again.
+        wd = f"--wd={cwd or os.getcwd()}"
+        return subprocess.run(["nsenter", "-t", str(self.holder.pid), "-m", wd, "--", *args], capture_output=True,
+                              text=True, env=full_env, timeout=300)
+
+    def ctscope(self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None):
+        return self.run(sys.executable, "-m", "ctscope", *args, env=env, cwd=cwd)
+
+    def close(self) -> None:
+        if self.holder.poll() is None:
+            self.holder.kill()
+        self.holder.wait()
+        # The namespace, its bpffs and every map pinned only there go away with the holder.
+
+
+@pytest.fixture
+def ns():
+    for tool in ("unshare", "nsenter"):
+        if shutil.which(tool) is None:
+            skip_or_fail(f"needs {tool} (util-linux)")
+    n = BpfNamespace()
+    yield n
+    n.close()
+
+
+def _clang_includes() -> list[str]:
+    # <linux/types.h> includes <asm/types.h>, which Debian keeps under the multiarch directory.
+    return [f"-I{Path(p).parent.parent}" for p in glob.glob("/usr/include/*/asm/types.h")[:1]]
+
+
+def compile_object(out_dir: Path, **defines: int) -> Path:
+    if shutil.which("clang") is None:
+        skip_or_fail("needs clang (apt-get install clang libbpf-dev)")
+    if not Path("/usr/include/bpf/bpf_helpers.h").exists():
+        skip_or_fail("needs libbpf-dev (bpf/bpf_helpers.h)")
+    name = "ct_reuse" + "".join(f"_{k}{v}" for k, v in sorted(defines.items())) + ".o"
+    obj = out_dir / name
+    cmd = ["clang", "-O2", "-g", "-target", "bpf", *_clang_includes(),
+           *[f"-D{k}={v}" for k, v in defines.items()], "-c", str(BPF_SRC), "-o", str(obj)]
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    assert r.returncode == 0, f"clang failed: {r.stderr}"
+    return obj
+
+
+@pytest.fixture(scope="module")
+def v4_object(tmp_path_factory):
+    """Calico v3.31+'s cali_v4_ct4 (LRU_HASH 16/88, flags 0) with max_entries 1048576, pinned by name."""
+    return compile_object(tmp_path_factory.mktemp("bpfobj"))
+
+
+def make_map(ns: BpfNamespace, path: str, map_type: int, max_entries: int, n: int, flags: int = 0,
+             name: str = "cali_v4_ct4") -> dict[bytes, bytes]:
+    """Create, pin and fill a CT-shaped map (16/88); returns its entries as read back."""
+    fd = bpfkernel.create_pinned(ns.host(path), map_type, 16, 88, max_entries, flags, name)
+    try:
+        bpfkernel.fill(fd, ((ctbytes.seq_key(i), ctbytes.seq_value(i, 88)) for i in range(n)), chunk=8192)
+        got = read_all(fd)
+    finally:
+        os.close(fd)
+    assert len(got) == n, f"the map kept {len(got)} of {n} entries"
+    return got
+
+
+def read_all(fd: int) -> dict[bytes, bytes]:
+    """Every entry via BPF_MAP_LOOKUP_BATCH (growing the buffer on ENOSPC), slicing each
+    returned buffer once so that 300,000 entries read back in well under a second."""
+    import ctypes
+    import struct
+
+    info = bpfkernel.map_info(fd)
+    ks, vs = info.key_size, info.value_size
+    out: dict[bytes, bytes] = {}
+    cursor: bytes | None = None
+    count = 8192
+    while True:
+        ib = None if cursor is None else ctypes.create_string_buffer(cursor, len(cursor))
+        ob = ctypes.create_string_buffer(max(ks, 4))
+        kb, vb = ctypes.create_string_buffer(ks * count), ctypes.create_string_buffer(vs * count)
+        a = bpfkernel._attr()
+        bpfkernel._put(a, "<QQQQIIQQ", 0, bpfkernel._addr(ib), bpfkernel._addr(ob), bpfkernel._addr(kb),
+                       bpfkernel._addr(vb), count, fd, 0, 0)
+        finished = False
+        try:
+            bpfkernel._sys(bpfkernel.BPF_MAP_LOOKUP_BATCH, a, "MAP_LOOKUP_BATCH")
+        except OSError as e:
+            if e.errno == 28:  # ENOSPC: one bucket needs more room; retry the same cursor
+                count *= 2
+                continue
+            if e.errno != 2:  # ENOENT ends the walk, with valid entries in the buffers
+                raise
+            finished = True
+        n = struct.unpack_from("<I", a, 32)[0]
+        keys, vals = kb.raw, vb.raw
+        for i in range(n):
+            k = keys[i * ks:(i + 1) * ks]
+            assert k not in out, "a batch walk returned a key twice"
+            out[k] = vals[i * vs:(i + 1) * vs]
+        if finished:
+            return out
+        cursor = ob.raw
+
+
+def pin_state(ns: BpfNamespace, path: str = PIN) -> dict:
+    """Map id, parameters and entries of a pin, read independently of ctscope."""
+    fd = bpfkernel.obj_get(ns.host(path))
+    try:
+        info = bpfkernel.map_info(fd)
+        return {"id": info.id, "type": info.type, "max_entries": info.max_entries, "flags": info.map_flags,
+                "entries": read_all(fd)}
+    finally:
+        os.close(fd)
+
+
+def exists(ns: BpfNamespace, path: str) -> bool:
+    return os.path.lexists(ns.host(path))
+
+
+def bpftool_load(ns: BpfNamespace, obj: Path) -> subprocess.CompletedProcess:
+    if shutil.which("bpftool") is None:
+        skip_or_fail("needs bpftool on PATH (apt-get install bpftool)")
+    if exists(ns, PROG_PIN):
+        os.unlink(ns.host(PROG_PIN))
+    return ns.run("bpftool", "prog", "load", str(obj), PROG_PIN)
+
+
+def assert_same_entries(got: dict[bytes, bytes], want: dict[bytes, bytes]) -> None:
+    assert len(got) == len(want), f"{len(got)} entries, expected {len(want)}"
+    missing = [k for k in want if k not in got]
+    assert not missing, f"{len(missing)} keys missing, e.g. {missing[0].hex()}"
+    changed = [k for k in want if got[k] != want[k]]
+    assert not changed, f"{len(changed)} values changed, e.g. key {changed[0].hex()}"
+
+
+# ----------------------------------------------------------------------------- acceptance 1 to 4
+
+@pytest.mark.kernel
+def test_resize_makes_libbpf_reuse_the_pin_and_keeps_every_entry(ns, v4_object, tmp_path):
+    # 1. A Calico v3.31+ map at the default size, holding a few hundred thousand entries.
+    original = make_map(ns, PIN, bpfkernel.LRU_HASH, 512_000, BIG)
+
+    # 2. An object declaring max_entries 1048576: libbpf refuses the pin.
+    r = bpftool_load(ns, v4_object)
+    assert r.returncode != 0
+    assert "couldn't reuse pinned map" in r.stderr and "parameter mismatch" in r.stderr, r.stderr
+
+    # 3. check names the field and both values, and exits 1.
+    r = ns.ctscope("check", PIN, "--object", str(v4_object))
+    assert r.returncode == 1, r.stdout + r.stderr
+    row = next(line for line in r.stdout.splitlines() if line.strip().startswith("max_entries"))
+    assert "512,000" in row and "1,048,576" in row and "MISMATCH" in row, row
+    assert f"couldn't reuse pinned map at '{PIN}': parameter mismatch" in r.stdout
+    assert f"ctscope resize {PIN} --max-entries 1048576 --yes" in r.stdout
+    j = json.loads(ns.ctscope("check", PIN, "--object", str(v4_object), "--json").stdout)
+    bad = [row for m in j["maps"] for row in m["rows"] if not row["ok"]]
+    assert [(b["field"], b["pinned"], b["expected"]) for b in bad] == [("max_entries", 512_000, 1_048_576)]
+    assert j["compatible"] is False
+
+    # Without --yes, resize only prints the plan.
+    before = pin_state(ns)
+    r = ns.ctscope("resize", PIN, "--max-entries", "1048576", cwd=tmp_path)
+    assert r.returncode == 0 and "nothing done" in r.stdout, r.stdout + r.stderr
+    assert pin_state(ns)["id"] == before["id"] and not list(tmp_path.iterdir())
+
+    # 4. resize --yes succeeds, check passes, the same load now reuses the pin.
+    r = ns.ctscope("resize", PIN, "--max-entries", "1048576", "--yes", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    after = pin_state(ns)
+    assert after["id"] != before["id"] and after["max_entries"] == 1_048_576 and after["type"] == bpfkernel.LRU_HASH
+    assert_same_entries(after["entries"], original)
+    assert not exists(ns, PIN + "_old") and not exists(ns, PIN + "_ctscope_swap")
+
+    r = ns.ctscope("check", PIN, "--object", str(v4_object))
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = bpftool_load(ns, v4_object)
+    assert r.returncode == 0, r.stderr
+    prog = json.loads(ns.run("bpftool", "-j", "prog", "show", "pinned", PROG_PIN).stdout)
+    assert after["id"] in prog["map_ids"], "the loaded program must use the pinned (resized) map"
+
+    # The backup holds every original entry and is a plain Arrow IPC file.
+    backups = list(tmp_path.glob("ctscope-backup-cali_v4_ct4-*.arrow"))
+    assert len(backups) == 1
+    import polars as pl
+
+    df = pl.read_ipc(backups[0])
+    assert df.height == BIG and dict(zip(df["key"].to_list(), df["value"].to_list())) == original
+
+
+# ------------------------------------------------------------------------------------ acceptance 5
+
+@pytest.mark.kernel
+def test_version_change_is_explained_and_resize_refuses(ns, v4_object, tmp_path):
+    # A v3-style HASH / BPF_F_NO_PREALLOC map where the v4 object expects an LRU_HASH.
+    original = make_map(ns, PIN, bpfkernel.HASH, 512_000, SMALL, flags=bpfkernel.BPF_F_NO_PREALLOC)
+    r = bpftool_load(ns, v4_object)
+    assert r.returncode != 0 and "parameter mismatch" in r.stderr
+
+    r = ns.ctscope("check", PIN, "--object", str(v4_object))
+    assert r.returncode == 1
+    out = r.stdout
+    for field, pinned, expected in (("map_type", "hash", "lru_hash"), ("map_flags", "0x1", "0x0")):
+        row = next(line for line in out.splitlines()
+                   if line.strip().startswith(field) and "ct_reuse" in line and "MISMATCH" in line)
+        assert pinned in row.split() and expected in row.split(), row
+    assert "different map version" in out and "refuses" in out
+    assert "ct3 IPv4 (hash, flags 0x1" in out and "ct4 IPv4 (lru_hash, flags 0x0" in out
+    assert "--max-entries" not in out.split("remedy:", 1)[1], "no resize command for a version change"
+
+    before = pin_state(ns)
+    r = ns.ctscope("resize", PIN, "--max-entries", "1048576", "--yes", cwd=tmp_path)
+    assert r.returncode == 2, r.stdout + r.stderr
+    assert "refusing to resize" in r.stderr and "map_type" in r.stderr and "map_flags" in r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1, "errors are one line"
+    after = pin_state(ns)
+    assert after["id"] == before["id"] and after["max_entries"] == 512_000
+    assert_same_entries(after["entries"], original)
+    assert not exists(ns, PIN + "_old") and not list(tmp_path.iterdir()), "refused before any backup or pin change"
+
+
+# ------------------------------------------------------------------------------------ acceptance 6
+
+PHASES = ("plan", "backup", "create", "copy", "verify", "pin-old", "pin-new", "swap", "delta", "remove-old")
+
+
+def test_crash_phases_match_the_code():
+    from ctscope import resize
+
+    assert resize.PHASES == PHASES
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("phase", PHASES)
+def test_sigkill_at_each_phase_then_rerun_recovers(ns, tmp_path, phase):
+    original = make_map(ns, PIN, bpfkernel.LRU_HASH, 20_000, SMALL)
+    old_id = pin_state(ns)["id"]
+    r = ns.ctscope("resize", PIN, "--max-entries", "40000", "--yes", cwd=tmp_path,
+                   env={"CTSCOPE_TEST_CRASH_AFTER": phase})
+    assert r.returncode == -signal.SIGKILL, f"expected SIGKILL after {phase}: {r.returncode} {r.stderr}"
+
+    # What the kill left behind: the live pin is never missing, and never loses an entry.
+    state = pin_state(ns)
+    if PHASES.index(phase) < PHASES.index("swap"):
+        assert state["id"] == old_id, "nothing is repinned before the swap"
+        assert_same_entries(state["entries"], original)
+    else:
+        assert state["max_entries"] == 40_000
+        assert_same_entries(state["entries"], original)
+    assert exists(ns, PIN + "_old") == (PHASES.index("pin-old") <= PHASES.index(phase) < PHASES.index("remove-old"))
+    assert exists(ns, PIN + "_ctscope_swap") == (phase == "pin-new")
+
+    # check sees an interrupted migration as not compatible.
+    r = ns.ctscope("check", PIN, "--max-entries", "40000")
+    if exists(ns, PIN + "_old"):
+        assert r.returncode == 1 and "interrupted migration" in r.stdout
+
+    # A rerun recovers (Felix's rule) and completes; count and bytes verified.
+    r = ns.ctscope("resize", PIN, "--max-entries", "40000", "--yes", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    final = pin_state(ns)
+    assert final["max_entries"] == 40_000 and final["type"] == bpfkernel.LRU_HASH
+    assert_same_entries(final["entries"], original)
+    assert not exists(ns, PIN + "_old") and not exists(ns, PIN + "_ctscope_swap")
+    r = ns.ctscope("check", PIN, "--max-entries", "40000")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("phase", ("pin-old", "pin-new", "swap", "delta"))
+def test_check_recover_applies_felix_rule(ns, tmp_path, phase):
+    original = make_map(ns, PIN, bpfkernel.LRU_HASH, 20_000, SMALL)
+    old_id = pin_state(ns)["id"]
+    r = ns.ctscope("resize", PIN, "--max-entries", "40000", "--yes", cwd=tmp_path,
+                   env={"CTSCOPE_TEST_CRASH_AFTER": phase})
+    assert r.returncode == -signal.SIGKILL
+    r = ns.ctscope("check", PIN, "--recover")
+    assert r.returncode == 1 and "add --yes" in r.stdout and exists(ns, PIN + "_old"), "no action without --yes"
+    r = ns.ctscope("check", PIN, "--recover", "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    state = pin_state(ns)
+    assert state["id"] == old_id and state["max_entries"] == 20_000, "Felix's rule: <pin>_old back in place"
+    assert_same_entries(state["entries"], original)
+    assert not exists(ns, PIN + "_old") and not exists(ns, PIN + "_ctscope_swap")
+
+
+# ------------------------------------------------------------------------- programs, delta, restore
+
+@pytest.mark.kernel
+def test_plan_lists_programs_using_the_map_and_keep_old_then_delta(ns, tmp_path):
+    original = make_map(ns, PIN, bpfkernel.LRU_HASH, 20_000, SMALL)
+    same_size = compile_object(tmp_path, CT_MAX_ENTRIES=20_000)
+    r = bpftool_load(ns, same_size)
+    assert r.returncode == 0, r.stderr
+    prog_id = json.loads(ns.run("bpftool", "-j", "prog", "show", "pinned", PROG_PIN).stdout)["id"]
+    old_id = pin_state(ns)["id"]
+
+    r = ns.ctscope("resize", PIN, "--max-entries", "40000", cwd=tmp_path)
+    assert f"prog {prog_id} ct_lookup" in r.stdout and "until reloaded" in r.stdout
+
+    backup = tmp_path / "first.arrow"
+    r = ns.ctscope("resize", PIN, "--max-entries", "40000", "--keep-old", "--backup", str(backup), "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert exists(ns, PIN + "_old") and pin_state(ns, PIN + "_old")["id"] == old_id
+
+    # The program still writes to the old map: change one entry, add one, there.
+    fd = bpfkernel.obj_get(ns.host(PIN + "_old"))
+    k0, k_new = ctbytes.seq_key(0), ctbytes.seq_key(SMALL + 1)
+    v0, v_new = b"\x07" * 88, ctbytes.seq_value(SMALL + 1, 88)
+    bpfkernel.update_elem(fd, k0, v0)
+    bpfkernel.update_elem(fd, k_new, v_new)
+    os.close(fd)
+    # ... and the new map got an entry of its own that the delta must not clobber.
+    fd = bpfkernel.obj_get(ns.host(PIN))
+    k_own = ctbytes.seq_key(SMALL + 2)
+    bpfkernel.update_elem(fd, k_own, b"\x09" * 88)
+    os.close(fd)
+
+    r = ns.ctscope("resize", PIN, "--delta", "--backup", str(backup), "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "copied and verified 2 entries" in r.stdout
+    want = {**original, k0: v0, k_new: v_new, k_own: b"\x09" * 88}
+    assert_same_entries(pin_state(ns)["entries"], want)
+    assert not exists(ns, PIN + "_old")
+
+
+@pytest.mark.kernel
+def test_restore_writes_a_backup_back(ns, tmp_path):
+    original = make_map(ns, PIN, bpfkernel.LRU_HASH, 20_000, SMALL)
+    backup = tmp_path / "b.arrow"
+    r = ns.ctscope("resize", PIN, "--max-entries", "30000", "--backup", str(backup), "--yes")
+    assert r.returncode == 0, r.stderr
+    fd = bpfkernel.obj_get(ns.host(PIN))
+    lost = [ctbytes.seq_key(i) for i in range(0, SMALL, 7)]
+    for k in lost:
+        bpfkernel.delete_elem(fd, k)
+    os.close(fd)
+    assert len(pin_state(ns)["entries"]) == SMALL - len(lost)
+
+    r = ns.ctscope("restore", PIN, "--from", str(backup))
+    assert r.returncode == 0 and "nothing done" in r.stdout
+    assert len(pin_state(ns)["entries"]) == SMALL - len(lost)
+    r = ns.ctscope("restore", PIN, "--from", str(backup), "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert_same_entries(pin_state(ns)["entries"], original)
+
+    # A damaged backup is refused, not restored.
+    data = bytearray(backup.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    bad = tmp_path / "bad.arrow"
+    bad.write_bytes(bytes(data))
+    r = ns.ctscope("restore", PIN, "--from", str(bad), "--yes")
+    assert r.returncode == 2 and str(bad) in r.stderr
+
+
+@pytest.mark.kernel
+def test_shrinking_below_the_entry_count_needs_force(ns, tmp_path):
+    path = "/sys/fs/bpf/cali_v4_ct3"
+    original = make_map(ns, path, bpfkernel.HASH, 20_000, SMALL, flags=bpfkernel.BPF_F_NO_PREALLOC,
+                        name="cali_v4_ct3")
+    r = ns.ctscope("resize", path, "--max-entries", "5000", "--yes", cwd=tmp_path)
+    assert r.returncode == 2 and "holds 10,000 entries" in r.stderr and "--force" in r.stderr
+    assert pin_state(ns, path)["max_entries"] == 20_000
+    r = ns.ctscope("resize", path, "--max-entries", "5000", "--force", "--yes", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    kept = pin_state(ns, path)["entries"]
+    assert len(kept) == 5000
+    assert all(original[k] == v for k, v in kept.items())
+    # The newest by last_seen (seq_value(i) has last_seen i + 1) are the ones kept.
+    assert set(kept) == {ctbytes.seq_key(i) for i in range(SMALL - 5000, SMALL)}
+
+
+@pytest.mark.kernel
+def test_refuses_pins_outside_a_bpffs_and_symlinks(ns, tmp_path):
+    make_map(ns, PIN, bpfkernel.LRU_HASH, 20_000, 100)
+    plain = tmp_path / "cali_v4_ct4"
+    plain.write_bytes(b"")
+    r = ns.ctscope("resize", str(plain), "--max-entries", "40000", "--yes")
+    assert r.returncode == 2 and "not on a BPF filesystem" in r.stderr
+    # A link from outside into the bpffs, and one inside the bpffs leading out.
+    link = tmp_path / "link"
+    link.symlink_to(ns.host(PIN))
+    r = ns.ctscope("resize", str(link), "--max-entries", "40000", "--yes")
+    assert r.returncode == 2, r.stderr
+    os.symlink(str(tmp_path), ns.host("/sys/fs/bpf/out"))
+    r = ns.ctscope("restore", "/sys/fs/bpf/out/cali_v4_ct4", "--from", str(plain), "--yes")
+    assert r.returncode == 2 and "not on a BPF filesystem" in r.stderr
+    os.symlink("cali_v4_ct4", ns.host("/sys/fs/bpf/alias"))
+    r = ns.ctscope("resize", "/sys/fs/bpf/alias", "--max-entries", "40000", "--yes")
+    assert r.returncode == 2 and "symlink" in r.stderr
+    assert pin_state(ns)["max_entries"] == 20_000
+
+
+@pytest.mark.kernel
+def test_check_reports_old_pins_leftovers_and_fill(ns):
+    # HASH (ct3) for the fill: an LRU map evicts before it is 91% full (facts §8).
+    ct3 = "/sys/fs/bpf/cali_v4_ct3"
+    make_map(ns, ct3, bpfkernel.HASH, 1000, 910, flags=bpfkernel.BPF_F_NO_PREALLOC, name="cali_v4_ct3")
+    os.close(bpfkernel.create_pinned(ns.host("/sys/fs/bpf/cali_v4_ct2"), bpfkernel.HASH, 16, 64, 100, 1, "cali_v4_ct2"))
+    r = ns.ctscope("check", ct3, "--json")
+    rep = json.loads(r.stdout)["maps"][0]
+    assert r.returncode == 0, r.stderr
+    assert rep["entries"] == 910 and rep["fill"] == pytest.approx(0.91)
+    notes = " ".join(rep["notes"])
+    assert "> 90%" in notes and "cali_v4_ct2 is a ct2 pin left beside ct3" in notes
+
+
+# ----------------------------------------------------------------- configuration (no kernel needed)
+
+def test_felix_configuration_sizes(tmp_path):
+    from ctscope import check
+
+    cpus = tmp_path / "possible"
+    cpus.write_text("0-3,6\n")
+    assert check.possible_cpus(str(cpus)) == 5
+    missing = str(tmp_path / "no-size-file")
+    yaml_cfg = tmp_path / "felix.yaml"
+    yaml_cfg.write_text("apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata:\n  name: default\n"
+                        "spec:\n  bpfEnabled: true\n  bpfMapSizeConntrack: 1048576\n")
+    assert check.felix_size(str(yaml_cfg), None).value == 1_048_576  # default size file absent here
+    json_cfg = tmp_path / "felix.json"
+    json_cfg.write_text(json.dumps({"kind": "FelixConfigurationList", "items": [
+        {"kind": "FelixConfiguration", "metadata": {"name": "node.x"}, "spec": {}},
+        {"kind": "FelixConfiguration", "metadata": {"name": "default"},
+         "spec": {"bpfMapSizeConntrack": 600000, "bpfMapSizePerCPUConntrack": 100000}}]}))
+    s = check.felix_size(str(json_cfg), None, cpus_path=str(cpus))
+    assert (s.value, "x 5 possible CPUs" in s.source) == (500_000, True)
+    size_file = tmp_path / "bpf_ct_map_size"
+    size_file.write_text("2097152\n")
+    s = check.felix_size(str(yaml_cfg), str(size_file))
+    assert s.value == 2_097_152 and "auto-grow" in s.source
+    size_file.write_text("1000\n")  # smaller: the configuration wins
+    assert check.felix_size(str(yaml_cfg), str(size_file)).value == 1_048_576
+    assert check.felix_size(None, None) is None
+    from ctscope.errors import BadArgument
+
+    with pytest.raises(BadArgument):
+        check.felix_size(None, missing)
+
+
+@pytest.mark.parametrize("text", ["spec: [unclosed", "kind: Deployment\nspec: {}\n",
+                                  "kind: FelixConfiguration\nspec:\n  bpfMapSizeConntrack: lots\n", "{not json"])
+def test_unparseable_felix_configuration_is_a_one_line_error(tmp_path, text):
+    cfg = tmp_path / "felix.yaml"
+    cfg.write_text(text)
+    r = subprocess.run([sys.executable, "-m", "ctscope", "check", "/sys/fs/bpf/none", "--felix-config", str(cfg)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2, r.stderr
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("ctscope: error: ") and str(cfg) in lines[0]
+
+
+def test_object_maps_are_parsed_with_aya_obj(tmp_path):
+    from ctscope._native import object_maps
+
+    obj = compile_object(tmp_path, CT_MAX_ENTRIES=4242, CT_MAP_TYPE=1, CT_MAP_FLAGS=1)
+    (m,) = object_maps(str(obj))
+    assert m == {"name": "cali_v4_ct4", "map_type": "hash", "map_type_id": 1, "key_size": 16, "value_size": 88,
+                 "max_entries": 4242, "map_flags": 1, "map_extra": 0, "pinning": "by_name", "section": ".maps"}
+    junk = tmp_path / "junk.o"
+    junk.write_bytes(b"\x7fELF not really")
+    from ctscope.errors import BadArgument
+
+    with pytest.raises(BadArgument, match="junk.o"):
+        object_maps(str(junk))
