@@ -246,7 +246,7 @@ def test_query_sql_over_ct(synth_pin, raw):
     assert json.loads(p.stdout) == [{"n": len(oracle_expired(raw, NOW))}]
     # The default SOURCE (the live pin under --bpffs) with just the SQL.
     bpffs_root = synth_pin.parent.parent.parent
-    p = run("query", "SELECT count(*) AS n FROM ct", "--bpffs", bpffs_root, "-f", "json", "--no-expiry")
+    p = run("query", "SELECT count(*) AS n FROM ct", "--bpffs", bpffs_root, "-f", "json")
     assert json.loads(p.stdout) == [{"n": 20_000}]
     bad = run("query", synth_pin, "SELEC nonsense", check=False)
     assert bad.returncode == 2 and bad.stderr.startswith("ctscope: error: SQL") and bad.stderr.count("\n") == 1

@@ -144,17 +144,14 @@ def expired(source=None, *, timeouts: str | Timeouts | None = None, felix_config
             all: bool = False, where: str | None = None, **source_kw) -> pl.DataFrame:
     """Felix's verdict on SOURCE's entries: the expired ones, or with `all=True` every entry,
     with `expired` and `expire_reason` columns. SOURCE as for `ctscope.scan`."""
-    from ctscope.analysis.sources import Source, open_source, where_filter
+    from ctscope.analysis.sources import INTERNAL, Source, open_source
 
     src = source if isinstance(source, Source) else open_source(source, now_ns=now_ns, **source_kw)
-    lf = annotate(src, timeouts=timeouts, felix_config=felix_config)
-    cond = where_filter(where, lf)
-    if cond is not None:
-        lf = lf.filter(cond)
-    if not all:
-        lf = lf.filter(pl.col("expired"))
+    frames = [lf.drop(INTERNAL) for lf in judged_parts(src, timeouts=timeouts, felix_config=felix_config, where=where,
+                                                       only_expired=not all)]
     with src.reading():
-        return lf.drop(["_snap", "_now_ns"]).collect()
+        out = [lf.collect() for lf in frames]
+    return out[0] if len(out) == 1 else pl.concat(out, how="diagonal_relaxed")
 
 
 def timeouts_for(src, timeouts: str | Timeouts | None = None, felix_config=None) -> Timeouts:
@@ -166,7 +163,33 @@ def timeouts_for(src, timeouts: str | Timeouts | None = None, felix_config=None)
     return Timeouts.resolve(timeouts, felix_config=felix_config, node=snap.node or None, sysctls=snap.sysctls)
 
 
-def annotate(src, *, timeouts: str | Timeouts | None = None, felix_config=None, reason_codes: bool = False
-             ) -> pl.LazyFrame:
-    """The source's internal frame with Felix's verdict columns (per-snapshot reference times)."""
-    return with_expiry(src.frame, timeouts_for(src, timeouts, felix_config), reason_codes=reason_codes)
+def judged_parts(src, *, timeouts: str | Timeouts | None = None, felix_config=None, where: str | None = None,
+                 only_expired: bool = False, reason_codes: bool = False) -> list[pl.LazyFrame]:
+    """One LazyFrame per snapshot with Felix's verdict columns, --where applied (after judging:
+    a NAT fwd entry needs its rev entry even when --where would drop that). Run them one by
+    one to hold one snapshot in memory at a time."""
+    from ctscope.analysis.sources import where_filter
+
+    t = timeouts_for(src, timeouts, felix_config)
+    out = []
+    cond = None
+    for i, part in enumerate(src.parts):
+        lf = with_expiry(part, t, reason_codes=reason_codes and not where)
+        if where:
+            if i == 0:
+                cond = where_filter(where, lf)
+            lf = lf.filter(cond)
+            if reason_codes:
+                lf = lf.with_columns(pl.col("expire_reason").replace_strict(
+                    {r: c for c, r in REASON_OF_CODE.items()}, default=0, return_dtype=pl.UInt8).alias(_CODE))
+        if only_expired:
+            lf = lf.filter(pl.col("expired"))
+        out.append(lf)
+    return out
+
+
+def annotate(src, *, timeouts: str | Timeouts | None = None, felix_config=None) -> pl.LazyFrame:
+    """All of the source's rows with Felix's verdict columns, as one LazyFrame (convenient for
+    SQL; for many large snapshots prefer judged_parts, which bounds memory)."""
+    parts = judged_parts(src, timeouts=timeouts, felix_config=felix_config)
+    return parts[0] if len(parts) == 1 else pl.concat(parts, how="diagonal_relaxed")

@@ -94,8 +94,15 @@ class Source:
 
     spec: str
     snapshots: list[Snapshot]
-    frame: pl.LazyFrame  # public columns + partition columns + _snap + _now_ns
+    parts: list[pl.LazyFrame]  # one per snapshot: public columns + partition columns + _snap + _now_ns
     files: bool  # True when rows are read from files (errors then name a snapshot)
+
+    @property
+    def frame(self) -> pl.LazyFrame:
+        """All snapshots' rows as one LazyFrame. Questions that pair rows within a snapshot
+        (Felix's NAT fwd -> rev lookup) go part by part instead, so that memory holds one
+        snapshot at a time however many there are."""
+        return self.parts[0] if len(self.parts) == 1 else pl.concat(self.parts, how="diagonal_relaxed")
 
     @property
     def single(self) -> bool:
@@ -197,7 +204,7 @@ def _live(pin: str, now_ns: int | None, layout: str) -> Source:
     meta.setdefault("nf_conntrack_sysctls", read_sysctls())
     snap = Snapshot(pin, "live", meta, {}, int(d.now_ns))
     frame = df.lazy().with_columns(pl.lit(0, pl.UInt32).alias(SNAP), pl.lit(snap.now_ns, pl.UInt64).alias(NOW))
-    return Source(pin, [snap], frame, files=False)
+    return Source(pin, [snap], [frame], files=False)
 
 
 def _files(spec: str, files: list[Path], root: Path | None, now_ns: int | None) -> Source:
@@ -219,8 +226,7 @@ def _files(spec: str, files: list[Path], root: Path | None, now_ns: int | None) 
                 extra.append(pl.lit(snap.node).alias("node"))
             extra += [_partition_value(k, v) for k, v in parts.items()]
         frames.append(lf.with_columns(extra))
-    frame = frames[0] if len(frames) == 1 else pl.concat(frames, how="diagonal_relaxed")
-    return Source(spec, snaps, frame, files=True)
+    return Source(spec, snaps, frames, files=True)
 
 
 def _partition_value(key: str, value: str) -> pl.Expr:

@@ -16,8 +16,8 @@ import math
 
 import polars as pl
 
-from ctscope.analysis.expiry import _CODE, REASON_OF_CODE, annotate
-from ctscope.analysis.sources import SNAP, Source, open_source, where_filter
+from ctscope.analysis.expiry import _CODE, REASON_OF_CODE, judged_parts
+from ctscope.analysis.sources import SNAP, Source, open_source
 
 # Felix's DoubleIfFull auto-grow (felix/bpf/conntrack/scanner.go): after a sweep,
 # live/max > 0.90 -> grow; > 0.85 while growing for 3 sweeps in a row -> grow.
@@ -29,7 +29,6 @@ GROW_SUSTAINED_AT = 0.85
 IDLE_EDGES = [1, 5, 20, 60, 600, 3600, 6 * 3600, 86400]
 IDLE_LABELS = ["<1s", "1-5s", "5-20s", "20s-1m", "1-10m", "10m-1h", "1-6h", "6h-1d", ">=1d"]
 
-CODE_OF_REASON = {r: c for c, r in REASON_OF_CODE.items()}
 PROTO_NAMES = {1: "icmp", 4: "ipip", 6: "tcp", 17: "udp", 41: "ipv6", 47: "gre", 50: "esp", 58: "icmpv6", 132: "sctp"}
 TCP_STATES = {"ESTABLISHED": "tcp_established", "CLOSED": "tcp_closed", "RESET": "tcp_reset", "SYN-SENT": "tcp_syn_sent"}
 TYPES = ["normal", "nat_fwd", "nat_rev"]
@@ -45,22 +44,18 @@ def idle_bucket() -> pl.Expr:
 
 
 def cube(src: Source, *, timeouts=None, felix_config=None, where: str | None = None) -> pl.DataFrame:
-    """Entry counts (and idle seconds summed) per snapshot/proto/type/tcp_state/expire_reason/idle bucket."""
-    if where:
-        # --where may name expire_reason, so it needs the readable column.
-        lf = annotate(src, timeouts=timeouts, felix_config=felix_config)
-        lf = lf.filter(where_filter(where, lf)).with_columns(
-            pl.col("expire_reason").replace_strict(CODE_OF_REASON, default=0, return_dtype=pl.UInt8).alias(_CODE))
-    else:
-        # Grouping by a small integer instead of the reason text halves the cost of the pass.
-        lf = annotate(src, timeouts=timeouts, felix_config=felix_config, reason_codes=True)
-    q = (
-        lf.with_columns(idle_bucket().alias("_idle_bucket"))
-        .group_by([SNAP, "proto", "type", "tcp_state", _CODE, "_idle_bucket"])
-        .agg(pl.len().alias("n"), pl.col("idle_s").sum().alias("idle_sum"))
-    )
-    with src.reading():
-        c = q.collect(engine="streaming")
+    """Entry counts (and idle seconds summed) per snapshot/proto/type/tcp_state/expire_reason/idle
+    bucket. Snapshots are aggregated one at a time: memory holds one, however many there are."""
+    cubes = []
+    for lf in judged_parts(src, timeouts=timeouts, felix_config=felix_config, where=where, reason_codes=True):
+        q = (
+            lf.with_columns(idle_bucket().alias("_idle_bucket"))
+            .group_by([SNAP, "proto", "type", "tcp_state", _CODE, "_idle_bucket"])
+            .agg(pl.len().alias("n"), pl.col("idle_s").sum().alias("idle_sum"))
+        )
+        with src.reading():
+            cubes.append(q.collect(engine="streaming"))
+    c = pl.concat(cubes, how="vertical_relaxed")
     return c.with_columns(
         pl.col(_CODE).replace_strict(REASON_OF_CODE, default=None, return_dtype=pl.String).alias("expire_reason"))
 

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import sys
+from collections.abc import Iterator
 from typing import Optional
 
 import polars as pl
 import typer
 
-from ctscope.analysis.expiry import annotate, timeouts_for
-from ctscope.analysis.sources import INTERNAL, open_source, where_filter
+from ctscope import export
+from ctscope.analysis.expiry import judged_parts, timeouts_for
+from ctscope.analysis.sources import INTERNAL, open_source
 from ctscope.cli import analysis_io as io
 from ctscope.cli.app import app
 
@@ -38,20 +41,41 @@ def expired(
     fmt = io.frame_format(fmt, output)
     src = open_source(source, **io.source_kw(bpffs, ipv6, layout, now_ns))
     t = timeouts_for(src, timeouts, felix_config)
-    lf = annotate(src, timeouts=t)
-    cond = where_filter(where, lf)
-    if cond is not None:
-        lf = lf.filter(cond)
-    rows = lf if all_entries else lf.filter(pl.col("expired"))
-    if limit is not None:
-        rows = rows.head(limit)
-    with src.reading():
-        counts, df = pl.collect_all([lf.select(pl.len(), pl.col("expired").sum()), rows.drop(INTERNAL)])
-    total, n_expired = counts.row(0)
-    print(f"ctscope: {n_expired:,} of {total:,} entries expired under Felix's rules ({t.spec()})", file=sys.stderr)
+    parts = judged_parts(src, timeouts=t, where=where)
+    schema = pl.Schema({k: v for k, v in parts[0].collect_schema().items() if k not in INTERNAL})
+    counts = {"total": 0, "expired": 0, "rows": 0}
+
+    def frames() -> Iterator[pl.DataFrame]:
+        # One snapshot at a time: a directory of snapshots never sits in memory whole, and
+        # file outputs are written as each snapshot's rows arrive.
+        for lf in parts:
+            rows = lf if all_entries else lf.filter(pl.col("expired"))
+            if limit is not None:
+                rows = rows.head(max(limit - counts["rows"], 0))
+            with src.reading():
+                n, df = pl.collect_all([lf.select(pl.len(), pl.col("expired").sum()), rows.drop(INTERNAL)])
+            counts["total"] += n.item(0, 0)
+            counts["expired"] += n.item(0, 1)
+            counts["rows"] += df.height
+            yield df.with_columns(pl.lit(None, dtype).alias(c) for c, dtype in schema.items()
+                                  if c not in df.columns).select(schema.names())
+
+    meta = src.snapshots[0].meta if src.single else None
     if fmt == "table":
+        df = pl.concat(list(frames()), how="vertical_relaxed")
         cols = [c for c in TABLE_COLUMNS if c in df.columns and (all_entries or c != "expired")]
-        if not src.single:
-            cols = ["node", *cols]
-        df = df.select(cols)
-    io.emit_frame(df, fmt, output, metadata=src.snapshots[0].meta if src.single else None)
+        io.emit_frame(df.select(["node", *cols] if not src.single else cols), fmt, output)
+    elif fmt in ("parquet", "arrow"):
+        kv = (lambda _n: {"ctscope": json.dumps(meta)}) if meta else None
+        if output is None:
+            export.write_binary(frames(), schema, fmt, export.stdout_binary(), kv)
+        else:
+            with export.atomic_output(output) as tmp:
+                export.write_binary(frames(), schema, fmt, tmp, kv)
+    elif output is None:
+        export.write_text(frames(), fmt, sys.stdout)
+    else:
+        with export.atomic_output(output) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            export.write_text(frames(), fmt, f)
+    print(f"ctscope: {counts['expired']:,} of {counts['total']:,} entries expired under Felix's rules ({t.spec()})",
+          file=sys.stderr)

@@ -18,8 +18,6 @@ from ctscope.errors import BadArgument
 def query(
     args: List[str] = typer.Argument(..., metavar="[SOURCE] SQL", help="Optional SOURCE, then the SQL text."),
     where: Optional[str] = io.Where,
-    expiry: bool = typer.Option(True, "--expiry/--no-expiry",
-                                help="Include Felix's `expired`/`expire_reason` columns (a join per query)."),
     timeouts: Optional[str] = io.Timeouts,
     felix_config: Optional[str] = io.FelixConfig,
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="table|json|ndjson|csv|parquet|arrow"),
@@ -29,21 +27,26 @@ def query(
     ipv6: bool = io.Ipv6,
     layout: str = io.Layout,
 ) -> None:
-    """Run SQL over table `ct`, e.g. "SELECT dport, count(*) AS n FROM ct GROUP BY dport ORDER BY n DESC LIMIT 5"."""
+    """Run SQL over table `ct`, e.g. "SELECT dport, count(*) AS n FROM ct GROUP BY dport ORDER BY n DESC LIMIT 5".
+
+    Felix's `expired` and `expire_reason` columns exist when the SQL or --where names them."""
     if len(args) > 2:
         raise BadArgument(f"query takes [SOURCE] SQL, got {len(args)} arguments (quote the SQL)")
     source, sql = (None, args[0]) if len(args) == 1 else (args[0], args[1])
     fmt = io.frame_format(fmt, output)
-    df = run_query(sql, source, where=where, expiry=expiry, timeouts=timeouts, felix_config=felix_config,
+    df = run_query(sql, source, where=where, timeouts=timeouts, felix_config=felix_config,
                    **io.source_kw(bpffs, ipv6, layout, now_ns))
     io.emit_frame(df, fmt, output)
 
 
-def run_query(sql: str, source=None, *, where: str | None = None, expiry: bool = True, timeouts=None,
-              felix_config=None, **source_kw) -> pl.DataFrame:
-    """SQL over SOURCE's entries registered as `ct` (Python API behind the command)."""
+def run_query(sql: str, source=None, *, where: str | None = None, timeouts=None, felix_config=None,
+              **source_kw) -> pl.DataFrame:
+    """SQL over SOURCE's entries registered as `ct` (Python API behind the command). Felix's
+    `expired`/`expire_reason` columns are added when the SQL or --where mentions them (judging
+    costs a join per snapshot, which other queries need not pay)."""
     src = open_source(source, **source_kw)
-    lf = annotate(src, timeouts=timeouts, felix_config=felix_config) if expiry else src.frame
+    wants_expiry = "expire" in sql.lower() or "expire" in (where or "").lower()
+    lf = annotate(src, timeouts=timeouts, felix_config=felix_config) if wants_expiry else src.frame
     cond = where_filter(where, lf)
     if cond is not None:
         lf = lf.filter(cond)
