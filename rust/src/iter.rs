@@ -4,7 +4,7 @@
 //! The reader hands out `Chunk`s of raw key/value bytes; decoding happens elsewhere so
 //! that the two can run on different cores.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::Arc;
 
@@ -58,7 +58,14 @@ pub struct ReadStats {
 
 enum State {
     Batch { cursor: Option<Vec<u8>>, count: u32 },
-    NextKey { last: Option<Vec<u8>>, seen: HashSet<Box<[u8]>>, visits: u64, limit: u64 },
+    NextKey {
+        last: Option<Vec<u8>>,
+        seen: HashSet<Box<[u8]>>,
+        /// The last keys of the walk, newest last: where to resume after a restart.
+        trail: VecDeque<Box<[u8]>>,
+        visits: u64,
+        limit: u64,
+    },
     Done,
 }
 
@@ -102,7 +109,7 @@ impl MapReader {
     fn next_key_state(&self) -> State {
         // Calico's bound: a walk that restarts under churn may never end otherwise.
         let limit = (self.max_entries as u64).saturating_mul(10).max(1000);
-        State::NextKey { last: None, seen: HashSet::new(), visits: 0, limit }
+        State::NextKey { last: None, seen: HashSet::new(), trail: VecDeque::new(), visits: 0, limit }
     }
 
     /// The next chunk of entries, or None at the end of the map.
@@ -178,7 +185,7 @@ impl MapReader {
         let (ks, vs) = (self.key_size, self.value_size);
         let want = self.chunk as usize;
         let fd = self.fd.clone();
-        let State::NextKey { last, seen, visits, limit } = &mut self.state else { unreachable!() };
+        let State::NextKey { last, seen, trail, visits, limit } = &mut self.state else { unreachable!() };
         let mut keys = Vec::with_capacity(want * ks);
         let mut values = Vec::with_capacity(want * vs);
         let mut next = vec![0u8; ks];
@@ -200,19 +207,31 @@ impl MapReader {
                 )));
             }
             let cur: Box<[u8]> = next.clone().into_boxed_slice();
-            *last = Some(next.clone());
             // GET_NEXT_KEY restarts from the first key when the current one was deleted:
-            // keys seen before are duplicates.
+            // keys seen before are duplicates. Rather than re-walk the whole map after
+            // every restart (O(n) each, so heavy churn never finishes), resume right
+            // after the newest key of the walk that still exists and whose successor
+            // is new. Positions only ever move earlier (new elements go to a bucket's
+            // head), so resuming there skips nothing that existed all along.
             if seen.contains(&cur) {
                 self.stats.duplicates_dropped += 1;
+                *last = Some(next.clone());
+                if let Some(resume) = resume_point(&fd, trail, seen, &mut next, &mut value, &mut self.stats)? {
+                    *last = Some(resume);
+                }
                 continue;
             }
+            *last = Some(next.clone());
             self.stats.syscalls += 1;
             let present =
                 sys::lookup_elem(fd.as_fd(), &next, &mut value).map_err(|e| CtError::os("BPF_MAP_LOOKUP_ELEM", e))?;
             if !present {
                 continue; // deleted between the two calls
             }
+            if trail.len() == RESUME_TRAIL {
+                trail.pop_front();
+            }
+            trail.push_back(cur.clone());
             seen.insert(cur);
             keys.extend_from_slice(&next);
             values.extend_from_slice(&value);
@@ -227,4 +246,34 @@ impl MapReader {
         }
         Ok(Some(Chunk { keys, values, count }))
     }
+}
+
+/// Keys of the walk remembered for resuming after a GET_NEXT_KEY restart.
+const RESUME_TRAIL: usize = 64;
+
+/// After a duplicate: the newest remembered key that still exists and whose successor
+/// has not been seen, to continue the walk from (None: no such key, keep walking).
+fn resume_point(
+    fd: &Arc<OwnedFd>,
+    trail: &mut VecDeque<Box<[u8]>>,
+    seen: &HashSet<Box<[u8]>>,
+    next: &mut [u8],
+    value: &mut [u8],
+    stats: &mut ReadStats,
+) -> Result<Option<Vec<u8>>> {
+    while let Some(t) = trail.back() {
+        stats.syscalls += 1;
+        let exists = sys::lookup_elem(fd.as_fd(), t, value).map_err(|e| CtError::os("BPF_MAP_LOOKUP_ELEM", e))?;
+        if exists {
+            stats.syscalls += 1;
+            let more = sys::get_next_key(fd.as_fd(), Some(t), next).map_err(|e| CtError::os("BPF_MAP_GET_NEXT_KEY", e))?;
+            // `t` exists, so its successor is its true successor in walk order (or the end).
+            if !more || !seen.contains(&next[..]) {
+                return Ok(Some(t.to_vec()));
+            }
+        }
+        // Deleted, or everything after it was seen already: an older key may do better.
+        trail.pop_back();
+    }
+    Ok(None)
 }
