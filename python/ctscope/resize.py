@@ -182,6 +182,7 @@ def resize(pin: str | os.PathLike[str], max_entries: int, *, backup: str | None 
         raise BadArgument(f"--max-entries {max_entries}: expected 1 .. 4294967295")
     pin = canonical_pin(pin)
     res = Result(pin=str(pin))
+    timer = _Timer(res)
     old = old_pin(pin)
     pending = needs_recovery(pin)
     if pending and not yes:
@@ -202,7 +203,9 @@ def resize(pin: str | os.PathLike[str], max_entries: int, *, backup: str | None 
         say(f"{pin}: max_entries is already {max_entries:,}: nothing to do")
         res.done = True
         return res
-    n, _ = raw_read(str(pin), 16384, "auto")
+    # With --yes the snapshot taken for the backup gives the count: no extra pass over the map.
+    snap = live.snapshot() if yes else None
+    n = snap.count if snap is not None else raw_read(str(pin), 16384, "auto")[0]
     res.entries = n
     if n > max_entries and not force:
         raise BadArgument(
@@ -228,10 +231,7 @@ def resize(pin: str | os.PathLike[str], max_entries: int, *, backup: str | None 
     if not yes:
         return _show_plan(res, say)
 
-    timer = _Timer(res)
     timer.mark("plan")
-    snap = live.snapshot()
-    res.entries = snap.count
     snap.write(str(bpath))
     say(f"backup: {snap.count:,} entries -> {bpath}")
     timer.mark("backup")
@@ -268,15 +268,18 @@ def resize(pin: str | os.PathLike[str], max_entries: int, *, backup: str | None 
     if force and res.dropped:
         changed = changed.newest(max(0, max_entries - to_copy.count))
     res.delta = new.fill(changed) if changed.count else 0
-    final = current.compare(new.snapshot())
-    if not force and (final["missing"] or final["different"]):
+    # Everything else was verified byte for byte above; check what the delta wrote.
+    final = new.lookup_compare(changed)
+    if final["missing"] or final["different"]:
         raise CtscopeError(
             f"{pin}: after the delta copy the new map lacks {final['missing']:,} and differs on {final['different']:,} "
-            f"entries of the old map; {old.name} is kept: rerun `ctscope resize {pin} --delta --yes`")
+            f"of {changed.count:,} entries changed in the old map; {old.name} is kept: rerun "
+            f"`ctscope resize {pin} --delta --backup {bpath} --yes`")
     if res.delta:
-        say(f"delta: copied {res.delta:,} entries changed in the old map during the resize")
-    if final["extra"]:
-        res.notes.append(f"{final['extra']:,} entries deleted from the old map meanwhile (expired) remain in the new one")
+        say(f"delta: copied and verified {res.delta:,} entries changed in the old map during the resize")
+    if current.count < snap.count:
+        res.notes.append(f"{snap.count - current.count:,} entries deleted from the old map meanwhile (expired) "
+                         "remain in the new one")
     timer.mark("delta")
 
     if keep_old:
@@ -341,7 +344,7 @@ def finish_delta(pin: str | os.PathLike[str], *, backup: str | None = None, keep
     ref = base if backup else newm.snapshot()
     changed = cur.changed_since(ref)
     res.delta = newm.write(changed) if changed.count else 0
-    check = changed.compare(newm.snapshot())
+    check = newm.lookup_compare(changed)
     if check["missing"] or check["different"]:
         raise CtscopeError(f"{pin}: delta verification failed: {check['missing']:,} missing, {check['different']:,} "
                            f"different of {changed.count:,} copied; {old.name} kept")

@@ -124,6 +124,24 @@ pub fn compare(expected: &Entries, actual: &Entries) -> Comparison {
     c
 }
 
+/// Look up each of `entries` in the map behind `fd` (one `LOOKUP_ELEM` per key): cheap
+/// for the few entries a delta writes, where re-reading the whole map would dominate.
+/// `actual` and `extra` are not known this way and stay 0.
+pub fn lookup_compare(fd: BorrowedFd<'_>, entries: &Entries) -> Result<Comparison> {
+    let mut c = Comparison { expected: entries.count as u64, ..Default::default() };
+    let mut value = vec![0u8; entries.value_size];
+    for i in 0..entries.count {
+        let found = sys::lookup_elem(fd, entries.key(i), &mut value).map_err(|e| CtError::os("BPF_MAP_LOOKUP_ELEM", e))?;
+        match found {
+            true if value == entries.value(i) => c.equal += 1,
+            true => c.different += 1,
+            false => c.missing += 1,
+        }
+    }
+    c.actual = c.equal + c.different;
+    Ok(c)
+}
+
 /// Entries of `current` whose key is absent from `reference` or whose value differs.
 pub fn changed_since(reference: &Entries, current: &Entries) -> Entries {
     let idx = index(reference);

@@ -200,6 +200,12 @@ impl LiveMap {
         Ok(py.detach(|| migrate::pin_new(self.inner.fd(), &path))?)
     }
 
+    /// Look up each entry of `snap` here: {expected, equal, missing, different, ...}.
+    fn lookup_compare<'py>(&self, py: Python<'py>, snap: &Snapshot) -> PyResult<Bound<'py, PyDict>> {
+        let c = py.detach(|| migrate::lookup_compare(self.inner.fd(), &snap.entries))?;
+        comparison_dict(py, &c)
+    }
+
     /// Write entries into this map (needs `writable=True`).
     fn write(&self, py: Python<'_>, snap: &Snapshot) -> PyResult<u64> {
         if !self.inner.writable {
@@ -238,6 +244,12 @@ impl NewMap {
     /// Copy the snapshot's entries in (`BPF_MAP_UPDATE_BATCH`, per-element fallback).
     fn fill(&self, py: Python<'_>, snap: &Snapshot) -> PyResult<u64> {
         Ok(py.detach(|| migrate::copy_into(&self.fd, &snap.entries))?)
+    }
+
+    /// Look up each entry of `snap` here: {expected, equal, missing, different, ...}.
+    fn lookup_compare<'py>(&self, py: Python<'py>, snap: &Snapshot) -> PyResult<Bound<'py, PyDict>> {
+        let c = py.detach(|| migrate::lookup_compare(self.fd.as_fd(), &snap.entries))?;
+        comparison_dict(py, &c)
     }
 
     /// Read every entry back.
