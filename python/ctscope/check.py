@@ -235,7 +235,8 @@ def _object_views(pin: Path, params: dict[str, Any], objects: list[str], configu
             if loader == "calico" and loader_value is not None:
                 sees = loader_value
                 note = (f"Calico's loader (v3.28.2+/v3.29+) calls bpf_map__set_max_entries({loader_value:,}) before "
-                        f"load: libbpf sees {loader_value:,}, not the compiled {m['max_entries']:,}")
+                        f"load: libbpf sees {loader_value:,}"
+                        + (f", not the compiled {m['max_entries']:,}" if loader_value != m["max_entries"] else ""))
             else:
                 sees = m["max_entries"]
                 note = (f"loaded as compiled (bpftool, plain libbpf, or Calico v3.27.x's tc loader, issue 9651): "
@@ -244,7 +245,7 @@ def _object_views(pin: Path, params: dict[str, Any], objects: list[str], configu
                     note += f"; Calico's fixed loader would set {loader_value:,} ({configured.source})"
             views.append(ObjectView(obj, m["name"], compiled, m["pinning"], loader_value, sees, note))
             exp = dict(compiled, max_entries=sees)
-            label = f"{Path(obj).name} ({'Calico loader' if sees != m['max_entries'] else 'compiled'})"
+            label = f"{Path(obj).name} ({'as Calico loads it' if loader == 'calico' and loader_value is not None else 'compiled'})"
             expectations.append((label, exp))
     return views, expectations
 
