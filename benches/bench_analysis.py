@@ -8,8 +8,9 @@
 Live: (a) open_map().to_polars() — the dump alone; (b) ctscope.stats(pin); (c)
 ctscope.expired(pin) (expired rows only) and (d) expired(pin, all=True) (every row with its
 verdict). Snapshot: (e) pl.read_parquet() alone, (f) stats and (g) expired on the same file.
-Each figure is the best of --repeat runs; the ratios to (a) and (e) are what travels between
-machines. Goal: analysis adds little to the dump (ratios close to 1).
+Also the analysis alone on a dump already in memory. Each figure is the best of --repeat
+runs, interleaved round-robin; the ratios to (a) and (e) are what travels between machines.
+Goal: analysis adds little to the dump (ratios close to 1).
 """
 
 from __future__ import annotations
@@ -28,29 +29,42 @@ import ctscope
 TIMEOUTS = "TCPFinsSeen=30s"  # fixed: results independent of this host's sysctls
 
 
-def best(fn, repeat: int) -> tuple[float, object]:
-    out, times = None, []
+def best_of(fns: dict, repeat: int) -> dict[str, tuple[float, object]]:
+    """Best time of each function, the functions interleaved round-robin so that a noisy
+    neighbour slows all of them alike rather than one."""
+    times: dict[str, list[float]] = {k: [] for k in fns}
+    out: dict[str, object] = {}
     for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return min(times), out
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            out[k] = fn()
+            times[k].append(time.perf_counter() - t)
+    return {k: (min(v), out[k]) for k, v in times.items()}
 
 
 def measure(pin: str, repeat: int) -> dict:
+    from ctscope.analysis import open_source
+
     m = ctscope.open_map(pin)
-    r: dict = {"pin": pin}
-    a, df = best(lambda: m.to_polars(), repeat)
-    r["entries"] = df.height
-    del df
-    b, st = best(lambda: ctscope.stats(pin, timeouts=TIMEOUTS), repeat)
-    c, ex = best(lambda: ctscope.expired(pin, timeouts=TIMEOUTS), repeat)
-    d, _ = best(lambda: ctscope.expired(pin, timeouts=TIMEOUTS, all=True), repeat)
+    src = open_source(pin)  # one dump, analysed repeatedly: the cost of the analysis alone
+    res = best_of({
+        "a": lambda: m.to_polars(),
+        "b": lambda: ctscope.stats(pin, timeouts=TIMEOUTS),
+        "c": lambda: ctscope.expired(pin, timeouts=TIMEOUTS),
+        "d": lambda: ctscope.expired(pin, timeouts=TIMEOUTS, all=True),
+        "b_only": lambda: ctscope.stats(src, timeouts=TIMEOUTS),
+        "c_only": lambda: ctscope.expired(src, timeouts=TIMEOUTS),
+    }, repeat)
+    a = res["a"][0]
+    r: dict = {"pin": pin, "entries": res["a"][1].height}
+    st, ex = res["b"][1], res["c"][1]
     r["live"] = {
         "a_dump_s": round(a, 4),
-        "b_stats_s": round(b, 4), "b_over_a": round(b / a, 3),
-        "c_expired_s": round(c, 4), "c_over_a": round(c / a, 3),
-        "d_expired_all_s": round(d, 4), "d_over_a": round(d / a, 3),
+        "b_stats_s": round(res["b"][0], 4), "b_over_a": round(res["b"][0] / a, 3),
+        "c_expired_s": round(res["c"][0], 4), "c_over_a": round(res["c"][0] / a, 3),
+        "d_expired_all_s": round(res["d"][0], 4), "d_over_a": round(res["d"][0] / a, 3),
+        "stats_analysis_only_s": round(res["b_only"][0], 4),
+        "expired_analysis_only_s": round(res["c_only"][0], 4),
         "expired_rows": ex.height,
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -58,14 +72,17 @@ def measure(pin: str, repeat: int) -> dict:
         from ctscope.snapshots import write_snapshot
 
         write_snapshot(pin, output=snap)
-        e, _ = best(lambda: pl.read_parquet(snap), repeat)
-        f, _ = best(lambda: ctscope.stats(str(snap), timeouts=TIMEOUTS), repeat)
-        g, _ = best(lambda: ctscope.expired(str(snap), timeouts=TIMEOUTS), repeat)
+        res = best_of({
+            "e": lambda: pl.read_parquet(snap),
+            "f": lambda: ctscope.stats(str(snap), timeouts=TIMEOUTS),
+            "g": lambda: ctscope.expired(str(snap), timeouts=TIMEOUTS),
+        }, repeat)
+        e = res["e"][0]
         r["snapshot"] = {
             "file_mb": round(snap.stat().st_size / 2**20, 1),
             "e_read_s": round(e, 4),
-            "f_stats_s": round(f, 4), "f_over_e": round(f / e, 3),
-            "g_expired_s": round(g, 4), "g_over_e": round(g / e, 3),
+            "f_stats_s": round(res["f"][0], 4), "f_over_e": round(res["f"][0] / e, 3),
+            "g_expired_s": round(res["g"][0], 4), "g_over_e": round(res["g"][0] / e, 3),
         }
     r["stats_figures"] = {k: st[k] for k in ("total_entries", "total_connections", "nat_connections", "expired")}
     return r
@@ -81,6 +98,9 @@ def report(r: dict) -> str:
         f"          (b) stats                         {lv['b_stats_s']:7.3f} s  {lv['b_over_a']:.2f} x (a)",
         f"          (c) expired ({lv['expired_rows']:,} rows)       {lv['c_expired_s']:7.3f} s  {lv['c_over_a']:.2f} x (a)",
         f"          (d) expired --all                 {lv['d_expired_all_s']:7.3f} s  {lv['d_over_a']:.2f} x (a)",
+        f"          analysis alone, on a dump in hand: stats {lv['stats_analysis_only_s']:.3f} s "
+        f"({lv['stats_analysis_only_s'] / lv['a_dump_s']:.2f} x (a)), expired {lv['expired_analysis_only_s']:.3f} s "
+        f"({lv['expired_analysis_only_s'] / lv['a_dump_s']:.2f} x (a))",
         f"snapshot  (e) read_parquet alone ({sn['file_mb']} MiB)  {sn['e_read_s']:7.3f} s",
         f"          (f) stats                         {sn['f_stats_s']:7.3f} s  {sn['f_over_e']:.2f} x (e)",
         f"          (g) expired                       {sn['g_expired_s']:7.3f} s  {sn['g_over_e']:.2f} x (e)",

@@ -15,6 +15,8 @@ Adds two columns: `expired` (bool) and `expire_reason` (Felix's reason text, nul
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import polars as pl
 
 from ctscope.analysis.sources import SNAP
@@ -147,10 +149,11 @@ def expired(source=None, *, timeouts: str | Timeouts | None = None, felix_config
     from ctscope.analysis.sources import INTERNAL, Source, open_source
 
     src = source if isinstance(source, Source) else open_source(source, now_ns=now_ns, **source_kw)
-    frames = [lf.drop(INTERNAL) for lf in judged_parts(src, timeouts=timeouts, felix_config=felix_config, where=where,
-                                                       only_expired=not all)]
-    with src.reading():
-        out = [lf.collect() for lf in frames]
+    out = []
+    for lf in judged_parts(src, timeouts=timeouts, felix_config=felix_config, where=where, only_expired=not all,
+                           whole_rows=True):
+        with src.reading():
+            out.append(lf.drop(INTERNAL).collect())
     return out[0] if len(out) == 1 else pl.concat(out, how="diagonal_relaxed")
 
 
@@ -164,19 +167,26 @@ def timeouts_for(src, timeouts: str | Timeouts | None = None, felix_config=None)
 
 
 def judged_parts(src, *, timeouts: str | Timeouts | None = None, felix_config=None, where: str | None = None,
-                 only_expired: bool = False, reason_codes: bool = False) -> list[pl.LazyFrame]:
+                 only_expired: bool = False, reason_codes: bool = False, whole_rows: bool = False
+                 ) -> Iterator[pl.LazyFrame]:
     """One LazyFrame per snapshot with Felix's verdict columns, --where applied (after judging:
-    a NAT fwd entry needs its rev entry even when --where would drop that). Run them one by
-    one to hold one snapshot in memory at a time."""
+    a NAT fwd entry needs its rev entry even when --where would drop that). Run each before
+    taking the next to hold one snapshot in memory at a time.
+
+    `whole_rows`: the caller wants every column of the rows (listings): each snapshot file is
+    then read into memory once, as its frame is handed out, instead of once per side of the
+    rev join."""
     from ctscope.analysis.sources import where_filter
 
     t = timeouts_for(src, timeouts, felix_config)
-    out = []
     cond = None
-    for i, part in enumerate(src.parts):
+    for part in src.parts:
+        if whole_rows and src.files:
+            with src.reading():
+                part = part.collect().lazy()
         lf = with_expiry(part, t, reason_codes=reason_codes and not where)
         if where:
-            if i == 0:
+            if cond is None:
                 cond = where_filter(where, lf)
             lf = lf.filter(cond)
             if reason_codes:
@@ -184,12 +194,16 @@ def judged_parts(src, *, timeouts: str | Timeouts | None = None, felix_config=No
                     {r: c for c, r in REASON_OF_CODE.items()}, default=0, return_dtype=pl.UInt8).alias(_CODE))
         if only_expired:
             lf = lf.filter(pl.col("expired"))
-        out.append(lf)
-    return out
+        yield lf
+
+
+def judged_schema(src, timeouts: Timeouts) -> pl.Schema:
+    """Columns of judged rows (without reading any)."""
+    return with_expiry(src.parts[0], timeouts).collect_schema()
 
 
 def annotate(src, *, timeouts: str | Timeouts | None = None, felix_config=None) -> pl.LazyFrame:
     """All of the source's rows with Felix's verdict columns, as one LazyFrame (convenient for
     SQL; for many large snapshots prefer judged_parts, which bounds memory)."""
-    parts = judged_parts(src, timeouts=timeouts, felix_config=felix_config)
+    parts = list(judged_parts(src, timeouts=timeouts, felix_config=felix_config))
     return parts[0] if len(parts) == 1 else pl.concat(parts, how="diagonal_relaxed")

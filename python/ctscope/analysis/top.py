@@ -32,7 +32,12 @@ def top(source=None, *, by: str = "src", metric: str = "entries", n: int = 10, w
     if n < 1:
         raise BadArgument(f"-n {n}: expected at least 1")
     src = source if isinstance(source, Source) else open_source(source, now_ns=now_ns, **source_kw)
-    lf = src.frame
+    if where and "expire" in where.lower():
+        from ctscope.analysis.expiry import annotate  # --where names Felix's verdict columns
+
+        lf = annotate(src)
+    else:
+        lf = src.frame
     if by == "node" and "node" not in lf.collect_schema().names():
         lf = lf.with_columns(pl.lit(src.snapshots[0].node).alias("node"))
     cond = where_filter(where, lf)

@@ -11,7 +11,7 @@ import polars as pl
 import typer
 
 from ctscope import export
-from ctscope.analysis.expiry import judged_parts, timeouts_for
+from ctscope.analysis.expiry import judged_parts, judged_schema, timeouts_for
 from ctscope.analysis.sources import INTERNAL, open_source
 from ctscope.cli import analysis_io as io
 from ctscope.cli.app import app
@@ -41,14 +41,13 @@ def expired(
     fmt = io.frame_format(fmt, output)
     src = open_source(source, **io.source_kw(bpffs, ipv6, layout, now_ns))
     t = timeouts_for(src, timeouts, felix_config)
-    parts = judged_parts(src, timeouts=t, where=where)
-    schema = pl.Schema({k: v for k, v in parts[0].collect_schema().items() if k not in INTERNAL})
+    schema = pl.Schema({k: v for k, v in judged_schema(src, t).items() if k not in INTERNAL})
     counts = {"total": 0, "expired": 0, "rows": 0}
 
     def frames() -> Iterator[pl.DataFrame]:
         # One snapshot at a time: a directory of snapshots never sits in memory whole, and
         # file outputs are written as each snapshot's rows arrive.
-        for lf in parts:
+        for lf in judged_parts(src, timeouts=t, where=where, whole_rows=True):
             rows = lf if all_entries else lf.filter(pl.col("expired"))
             if limit is not None:
                 rows = rows.head(max(limit - counts["rows"], 0))
