@@ -8,7 +8,9 @@ Adds two columns: `expired` (bool) and `expire_reason` (Felix's reason text, nul
 * A NAT_FWD entry keeps no state of its own: it is judged by the entry at its rev key
   (found by a join on rev_proto/rev_addr_a/rev_port_a/rev_addr_b/rev_port_b within the same
   snapshot) — that entry's last_seen, flags and legs, with the protocol of the fwd key. A
-  fwd entry whose rev entry is missing is expired (Felix deletes it as useless).
+  fwd entry whose rev entry is missing is expired (Felix deletes it as useless); so is one
+  whose rev key leads to another fwd stub (Felix would read that stub's bytes as legs).
+* Its reason is the rev entry's, prefixed "reverse entry: ".
 * Entries of layouts that record `created` (v2, v3 up to Calico 3.29) younger than
   CreationGracePeriod are kept, as those Felix versions did.
 """
@@ -84,10 +86,11 @@ def _rule_code(col, proto: pl.Expr, now: pl.Expr, t: Timeouts) -> pl.Expr:
     )
 
 
-def with_expiry(frame: pl.LazyFrame | pl.DataFrame, timeouts: Timeouts, now_ns: int | pl.Expr | None = None,
-                *, reason_codes: bool = False) -> pl.LazyFrame:
+def with_expiry(frame: pl.LazyFrame | pl.DataFrame, timeouts: Timeouts | str | None = None,
+                now_ns: int | pl.Expr | None = None, *, reason_codes: bool = False) -> pl.LazyFrame:
     """`frame` (public schema) plus `expired` and `expire_reason`.
 
+    `timeouts`: a Timeouts, or bpfConntrackTimeouts text resolved against this host.
     `now_ns`: the reference monotonic time — an int, or an expression (per-row `_now_ns` of a
     multi-snapshot source, the default when that column exists).
 
@@ -95,6 +98,8 @@ def with_expiry(frame: pl.LazyFrame | pl.DataFrame, timeouts: Timeouts, now_ns: 
     which is several times cheaper than joining every row); a map dump has no meaningful
     order anyway. `reason_codes=True` gives `_expire_code` (see REASON_OF_CODE) instead of
     `expire_reason`: cheaper to aggregate over."""
+    if not isinstance(timeouts, Timeouts):
+        timeouts = Timeouts.resolve(timeouts)
     lf = frame.lazy()
     schema = lf.collect_schema()
     cols = [c for c in schema.names() if c not in ("expired", "expire_reason")]  # re-judging replaces them
