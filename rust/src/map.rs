@@ -4,7 +4,7 @@
 //! refused by the kernel itself. aya reads the map info from that fd; the few fields aya
 //! does not expose (`btf_id`, `map_extra`) come from our own `BPF_OBJ_GET_INFO_BY_FD`.
 
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -80,6 +80,16 @@ impl PinnedMap {
         }
         let flags = if writable { 0 } else { BPF_F_RDONLY };
         let fd = sys::obj_get(path, flags).map_err(|e| CtError::os(format!("{shown}: BPF_OBJ_GET"), e))?;
+        // BPF_OBJ_GET_INFO_BY_FD answers for programs and links too (with their own info
+        // struct, read as map info that is garbage sizes), so ask what the fd is first.
+        match bpf_fd_kind(fd.as_fd()).as_deref() {
+            None | Some("bpf-map") => {}
+            Some("bpf-prog") => {
+                return Err(CtError::NotCtMap(format!("{shown}: is a BPF program pin, expected a map")));
+            }
+            Some("bpf_link") => return Err(CtError::NotCtMap(format!("{shown}: is a BPF link pin, expected a map"))),
+            Some(other) => return Err(CtError::NotCtMap(format!("{shown}: is a {other} pin, expected a BPF map"))),
+        }
         let params = read_params(fd.as_fd(), path).map_err(|e| match e {
             // A program or link pin opens fine but has no map info.
             CtError::Os { err, .. } if err.raw_os_error() == Some(libc::EINVAL) => {
@@ -105,6 +115,14 @@ impl PinnedMap {
             layout::map_type_name(self.params.map_type)
         )))
     }
+}
+
+/// What a BPF fd is, from its anon inode (`anon_inode:bpf-map` -> "bpf-map"); None when
+/// /proc is not there to tell.
+fn bpf_fd_kind(fd: BorrowedFd<'_>) -> Option<String> {
+    let link = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_raw_fd())).ok()?;
+    let s = link.to_string_lossy();
+    Some(s.strip_prefix("anon_inode:").unwrap_or(&s).to_string())
 }
 
 /// Parameters of the map behind `fd`: aya for the standard fields, our own call for the rest.
