@@ -123,8 +123,9 @@ class Source:
         """Turn polars' errors while reading files into one-line SnapshotErrors (exit 2)."""
         try:
             yield
-        except (pl.exceptions.ComputeError, pl.exceptions.ShapeError, pl.exceptions.SchemaError,
-                pl.exceptions.ColumnNotFoundError, OSError) as e:
+        except (pl.exceptions.PolarsError, pl.exceptions.PanicException, OSError) as e:
+            # Any polars error (damaged IPC buffers raise OutOfBoundsError, for one) or
+            # panic while reading files is the file's fault, not a ctscope bug.
             if not self.files or isinstance(e, (FileNotFoundError, PermissionError)):
                 raise
             raise SnapshotError(f"{self.spec}: unreadable snapshot data ({_one_line(e)})") from None
