@@ -199,7 +199,7 @@ def resize(pin: str | os.PathLike[str], max_entries: int, *, backup: str | None 
     params = live.params
     check_layout(pin, params)
     res.old_id = live.id
-    if params["max_entries"] == max_entries and not pending:
+    if params["max_entries"] == max_entries and not (pending and not yes):
         say(f"{pin}: max_entries is already {max_entries:,}: nothing to do")
         res.done = True
         return res
@@ -226,8 +226,11 @@ def resize(pin: str | os.PathLike[str], max_entries: int, *, backup: str | None 
         f"copy the entries changed in the old map meanwhile, then {'keep' if keep_old else 'remove'} {old.name}",
     ]
     if res.programs:
-        res.plan.append(f"{_prog_list(res.programs)} ({len(res.programs)} program(s)) reference the current map (id {live.id}) and keep using it until "
-                        "reloaded: entries they write after the swap stay in the old map")
+        res.plan.append(f"{_prog_list(res.programs)}: loaded program(s) referencing the current map (id {live.id}); "
+                        "they keep using it until reloaded, so entries they write after the swap stay in the old map")
+    if n <= max_entries and n > keep_when_forced(params, max_entries):
+        res.plan.append("note: an LRU map evicts before it is full: this copy may lose entries, in which case "
+                        "verification fails and nothing is repinned; choose a larger --max-entries")
     if not yes:
         return _show_plan(res, say)
 
