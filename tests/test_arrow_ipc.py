@@ -96,3 +96,23 @@ def test_pyarrow_validates_the_file(tmp_path):
     s = ipc.open_stream(out.read_bytes()[8:])
     assert s.schema.metadata == {b"ctscope": b"final=False"}
     assert isinstance(s.read_all(), pa.Table)
+
+
+def test_damaged_batch_headers_are_detected(tmp_path):
+    """The footer's block list is checked against the file: a batch header overwritten, or a
+    footer pointing past the data, is an error before any data is read."""
+    out = tmp_path / "d.arrow"
+    arrow_ipc.write_file([frame(100), frame(100, 100)], frame(100).schema, out, lambda _f: {"a": "b"})
+    data = bytearray(out.read_bytes())
+    root = arrow_ipc._root(bytes(data[-10 - int.from_bytes(data[-10:-6], "little"):-10]))
+    (off, meta_len, body_len), _ = arrow_ipc._blocks(root, 3)
+    bad = bytearray(data)
+    bad[off + 12:off + 20] = bytes(8)  # inside the second batch's message flatbuffer
+    out.write_bytes(bad)
+    with pytest.raises(arrow_ipc.IpcFormatError, match="record batch header"):
+        arrow_ipc.read_metadata(str(out))
+    bad = bytearray(data)
+    bad[off:off + 4] = b"\0\0\0\0"  # its continuation marker
+    out.write_bytes(bad)
+    with pytest.raises(arrow_ipc.IpcFormatError, match="record batch header"):
+        arrow_ipc.read_metadata(str(out))

@@ -331,7 +331,44 @@ def read_metadata(path: str) -> dict[str, str]:
         f.seek(size - 10 - flen)
         footer = f.read(flen)
     try:
-        schema = _root(footer).table(1)
-        return _key_values(schema) if schema is not None else {}
-    except (struct.error, IpcFormatError) as e:
+        root = _root(footer)
+        schema = root.table(1)
+        meta = _key_values(schema) if schema is not None else {}
+        blocks = _blocks(root, 2) + _blocks(root, 3)
+    except (struct.error, IpcFormatError, UnicodeDecodeError) as e:
         raise IpcFormatError(f"corrupt Arrow IPC footer ({e})") from None
+    _check_blocks(path, blocks, size - 10 - flen)
+    return meta
+
+
+def _blocks(footer: _Table, i: int) -> list[tuple[int, int, int]]:
+    p = footer.ref(i)
+    if p is None:
+        return []
+    (n,) = struct.unpack_from("<I", footer.buf, p)
+    return [struct.unpack_from("<qi4xq", footer.buf, p + 4 + 24 * k) for k in range(n)]
+
+
+def _check_blocks(path: str, blocks: list[tuple[int, int, int]], data_end: int) -> None:
+    """Every batch the footer lists must lie inside the file and start with a message
+    header of the recorded length: cheap structural checks (IPC has no checksums, so damage
+    inside a batch's buffers can only be caught, if at all, when it is read)."""
+    with open(path, "rb") as f:
+        for off, meta_len, body_len in blocks:
+            if off < 8 or meta_len < 8 or body_len < 0 or off + meta_len + body_len > data_end:
+                raise IpcFormatError("corrupt Arrow IPC file (a record batch lies outside the file)")
+            f.seek(off)
+            head = f.read(8)
+            if len(head) < 8:
+                raise IpcFormatError("truncated Arrow IPC file")
+            word, n = struct.unpack("<Ii", head)
+            if not (word == CONTINUATION and n == meta_len - 8 or word != CONTINUATION and word == meta_len - 4):
+                raise IpcFormatError(f"corrupt Arrow IPC file (no record batch header at offset {off})")
+            f.seek(off + 8 if word == CONTINUATION else off + 4)
+            try:
+                msg = _root(f.read(meta_len - (8 if word == CONTINUATION else 4)))
+                ok = msg.scalar(1, "B", 0) in (HEADER_RECORD_BATCH, HEADER_DICTIONARY) and msg.scalar(3, "q", 0) == body_len
+            except (struct.error, IpcFormatError):
+                ok = False
+            if not ok:
+                raise IpcFormatError(f"corrupt Arrow IPC file (bad record batch header at offset {off})")
