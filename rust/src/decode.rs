@@ -317,6 +317,7 @@ impl CtDecoder {
     /// Decode `n` entries packed back to back in `keys` and `values`.
     pub fn decode(&self, keys: &[u8], values: &[u8], n: usize) -> Result<RecordBatch, ArrowError> {
         let (ks, vs) = (self.key.size, self.val.size);
+        check_lengths(keys, values, n, ks, vs)?;
         let k = &self.key;
         let v = &self.val;
         let al = k.addr_len;
@@ -501,8 +502,22 @@ impl CtDecoder {
     }
 }
 
+/// `n` entries of `ks`/`vs` bytes must be there: an error, not a panic, when they are not.
+fn check_lengths(keys: &[u8], values: &[u8], n: usize, ks: usize, vs: usize) -> Result<(), ArrowError> {
+    let fits = |buf: &[u8], size: usize| n.checked_mul(size).is_some_and(|need| need <= buf.len());
+    if fits(keys, ks) && fits(values, vs) {
+        return Ok(());
+    }
+    Err(ArrowError::InvalidArgumentError(format!(
+        "{n} entries of {ks}/{vs} bytes do not fit in {} key and {} value bytes",
+        keys.len(),
+        values.len()
+    )))
+}
+
 /// `raw` layout: the bytes as stored.
 pub fn decode_raw(keys: &[u8], values: &[u8], n: usize, ks: usize, vs: usize) -> Result<RecordBatch, ArrowError> {
+    check_lengths(keys, values, n, ks, vs)?;
     let mut k = BinaryBuilder::with_capacity(n, n * ks);
     let mut v = BinaryBuilder::with_capacity(n, n * vs);
     for i in 0..n {

@@ -360,6 +360,10 @@ pub fn check_fits(layout: Layout, family: Option<Family>, key_size: u32, value_s
 /// (v3.30) from the entries themselves: `created` is non-zero and ≤ last_seen on nearly
 /// every entry, `rst_seen` is zero on every entry that never saw a RST.
 pub fn guess_v3_meaning(values: &[u8], value_size: usize) -> (Layout, String) {
+    if value_size < 16 {
+        // Not a CT value (no room for offset 0 and last_seen): nothing to judge by.
+        return (Layout::V3, format!("value size {value_size} is too small to judge: assumed v3 (offset 0 = rst_seen)"));
+    }
     let n = values.len() / value_size;
     if n == 0 {
         return (Layout::V3, "ct3 map is empty: assumed v3 (offset 0 = rst_seen, Calico v3.30)".into());
