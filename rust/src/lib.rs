@@ -26,6 +26,9 @@ pub mod stream;
 pub mod synth;
 pub mod sys;
 
+#[cfg(test)]
+mod fuzz_tests;
+
 use pyo3::prelude::*;
 
 #[pymodule]
