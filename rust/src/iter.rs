@@ -148,12 +148,19 @@ impl MapReader {
         // The cursor is a bucket index, but the kernel copies key_size bytes of it.
         let cursor_len = self.key_size.max(4);
         loop {
-            let n = *count as usize;
-            let mut keys = vec![0u8; n * self.key_size];
-            let mut values = vec![0u8; n * self.value_size];
+            let (mut keys, mut values) = (Vec::new(), Vec::new());
             let mut out = vec![0u8; cursor_len];
             self.stats.syscalls += 1;
-            let step = sys::lookup_batch(self.fd.as_fd(), cursor.as_deref(), &mut out, &mut keys, &mut values, *count);
+            let step = sys::lookup_batch_into(
+                self.fd.as_fd(),
+                cursor.as_deref(),
+                &mut out,
+                &mut keys,
+                &mut values,
+                *count,
+                self.key_size,
+                self.value_size,
+            );
             let (got, done) = match step {
                 Ok(BatchStep::More(g)) => (g as usize, false),
                 // End of map: the final entries arrive together with ENOENT.
@@ -174,8 +181,6 @@ impl MapReader {
                 }
                 continue;
             }
-            keys.truncate(got * self.key_size);
-            values.truncate(got * self.value_size);
             self.stats.entries += got as u64;
             return Ok((Some(Chunk { keys, values, count: got }), done));
         }

@@ -128,8 +128,8 @@ where
     S: Fn(Result<RecordBatch>) -> bool,
 {
     let mut stats = ReadStats::default();
-    let res = scan_range(&job, &mut stats, &mut |chunk: Chunk| {
-        let b = decode(&chunk)?;
+    let res = scan_range(&job, &mut stats, &mut |chunk: &Chunk| {
+        let b = decode(chunk)?;
         if send(Ok(b)) { Ok(()) } else { Err(CtError::BadArgument("consumer went away".into())) }
     });
     if let Err(e) = res {
@@ -140,8 +140,11 @@ where
     stats
 }
 
-fn scan_range(job: &RangeJob, stats: &mut ReadStats, emit: &mut dyn FnMut(Chunk) -> Result<()>) -> Result<()> {
+fn scan_range(job: &RangeJob, stats: &mut ReadStats, emit: &mut dyn FnMut(&Chunk) -> Result<()>) -> Result<()> {
     let (ks, vs) = (job.key_size, job.value_size);
+    // Reused across calls: each chunk is decoded before the next call, so the buffers'
+    // pages stay mapped and nothing is zeroed again.
+    let (mut keys, mut values) = (Vec::new(), Vec::new());
     let cursor_len = ks.max(4);
     let mut cursor = job.start;
     let mut rows_seen = 0u64;
@@ -161,13 +164,11 @@ fn scan_range(job: &RangeJob, stats: &mut ReadStats, emit: &mut dyn FnMut(Chunk)
                 ((remaining * 1.1) as u32 + 16).clamp(1, job.cap)
             }
         });
-        let mut keys = vec![0u8; count as usize * ks];
-        let mut values = vec![0u8; count as usize * vs];
         let mut inb = vec![0u8; cursor_len];
         inb[..4].copy_from_slice(&cursor.to_ne_bytes());
         let mut out = vec![0u8; cursor_len];
         stats.syscalls += 1;
-        let step = sys::lookup_batch(job.fd.as_fd(), Some(&inb), &mut out, &mut keys, &mut values, count);
+        let step = sys::lookup_batch_into(job.fd.as_fd(), Some(&inb), &mut out, &mut keys, &mut values, count, ks, vs);
         let out_cursor = u32::from_ne_bytes(out[..4].try_into().unwrap());
         let (got, done) = match step {
             Ok(BatchStep::More(g)) => (g as usize, false),
@@ -186,12 +187,10 @@ fn scan_range(job: &RangeJob, stats: &mut ReadStats, emit: &mut dyn FnMut(Chunk)
             Err(e) => return Err(CtError::os("BPF_MAP_LOOKUP_BATCH", e)),
         };
         count_override = None;
-        keys.truncate(got * ks);
-        values.truncate(got * vs);
         job.registry.record(job.index, cursor, &keys);
         rows_seen += got as u64;
         let overshoot = !job.last && out_cursor > job.end;
-        let mut chunk = Chunk { keys, values, count: got };
+        let mut chunk = Chunk { keys: std::mem::take(&mut keys), values: std::mem::take(&mut values), count: got };
         if overshoot || done {
             job.registry.finish(job.index, overshoot.then_some(out_cursor));
         }
@@ -202,11 +201,12 @@ fn scan_range(job: &RangeJob, stats: &mut ReadStats, emit: &mut dyn FnMut(Chunk)
         }
         stats.entries += chunk.count as u64;
         if chunk.count > 0 {
-            emit(chunk)?;
+            emit(&chunk)?;
         }
         if done || overshoot {
             return Ok(());
         }
+        (keys, values) = (chunk.keys, chunk.values);
         cursor = out_cursor;
     }
 }

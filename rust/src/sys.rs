@@ -156,6 +156,54 @@ pub fn lookup_batch(
     }
 }
 
+/// `lookup_batch` into the spare capacity of reused vectors: they are resized to exactly
+/// the `count` entries the kernel wrote, and never zeroed first.
+#[allow(clippy::too_many_arguments)]
+pub fn lookup_batch_into(
+    fd: BorrowedFd<'_>,
+    in_batch: Option<&[u8]>,
+    out_batch: &mut [u8],
+    keys: &mut Vec<u8>,
+    values: &mut Vec<u8>,
+    count: u32,
+    key_size: usize,
+    value_size: usize,
+) -> io::Result<BatchStep> {
+    keys.clear();
+    values.clear();
+    keys.reserve(count as usize * key_size);
+    values.reserve(count as usize * value_size);
+    let mut attr = zeroed_attr();
+    unsafe {
+        let b = &mut attr.batch;
+        b.in_batch = in_batch.map_or(0, |c| c.as_ptr() as u64);
+        b.out_batch = out_batch.as_mut_ptr() as u64;
+        b.keys = keys.as_mut_ptr() as u64;
+        b.values = values.as_mut_ptr() as u64;
+        b.count = count;
+        b.map_fd = fd.as_raw_fd() as u32;
+    }
+    let res = bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr);
+    // The kernel reports how many entries it copied, also with ENOENT; on other errors it
+    // may have written nothing we can trust.
+    let got = match &res {
+        Ok(_) => unsafe { attr.batch.count },
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => unsafe { attr.batch.count },
+        Err(_) => 0,
+    }
+    .min(count) as usize;
+    // SAFETY: capacity was reserved above and the kernel initialised the first `got` entries.
+    unsafe {
+        keys.set_len(got * key_size);
+        values.set_len(got * value_size);
+    }
+    match res {
+        Ok(_) => Ok(BatchStep::More(got as u32)),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(BatchStep::Done(got as u32)),
+        Err(e) => Err(e),
+    }
+}
+
 /// `BPF_MAP_UPDATE_BATCH`; returns how many entries the kernel wrote, also on error
 /// (the error is returned together with the partial count).
 pub fn update_batch(
