@@ -9,13 +9,13 @@ libbpf would print and the remedy.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from ctscope._native import object_maps
+from ctscope import felixconfig
 from ctscope.errors import BadArgument, CtscopeError
 from ctscope.pins import GLOBALS, globals_dir, is_ct_pin_name
 
@@ -73,37 +73,8 @@ def possible_cpus(path: str = POSSIBLE_CPUS) -> int:
 
 
 def load_felix_config(path: str) -> dict[str, Any]:
-    """The `spec` of a FelixConfiguration as `kubectl get felixconfiguration default -o yaml`
-    (or `-o json`) prints it; a List picks the item named `default`."""
-    import yaml
-
-    try:
-        text = Path(path).read_text()
-    except FileNotFoundError:
-        raise BadArgument(f"{path}: no such FelixConfiguration file") from None
-    except OSError as e:
-        raise BadArgument(f"{path}: cannot read FelixConfiguration: {e.strerror}") from None
-    try:
-        # JSON is YAML, but json gives better messages for kubectl's -o json output.
-        doc = json.loads(text) if text.lstrip().startswith("{") else yaml.safe_load(text)
-    except (ValueError, yaml.YAMLError) as e:
-        raise BadArgument(f"{path}: not valid YAML or JSON: {' '.join(str(e).split())}") from None
-    if isinstance(doc, dict) and isinstance(doc.get("items"), list):
-        items = [i for i in doc["items"] if isinstance(i, dict)]
-        named = [i for i in items if (i.get("metadata") or {}).get("name") == "default"]
-        if named or len(items) == 1:
-            doc = (named or items)[0]
-        else:
-            raise BadArgument(f"{path}: a list of {len(items)} FelixConfigurations without one named 'default'")
-    if not isinstance(doc, dict) or (doc.get("kind") not in (None, "FelixConfiguration")):
-        kind = doc.get("kind") if isinstance(doc, dict) else type(doc).__name__
-        raise BadArgument(f"{path}: expected a FelixConfiguration, found {kind!r}")
-    spec = doc.get("spec", {})
-    if spec is None:
-        spec = {}
-    if not isinstance(spec, dict):
-        raise BadArgument(f"{path}: FelixConfiguration spec is not a mapping")
-    return spec
+    """The `spec` of the `default` FelixConfiguration in a kubectl -o yaml|json file."""
+    return felixconfig.spec(path)
 
 
 def _int_field(spec: dict[str, Any], key: str, path: str) -> int | None:

@@ -189,15 +189,11 @@ impl RecordBatchReader for DumpStream {
 fn probe(fd: &Arc<OwnedFd>, p: &MapParams) -> Result<Option<Vec<u8>>> {
     let (ks, vs) = (p.key_size as usize, p.value_size as usize);
     let mut count = 1024u32;
+    let (mut keys, mut values) = (Vec::new(), Vec::new());
     loop {
-        let mut keys = vec![0u8; count as usize * ks];
-        let mut values = vec![0u8; count as usize * vs];
         let mut out = vec![0u8; ks.max(4)];
-        match sys::lookup_batch(fd.as_fd(), None, &mut out, &mut keys, &mut values, count) {
-            Ok(BatchStep::More(n)) | Ok(BatchStep::Done(n)) => {
-                values.truncate(n as usize * vs);
-                return Ok(Some(values));
-            }
+        match sys::lookup_batch_into(fd.as_fd(), None, &mut out, &mut keys, &mut values, count, ks, vs) {
+            Ok(BatchStep::More(_)) | Ok(BatchStep::Done(_)) => return Ok(Some(values)),
             Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => count *= 2,
             Err(e) if matches!(e.raw_os_error(), Some(sys::ENOTSUPP) | Some(libc::EINVAL)) => return Ok(None),
             Err(e) => return Err(CtError::os("BPF_MAP_LOOKUP_BATCH", e)),

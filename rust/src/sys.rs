@@ -126,38 +126,10 @@ pub enum BatchStep {
     Done(u32),
 }
 
-/// One `BPF_MAP_LOOKUP_BATCH` call. `in_batch` None starts at the first bucket; the
-/// cursor written to `out_batch` must be passed back as `in_batch` next time.
-pub fn lookup_batch(
-    fd: BorrowedFd<'_>,
-    in_batch: Option<&[u8]>,
-    out_batch: &mut [u8],
-    keys: &mut [u8],
-    values: &mut [u8],
-    count: u32,
-) -> io::Result<BatchStep> {
-    let mut attr = zeroed_attr();
-    unsafe {
-        let b = &mut attr.batch;
-        b.in_batch = in_batch.map_or(0, |c| c.as_ptr() as u64);
-        b.out_batch = out_batch.as_mut_ptr() as u64;
-        b.keys = keys.as_mut_ptr() as u64;
-        b.values = values.as_mut_ptr() as u64;
-        b.count = count;
-        b.map_fd = fd.as_raw_fd() as u32;
-    }
-    let res = bpf(bpf_cmd::BPF_MAP_LOOKUP_BATCH, &mut attr);
-    // SAFETY: reading back the field the kernel wrote.
-    let got = unsafe { attr.batch.count };
-    match res {
-        Ok(_) => Ok(BatchStep::More(got)),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(BatchStep::Done(got)),
-        Err(e) => Err(e),
-    }
-}
-
-/// `lookup_batch` into the spare capacity of reused vectors: they are resized to exactly
-/// the `count` entries the kernel wrote, and never zeroed first.
+/// One `BPF_MAP_LOOKUP_BATCH` call into the spare capacity of `keys`/`values` (reused
+/// across calls, never zeroed): they come back holding exactly the entries the kernel
+/// copied. `in_batch` None starts at the first bucket; the cursor written to `out_batch`
+/// must be passed back as `in_batch` next time.
 #[allow(clippy::too_many_arguments)]
 pub fn lookup_batch_into(
     fd: BorrowedFd<'_>,

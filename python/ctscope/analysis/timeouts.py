@@ -10,12 +10,12 @@ keeps the default; ctscope refuses them, because here they come from a person ty
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 from collections.abc import Mapping
 from pathlib import Path
 
+from ctscope import felixconfig
 from ctscope.errors import BadArgument
 
 S = 1_000_000_000
@@ -171,41 +171,11 @@ def format_duration(ns: int) -> str:
 
 
 def felix_config_timeouts(path: str | os.PathLike[str], node: str | None = None) -> dict[str, str]:
-    """spec.bpfConntrackTimeouts of a FelixConfiguration file (YAML or JSON; one resource, a
-    List, or several documents). `default` applies first, then `node.<node>` on top."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise FileNotFoundError(2, "no such FelixConfiguration file", str(p)) from None
-    docs = _load_documents(text, p)
-    configs = {}
-    for d in docs:
-        for item in (d.get("items") or []) if d.get("kind") == "List" else [d]:
-            if isinstance(item, dict) and item.get("kind", "FelixConfiguration") == "FelixConfiguration":
-                name = (item.get("metadata") or {}).get("name", "default")
-                configs[name] = item
-    if not configs:
-        raise BadArgument(f"{p}: no FelixConfiguration resource in it")
-    chosen = [configs[n] for n in ("default", f"node.{node}" if node else None) if n in configs]
-    if not chosen:
-        chosen = [next(iter(configs.values()))]
+    """spec.bpfConntrackTimeouts of a FelixConfiguration file: `default`'s, with each timeout
+    that `node.<node>` sets on top."""
     out: dict[str, str] = {}
-    for c in chosen:
-        raw = (c.get("spec") or {}).get("bpfConntrackTimeouts")
-        out.update(parse_spec(raw, what=f"{p}: spec.bpfConntrackTimeouts"))
+    for s in felixconfig.specs(path, node):
+        out.update(parse_spec(s.get("bpfConntrackTimeouts"), what=f"{path}: spec.bpfConntrackTimeouts"))
     return out
 
 
-def _load_documents(text: str, path: Path) -> list[dict]:
-    try:
-        data = json.loads(text)
-        return data if isinstance(data, list) else [data]
-    except ValueError:
-        pass
-    import yaml
-
-    try:
-        return [d for d in yaml.safe_load_all(text) if isinstance(d, dict)]
-    except yaml.YAMLError as e:
-        raise BadArgument(f"{path}: not YAML or JSON ({' '.join(str(e).split())})") from None
