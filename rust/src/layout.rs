@@ -235,7 +235,7 @@ pub const FLAG_LABELS: &[(u32, &str)] = &[
     (0x1000, "np-remote"),
     (0x2000, "no-dsr"),
     (0x4000, "no-redir-peer"),
-    (0x8000, "dscp"),
+    (0x8000, "dscp"), // CLUSTER_EXTERNAL in Calico v3.31, SET_DSCP since v3.32 (calico #11134)
     (0x10000, "maglev"),
     (0x20000, "send-rst"),
     (0x40000, "connlimit-in"),
