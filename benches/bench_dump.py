@@ -18,7 +18,7 @@ import json
 import sys
 import time
 
-from ctscope import bench, open_map
+from ctscope import bench
 
 
 def main() -> None:
@@ -32,14 +32,7 @@ def main() -> None:
     args = ap.parse_args()
 
     def measure(pin: str) -> dict:
-        r = bench.run(pin, args.repeat, not args.no_bpftool)
-        floor = r.get("a_c_floor_s", r["a_rust_floor_s"])
-        m = open_map(pin)
-        r["threads"] = {}
-        for t in [int(x) for x in args.threads.split(",")]:
-            best = min(_time(lambda: m.to_polars(threads=t)) for _ in range(args.repeat))
-            r["threads"][t] = {"s": round(best, 4), "x_floor": round(best / floor, 3)}
-        return r
+        return bench.run(pin, args.repeat, not args.no_bpftool, tuple(int(x) for x in args.threads.split(",")))
 
     if args.pin:
         r = measure(args.pin)
@@ -57,14 +50,6 @@ def main() -> None:
         print(json.dumps(r, indent=2))
         return
     print(bench.format_report(r))
-    for t, v in r["threads"].items():
-        print(f"  to_polars threads={t}: {v['s']:.3f} s = {v['x_floor']:.2f} x floor")
-
-
-def _time(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
 
 
 if __name__ == "__main__":

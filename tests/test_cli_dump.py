@@ -144,3 +144,12 @@ def test_demo_runs_on_a_private_bpffs():
 def test_demo_sample_works_without_a_kernel():
     p = run("demo", "--sample")
     assert "Total entries: 20000" in p.stdout and "ct-sample.parquet" in p.stdout
+
+
+def test_bench_reports_ratios_against_the_floor(synth_map):
+    r = json.loads(run("bench", str(synth_map), "--repeat", "1", "--json").stdout)
+    assert r["entries"] == 3000 and r["floor"] == "c"  # the C floor compiled and ran
+    for key in ("b_to_polars_s", "b1_to_polars_threads1_s", "b2_to_polars_threads2_s", "c_dump_parquet_s",
+                "d_bpftool_json_s"):
+        assert r[key] > 0 and r[key[:-2] + "_x_floor"] > 0
+    assert 0 < r["b_arrow_mb"] and r["c_peak_rss_mb"] > 0

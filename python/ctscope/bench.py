@@ -4,6 +4,7 @@ same run on the same map (machines are shared and noisy; only ratios travel)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import subprocess
 import sys
@@ -72,7 +73,7 @@ print(json.dumps({"secs": secs, "rows": df.height, "arrow_mb": df.estimated_size
 """
 
 
-def run(pin: str, repeat: int = 3, bpftool: bool = True) -> dict:
+def run(pin: str, repeat: int = 3, bpftool: bool = True, threads: tuple[int, ...] = (1, 2, 4)) -> dict:
     from ctscope import open_map
     from ctscope._native import raw_read
 
@@ -97,6 +98,8 @@ def run(pin: str, repeat: int = 3, bpftool: bool = True) -> dict:
             m.to_polars()
             return time.perf_counter() - t
         out["b_to_polars_s"] = _best(polars_once, repeat)
+        for t in threads:
+            out[f"b{t}_to_polars_threads{t}_s"] = _best(lambda: _time(lambda: m.to_polars(threads=t)), repeat)
         child = subprocess.run([sys.executable, "-c", _POLARS_CHILD, pin], capture_output=True, text=True, check=True)
         mem = json.loads(child.stdout)
         out["b_arrow_mb"] = round(mem["arrow_mb"], 1)
@@ -130,13 +133,20 @@ def run(pin: str, repeat: int = 3, bpftool: bool = True) -> dict:
     return out
 
 
+def _time(fn) -> float:
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
 def format_report(r: dict) -> str:
     floor = r.get("a_c_floor_s", r["a_rust_floor_s"])
     lines = [f"ctscope bench: {r['entries']:,} entries in {r['pin']} (layout {r['layout']}), best of {r['repeat']}",
              f"  floor ({r['floor']} BPF_MAP_LOOKUP_BATCH loop, no decoding): {floor:.3f} s  "
              f"({r['entries'] / floor / 1e6:.2f} M entries/s)"]
-    rows = [("a  rust raw batch loop", "a_rust_floor_s"), ("b  open_map().to_polars()", "b_to_polars_s"),
-            ("c  ctscope dump --format parquet", "c_dump_parquet_s"), ("d  bpftool -j map dump", "d_bpftool_json_s")]
+    rows = [("a  rust raw batch loop", "a_rust_floor_s"), ("b  open_map().to_polars()", "b_to_polars_s")]
+    rows += [(f"b  to_polars(threads={m[1]})", m[0]) for k in r if (m := re.fullmatch(r"b\d+_to_polars_threads(\d+)_s", k))]
+    rows += [("c  ctscope dump --format parquet", "c_dump_parquet_s"), ("d  bpftool -j map dump", "d_bpftool_json_s")]
     for label, key in rows:
         if key in r:
             lines.append(f"  {label:34s} {r[key]:8.3f} s  {r[key] / floor:7.2f} x floor  "

@@ -29,6 +29,14 @@ pub fn n_buckets(max_entries: u32) -> u32 {
     max_entries.max(1).checked_next_power_of_two().unwrap_or(1 << 31)
 }
 
+/// Workers for a scan when the caller does not say: one per core, but a single reader for
+/// small tables, where a range split costs more (threads, boundary reads) than it saves.
+pub fn auto_threads(max_entries: u32) -> usize {
+    const MIN_BUCKETS_PER_WORKER: u32 = 1 << 16;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    cores.min((n_buckets(max_entries) / MIN_BUCKETS_PER_WORKER).max(1) as usize)
+}
+
 /// Split `[0, n)` into `parts` contiguous ranges.
 pub fn split(n: u32, parts: usize) -> Vec<(u32, u32)> {
     let parts = parts.max(1) as u64;

@@ -153,7 +153,8 @@ impl NativeMap {
     }
 
     /// Start a dump. `layout`: auto|v2|v3-created|v3|v4|raw; `method`: auto|batch|next_key.
-    /// `threads`: bucket-range workers for the batch method (default: available cores).
+    /// `threads`: bucket-range workers for the batch method (default: available cores, or 1
+    /// for maps too small for the split to pay).
     #[pyo3(signature = (layout="auto", method="auto", batch_size=None, now_ns=None, limit=None, threads=None))]
     #[allow(clippy::too_many_arguments)]
     fn dump(
@@ -178,7 +179,7 @@ impl NativeMap {
         if threads == Some(0) {
             return Err(CtError::BadArgument("threads must be at least 1".into()).into());
         }
-        let threads = threads.unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        let threads = threads.unwrap_or_else(|| crate::parallel::auto_threads(inner.params.max_entries));
         let opts =
             DumpOptions { layout, method, batch: batch_size.unwrap_or(iter::DEFAULT_BATCH), now_ns: now, limit, threads };
         let path = inner.path.to_string_lossy().into_owned();
