@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -25,6 +24,7 @@ from pathlib import Path
 import polars as pl
 
 import ctscope
+from ctscope.bench import map_to_measure
 
 TIMEOUTS = "TCPFinsSeen=30s"  # fixed: results independent of this host's sysctls
 
@@ -114,18 +114,8 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=3)
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    if args.pin:
-        r = measure(args.pin, args.repeat)
-    else:
-        from ctscope.bpffs import private_bpffs
-        from ctscope.cli.synth import synth
-
-        with private_bpffs() as fs:
-            pin = fs / "tc" / "globals" / "cali_v4_ct4"
-            t = time.perf_counter()
-            synth(str(pin), args.entries)
-            print(f"synthesised {args.entries:,} entries in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-            r = measure(str(pin), args.repeat)
+    with map_to_measure(args.pin, args.entries) as pin:
+        r = measure(pin, args.repeat)
     print(json.dumps(r, indent=2) if args.json else report(r))
 
 

@@ -15,8 +15,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-import time
 
 from ctscope import bench
 
@@ -31,21 +29,8 @@ def main() -> None:
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
 
-    def measure(pin: str) -> dict:
-        return bench.run(pin, args.repeat, not args.no_bpftool, tuple(int(x) for x in args.threads.split(",")))
-
-    if args.pin:
-        r = measure(args.pin)
-    else:
-        from ctscope.bpffs import private_bpffs
-        from ctscope.cli.synth import synth
-
-        with private_bpffs() as fs:
-            pin = fs / "tc" / "globals" / "cali_v4_ct4"
-            t = time.perf_counter()
-            synth(str(pin), args.entries)
-            print(f"synthesised {args.entries:,} entries in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-            r = measure(str(pin))
+    with bench.map_to_measure(args.pin, args.entries) as pin:
+        r = bench.run(pin, args.repeat, not args.no_bpftool, tuple(int(x) for x in args.threads.split(",")))
     if args.json:
         print(json.dumps(r, indent=2))
         return

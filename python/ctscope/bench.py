@@ -10,9 +10,29 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 C_FLOOR_SRC = Path(__file__).with_name("raw_floor.c")
+
+
+@contextmanager
+def map_to_measure(pin: str | None, entries: int) -> Iterator[str]:
+    """`pin` itself, or (without one) a synthetic Calico v4 CT map of `entries` entries
+    pinned in a private bpffs for the duration of the block."""
+    if pin:
+        yield pin
+        return
+    from ctscope.bpffs import private_bpffs
+    from ctscope.cli.synth import synth
+
+    with private_bpffs() as fs:
+        path = fs / "tc" / "globals" / "cali_v4_ct4"
+        t = time.perf_counter()
+        synth(str(path), entries)
+        print(f"synthesised {entries:,} entries in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        yield str(path)
 
 
 def build_c_floor(workdir: Path) -> Path | None:

@@ -20,14 +20,6 @@ def bench_cmd(
     as_json: bool = typer.Option(False, "--json", help="JSON output."),
 ) -> None:
     """Measure to_polars, dump --format parquet and bpftool against the floor."""
-    if pin:
-        r = benchmark.run(pin, repeat, not no_bpftool)
-    else:
-        from ctscope.bpffs import private_bpffs
-        from ctscope.cli.synth import synth
-
-        with private_bpffs() as fs:
-            p = fs / "tc" / "globals" / "cali_v4_ct4"
-            synth(str(p), entries)
-            r = benchmark.run(str(p), repeat, not no_bpftool)
+    with benchmark.map_to_measure(pin, entries) as p:
+        r = benchmark.run(p, repeat, not no_bpftool)
     print(json.dumps(r, indent=2) if as_json else benchmark.format_report(r))
