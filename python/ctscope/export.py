@@ -96,12 +96,10 @@ def atomic_output(path: str | os.PathLike[str]):
 
 
 def _text_frame(df: pl.DataFrame, fmt: str) -> pl.DataFrame:
+    # Raw-layout bytes as hex in every text format; CSV also has no lists.
+    df = df.with_columns(pl.col(pl.Binary).bin.encode("hex"))
     if fmt == "csv" and "flag_names" in df.columns:
         df = df.with_columns(pl.col("flag_names").list.join("|"))
-    if fmt == "csv":
-        df = df.with_columns(pl.col(pl.Binary).bin.encode("hex"))
-    if fmt in ("json", "ndjson"):
-        df = df.with_columns(pl.col(pl.Binary).bin.encode("hex"))
     return df
 
 

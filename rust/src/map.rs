@@ -44,6 +44,17 @@ impl MapParams {
             _ => None,
         }
     }
+
+    /// Refuse anything but HASH / LRU_HASH: the batch cursor and CT layouts assume them.
+    pub fn require_hash(&self, shown: &str) -> Result<()> {
+        if self.is_hash() {
+            return Ok(());
+        }
+        Err(CtError::NotCtMap(format!(
+            "{shown}: is a {} map, expected hash or lru_hash",
+            layout::map_type_name(self.map_type)
+        )))
+    }
 }
 
 /// A pinned map opened by ctscope.
@@ -104,16 +115,8 @@ impl PinnedMap {
         self.fd.as_fd()
     }
 
-    /// Refuse anything but HASH / LRU_HASH: the batch cursor and CT layouts assume them.
     pub fn require_hash(&self) -> Result<()> {
-        if self.params.is_hash() {
-            return Ok(());
-        }
-        Err(CtError::NotCtMap(format!(
-            "{}: is a {} map, expected hash or lru_hash",
-            self.path.display(),
-            layout::map_type_name(self.params.map_type)
-        )))
+        self.params.require_hash(&self.path.to_string_lossy())
     }
 }
 

@@ -71,7 +71,7 @@ pub struct MapInfo {
 }
 
 impl MapInfo {
-    fn from_params(path: &str, p: &MapParams) -> Self {
+    pub(crate) fn from_params(path: &str, p: &MapParams) -> Self {
         MapInfo {
             path: path.to_string(),
             map_type: layout::map_type_name(p.map_type),
@@ -97,12 +97,13 @@ impl MapInfo {
 
 #[pymethods]
 impl MapInfo {
-    fn as_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
+    pub(crate) fn as_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let d = PyDict::new(py);
         d.set_item("path", &self.path)?;
         d.set_item("name", &self.name)?;
         d.set_item("id", self.id)?;
         d.set_item("map_type", &self.map_type)?;
+        d.set_item("map_type_id", self.map_type_id)?;
         d.set_item("key_size", self.key_size)?;
         d.set_item("value_size", self.value_size)?;
         d.set_item("max_entries", self.max_entries)?;

@@ -19,20 +19,7 @@ use crate::prog_refs;
 use crate::sys;
 
 fn params_dict<'py>(py: Python<'py>, path: &str, p: &MapParams) -> PyResult<Bound<'py, PyDict>> {
-    let d = PyDict::new(py);
-    d.set_item("path", path)?;
-    d.set_item("name", &p.name)?;
-    d.set_item("id", p.id)?;
-    d.set_item("map_type", layout::map_type_name(p.map_type))?;
-    d.set_item("map_type_id", p.map_type)?;
-    d.set_item("key_size", p.key_size)?;
-    d.set_item("value_size", p.value_size)?;
-    d.set_item("max_entries", p.max_entries)?;
-    d.set_item("map_flags", p.map_flags)?;
-    d.set_item("map_extra", p.map_extra)?;
-    d.set_item("version", p.version)?;
-    d.set_item("family", p.family.map(layout::Family::number))?;
-    Ok(d)
+    crate::python::MapInfo::from_params(path, p).as_dict(py)
 }
 
 fn source_of(path: &str, p: &MapParams) -> SourceMap {

@@ -50,7 +50,6 @@ enum Payload {
 
 pub struct DumpStream {
     rx: Receiver<Result<Payload>>,
-    first: Option<Result<Payload>>,
     decoder: Decoder,
     schema: SchemaRef,
     remaining: Option<u64>,
@@ -71,14 +70,9 @@ pub struct DumpOptions {
 
 impl DumpStream {
     /// Start reading. The layout is settled before this returns: for a ct3 map under
-    /// `auto` that means waiting for the first chunk and looking at its values.
+    /// `auto` that means looking at the values the probe call returned.
     pub fn start(fd: Arc<OwnedFd>, p: &MapParams, path_name: &str, opt: DumpOptions) -> Result<Self> {
-        if !p.is_hash() {
-            return Err(CtError::NotCtMap(format!(
-                "{path_name}: is a {} map, expected hash or lru_hash",
-                layout::map_type_name(p.map_type)
-            )));
-        }
+        p.require_hash(path_name)?;
         // One small batch call first: it tells whether the kernel has batch ops for this
         // map, and gives a ct3 map's values to decide its layout from.
         let probe = if opt.method == Method::NextKey { None } else { Some(probe(&fd, p)?) };
@@ -127,7 +121,7 @@ impl DumpStream {
             let m = if batch_ok { Method::Batch } else { Method::NextKey };
             spawn_reader(MapReader::new(fd, p.key_size, p.value_size, p.max_entries, m, opt.batch), status.clone())?
         };
-        Ok(DumpStream { rx, first: None, decoder, schema, remaining: opt.limit, layout, layout_reason: reason, status })
+        Ok(DumpStream { rx, decoder, schema, remaining: opt.limit, layout, layout_reason: reason, status })
     }
 
     /// The next decoded batch, or None when the map has been read to its end.
@@ -135,12 +129,8 @@ impl DumpStream {
         if self.remaining == Some(0) {
             return Ok(None);
         }
-        let msg = match self.first.take() {
-            Some(m) => m,
-            None => match self.rx.recv() {
-                Ok(m) => m,
-                Err(_) => return Ok(None), // every reader finished and hung up
-            },
+        let Ok(msg) = self.rx.recv() else {
+            return Ok(None); // every reader finished and hung up
         };
         let batch = match msg? {
             Payload::Raw(chunk) => {
