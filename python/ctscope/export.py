@@ -9,7 +9,9 @@ import json
 import os
 import socket
 import sys
+import signal
 import tempfile
+import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -154,13 +156,26 @@ def write_binary(frames: Iterator[pl.DataFrame], schema: pl.Schema, fmt: str, ta
 
     def source(with_columns, predicate, n_rows, batch_size):  # noqa: ARG001 - no pushdown
         for df in frames:
+            if stop.is_set():
+                raise KeyboardInterrupt
             count[0] += df.height
             yield df
 
-    lf = register_io_source(source, schema=schema)
+    stop = threading.Event()
     if fmt == "parquet":
+        lf = register_io_source(source, schema=schema)
         kv = (lambda _ctx: metadata(count[0])) if metadata else None
-        lf.sink_parquet(target, metadata=kv, row_group_size=262_144)
+        if isinstance(target, os.PathLike):
+            target = os.fspath(target)
+        with _sigint_stops(stop):
+            try:
+                lf.sink_parquet(target, metadata=kv, row_group_size=262_144)
+            except Exception:
+                if stop.is_set():
+                    raise KeyboardInterrupt from None
+                raise
+        if stop.is_set():
+            raise KeyboardInterrupt
     else:
         # polars' IPC writers take no schema metadata: arrow_ipc writes the schema and footer
         # (with it) around polars-encoded batches. The leading schema is written before the
@@ -174,6 +189,22 @@ def write_binary(frames: Iterator[pl.DataFrame], schema: pl.Schema, fmt: str, ta
 
         arrow_ipc.write_file(source(None, None, None, None), schema, target, ipc_meta)
     return count[0]
+
+
+@contextmanager
+def _sigint_stops(stop: threading.Event):
+    """While polars' sink runs our source on its own threads, turn Ctrl-C into a request
+    the source honours at the next batch. A KeyboardInterrupt raised in the main thread
+    instead would let Python shut down under polars' threads, and a thread that then
+    asks for the GIL is killed with pthread_exit, which aborts the process (SIGABRT)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, lambda _sig, _frame: stop.set())
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _provisional(meta: dict[str, str]) -> dict[str, str]:
