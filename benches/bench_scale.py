@@ -8,7 +8,7 @@ For each size it synthesises a Calico-shaped ct4 map in a private bpffs (max_ent
 1.25 x entries) and measures, each in a fresh child process:
 
 * `ctscope dump PIN -o FILE.parquet`: wall time and peak RSS (the child's VmHWM at exit);
-* `open_map(PIN).to_polars()`: wall time, the frame's Arrow size (estimated_size) and
+* `open_map(PIN).to_polars()`: wall time, the frame's Arrow size (its buffers' bytes) and
   the memory the call added (peak RSS during the call minus RSS just before it).
 
 Then reports the time ratio of the largest to the smallest size against the entry ratio
@@ -62,7 +62,8 @@ TO_POLARS = textwrap.dedent("""
     df = m.to_polars()
     secs = time.perf_counter() - t
     peak = rss("VmHWM:")
-    print(json.dumps({"rows": df.height, "secs": secs, "arrow_bytes": df.estimated_size(),
+    from ctscope.bench import arrow_nbytes
+    print(json.dumps({"rows": df.height, "secs": secs, "arrow_bytes": arrow_nbytes(m),
                       "rss_before": before, "peak_rss": peak, "rss_after": rss()}))
 """)
 

@@ -153,3 +153,23 @@ def test_bench_reports_ratios_against_the_floor(synth_map):
                 "d_bpftool_json_s"):
         assert r[key] > 0 and r[key[:-2] + "_x_floor"] > 0
     assert 0 < r["b_arrow_mb"] and r["c_peak_rss_mb"] > 0
+
+
+def test_batch_nbytes_counts_every_arrow_buffer(synth_map):
+    """Batch.nbytes (the bench's Arrow size) covers what pyarrow counts, string views
+    included, which polars' estimated_size leaves out."""
+    pa = pytest.importorskip("pyarrow")
+    m = ctscope.open_map(synth_map)
+    ours, theirs, rows = 0, 0, 0
+    d1, d2 = m.dump(threads=1, now_ns=10**18), m.dump(threads=1, now_ns=10**18)
+    while (b1 := d1.next_batch()) is not None:
+        b2 = d2.next_batch()
+        ours += b1.nbytes
+        theirs += pa.table(b2).get_total_buffer_size()
+        rows += len(b1)
+    assert rows == 3000
+    n_views = sum(1 for f in pa.table(m.dump(limit=1)).schema if f.type == pa.string_view())
+    assert n_views >= 11
+    assert theirs >= rows * 16 * n_views  # a 16-byte view per row per string column
+    assert theirs <= ours <= 1.5 * theirs  # ours counts allocated capacity
+    assert ours > m.to_polars().estimated_size()

@@ -235,7 +235,7 @@ impl Dump {
                 None => Ok(None),
             }
         })?;
-        Ok(res.map(|b| Batch { batch: Mutex::new(Some(b.clone())), num_rows: b.num_rows() }))
+        Ok(res.map(|b| Batch { num_rows: b.num_rows(), nbytes: b.get_array_memory_size(), batch: Mutex::new(Some(b)) }))
     }
 
     /// Arrow PyCapsule interface: the remaining batches as one stream.
@@ -293,6 +293,11 @@ pub struct Batch {
     batch: Mutex<Option<RecordBatch>>,
     #[pyo3(get)]
     num_rows: usize,
+    /// Bytes of the Arrow buffers behind this batch (views, data, offsets, validity), as
+    /// allocated: what the batch really holds in memory, unlike polars' estimated_size,
+    /// which leaves out the 16-byte views of string columns.
+    #[pyo3(get)]
+    nbytes: usize,
 }
 
 #[pymethods]
