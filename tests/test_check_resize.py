@@ -459,6 +459,58 @@ def test_check_reports_old_pins_leftovers_and_fill(ns):
     assert "> 90%" in notes and "cali_v4_ct2 is a ct2 pin left beside ct3" in notes
 
 
+@pytest.mark.kernel
+def test_leftover_lower_version_pin_is_not_held_to_the_configured_size(ns, tmp_path):
+    """Felix leaves cali_v4_ct3 behind after the upgrade to ct4 and never loads it again:
+    check must not fail forever on it because its size differs from bpfMapSizeConntrack."""
+    os.makedirs(ns.host("/sys/fs/bpf/tc/globals"))
+    make_map(ns, "/sys/fs/bpf/tc/globals/cali_v4_ct4", bpfkernel.LRU_HASH, 4096, 100)
+    make_map(ns, "/sys/fs/bpf/tc/globals/cali_v4_ct3", bpfkernel.HASH, 2048, 50, flags=bpfkernel.BPF_F_NO_PREALLOC,
+             name="cali_v4_ct3")
+    felix = tmp_path / "felix.yaml"
+    felix.write_text("kind: FelixConfiguration\nspec:\n  bpfMapSizeConntrack: 4096\n")
+    size_file = tmp_path / "size"  # Felix's auto-grow file, holding nothing bigger
+    size_file.write_text("0\n")
+    args = ("check", "--bpffs", "/sys/fs/bpf", "--felix-config", str(felix), "--size-file", str(size_file), "--json")
+    r = ns.ctscope(*args)
+    assert r.returncode == 0, r.stdout + r.stderr
+    maps = {Path(m["pin"]).name: m for m in json.loads(r.stdout)["maps"]}
+    ct3 = maps["cali_v4_ct3"]
+    assert ct3["compatible"] and ct3["superseded_by"].endswith("cali_v4_ct4")
+    assert not [row for row in ct3["rows"] if row["field"] == "max_entries"]
+    assert any("rm /sys/fs/bpf/tc/globals/cali_v4_ct3" in x for x in ct3["remedy"])
+    assert maps["cali_v4_ct4"]["compatible"] and maps["cali_v4_ct4"]["superseded_by"] is None
+    # The current pin is still held to it.
+    felix.write_text("kind: FelixConfiguration\nspec:\n  bpfMapSizeConntrack: 8192\n")
+    r = ns.ctscope(*args)
+    maps = {Path(m["pin"]).name: m for m in json.loads(r.stdout)["maps"]}
+    assert r.returncode == 1 and not maps["cali_v4_ct4"]["compatible"] and maps["cali_v4_ct3"]["compatible"]
+
+
+@pytest.mark.kernel
+def test_object_loaded_as_compiled_is_not_blamed_for_the_configured_size(ns, tmp_path):
+    """Pin and object agree (4096) while FelixConfiguration says 8192: a plain load reuses the
+    pin (bpftool proves it), so check must not print libbpf's failure for it, and must warn
+    that resizing to the configured size would break that load."""
+    obj = compile_object(tmp_path, CT_MAX_ENTRIES=4096)
+    make_map(ns, PIN, bpfkernel.LRU_HASH, 4096, 100)
+    felix = tmp_path / "felix.yaml"
+    felix.write_text("kind: FelixConfiguration\nspec:\n  bpfMapSizeConntrack: 8192\n")
+    size_file = tmp_path / "size"
+    size_file.write_text("0\n")
+    base = ("check", PIN, "--object", str(obj), "--felix-config", str(felix), "--size-file", str(size_file))
+    r = ns.ctscope(*base)
+    assert r.returncode == 1, r.stdout + r.stderr  # the configured size still differs
+    assert "couldn't reuse pinned map" not in r.stdout
+    assert "libbpf reuses this pin when loading" in r.stdout
+    assert "after the resize that load would fail" in r.stdout
+    assert bpftool_load(ns, obj).returncode == 0
+    # Loaded the way Calico's loader does it (configured size set first), libbpf does refuse.
+    r = ns.ctscope(*base, "--loader", "calico")
+    assert r.returncode == 1 and "couldn't reuse pinned map" in r.stdout
+    assert "after the resize that load would fail" not in r.stdout
+
+
 # ----------------------------------------------------------------- configuration (no kernel needed)
 
 def test_felix_configuration_sizes(tmp_path):
