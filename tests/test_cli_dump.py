@@ -173,3 +173,33 @@ def test_batch_nbytes_counts_every_arrow_buffer(synth_map):
     assert theirs >= rows * 16 * n_views  # a 16-byte view per row per string column
     assert theirs <= ours <= 1.5 * theirs  # ours counts allocated capacity
     assert ours > m.to_polars().estimated_size()
+
+
+@pytest.mark.parametrize("fmt", ["ndjson", "csv", "table"])
+def test_rows_reach_a_pipe_when_stderr_is_a_terminal(synth_map, fmt):
+    """From a shell, `ctscope dump | cmd` has stderr on the terminal: the progress line must
+    not capture stdout (rich's Progress redirects it by default), or the pipe gets nothing."""
+    import os
+    import threading
+
+    leader, follower = os.openpty()
+
+    def drain() -> None:  # keep the terminal's buffer from filling up and blocking the writer
+        try:
+            while os.read(leader, 65536):
+                pass
+        except OSError:
+            pass
+
+    t = threading.Thread(target=drain, daemon=True)
+    t.start()
+    try:
+        p = subprocess.run([sys.executable, "-m", "ctscope", "dump", str(synth_map), "-f", fmt],
+                           stdout=subprocess.PIPE, stderr=follower, text=True, timeout=120)
+    finally:
+        os.close(follower)
+        t.join(timeout=5)
+        os.close(leader)
+    assert p.returncode == 0
+    lines = p.stdout.splitlines()
+    assert len(lines) == 3000 + (fmt in ("csv", "table")), p.stdout[:300]

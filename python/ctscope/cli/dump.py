@@ -41,7 +41,10 @@ def dump(
     d = m.dump(method=method, batch_size=batch_size, now_ns=now_ns, limit=None if where else limit, threads=threads)
     schema = pl.DataFrame(m.dump(layout=d.layout, limit=0)).schema
     expr = export.parse_where(where, schema)
-    with _progress(m.info.max_entries) as on_rows:
+    # A progress line only where it does not mix with the rows: stderr is a terminal and
+    # the rows go to a file or a pipe.
+    show = sys.stderr.isatty() and (output is not None or not sys.stdout.isatty())
+    with _progress(m.info.max_entries, show) as on_rows:
         frames = export.filtered(iter_batches(d), expr, limit, on_rows)
         if fmt in export.BINARY_FORMATS:
             meta = lambda n: export.snapshot_metadata(d, m.info, n, realtime_ns())  # noqa: E731
@@ -60,20 +63,23 @@ def dump(
 
 
 class _progress:
-    """A rich progress line on stderr when it is a terminal; a no-op otherwise."""
+    """A rich progress line on stderr when `show`; a no-op otherwise."""
 
-    def __init__(self, max_entries: int):
+    def __init__(self, max_entries: int, show: bool):
         self.max_entries = max_entries
+        self.show = show
         self.progress = None
 
     def __enter__(self):
-        if not sys.stderr.isatty():
+        if not self.show:
             return None
         from rich.console import Console
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
         self.progress = Progress(TextColumn("dumping"), BarColumn(), TextColumn("{task.completed:,} entries"),
-                                 TimeElapsedColumn(), console=Console(stderr=True), transient=True)
+                                 TimeElapsedColumn(), console=Console(stderr=True), transient=True,
+                                 # rich would otherwise capture stdout, where the rows go, into the display
+                                 redirect_stdout=False, redirect_stderr=False)
         self.progress.start()
         task = self.progress.add_task("dump", total=self.max_entries)
         return lambda n: self.progress.advance(task, n)
