@@ -268,6 +268,49 @@ def test_unwritable_output_path(ct_pin, tmp_path):
     assert not missing.parent.exists()
 
 
+@pytest.mark.kernel
+def test_output_to_devices_fifos_symlinks_and_directories(ct_pin, tmp_path):
+    """-o never replaces what is not a regular file: a device or FIFO is written into, a
+    symlink keeps pointing at its (replaced) target, a directory is a one-line exit 2."""
+    import stat
+    import threading
+
+    null = tmp_path / "null"
+    os.mknod(null, stat.S_IFCHR | 0o666, os.makedev(1, 3))  # a private /dev/null
+    for args in (("dump", ct_pin, "-o", null, "-f", "parquet"), ("dump", ct_pin, "-o", null, "-f", "ndjson"),
+                 ("stats", ct_pin, "-o", null), ("snapshot", ct_pin, "-o", null)):
+        r = cli(*args)
+        assert r.returncode == 0, r.stderr
+        assert stat.S_ISCHR(os.lstat(null).st_mode), f"{args[0]} replaced the device"
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    got: list[bytes] = []
+    reader = threading.Thread(target=lambda: got.append(fifo.read_bytes()))
+    reader.start()
+    r = cli("dump", ct_pin, "-o", fifo, "-f", "ndjson")
+    reader.join(timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert stat.S_ISFIFO(os.lstat(fifo).st_mode) and len(got[0].splitlines()) == 2000
+
+    real = tmp_path / "real"
+    real.mkdir()
+    (real / "x.ndjson").write_text("old\n")
+    link = tmp_path / "link.ndjson"
+    link.symlink_to(real / "x.ndjson")
+    assert cli("dump", ct_pin, "-o", link, "-f", "ndjson").returncode == 0
+    assert link.is_symlink() and len((real / "x.ndjson").read_text().splitlines()) == 2000
+    assert sorted(p.name for p in real.iterdir()) == ["x.ndjson"]  # no temporary left beside it
+
+    # /dev/stdout is the already open descriptor: the bytes go to the pipe.
+    r = subprocess.run([sys.executable, "-m", "ctscope", "dump", str(ct_pin), "-o", "/dev/stdout", "-f", "parquet"],
+                       capture_output=True, timeout=120)
+    assert r.returncode == 0 and r.stdout[:4] == b"PAR1" and r.stdout[-4:] == b"PAR1", r.stderr
+
+    assert_one_line_error(cli("dump", ct_pin, "-o", real), EXIT_BAD_INPUT, str(real), "directory")
+    assert_one_line_error(cli("stats", ct_pin, "-o", "/proc/x.prom"), EXIT_BAD_INPUT, "/proc/x.prom")
+
+
 # ----------------------------------------------------------------- pipes and signals
 @pytest.mark.kernel
 @pytest.mark.parametrize("fmt", ["ndjson", "csv", "table", "json"])
