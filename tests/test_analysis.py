@@ -282,6 +282,19 @@ def test_snapshot_metadata_in_both_formats(snapshots, synth_pin):
         assert isinstance(meta["nf_conntrack_sysctls"], dict)
 
 
+def test_snapshot_format_follows_the_suffix_and_records_an_absolute_path(synth_pin, tmp_path, monkeypatch):
+    from ctscope.analysis import snapshot_metadata
+
+    monkeypatch.chdir(synth_pin.parent)
+    for name, magic in (("s.arrow", b"ARROW1"), ("s.parquet", b"PAR1"), ("s.ipc", b"ARROW1")):
+        run("snapshot", synth_pin.name, "-o", tmp_path / name, "--now-ns", NOW)
+        assert (tmp_path / name).read_bytes()[:len(magic)] == magic, name
+        meta = snapshot_metadata(tmp_path / name)
+        assert meta["map_path"] == str(synth_pin) and meta["entries"] == 20_000
+    run("snapshot", synth_pin.name, "-o", tmp_path / "forced.arrow", "-f", "parquet")
+    assert (tmp_path / "forced.arrow").read_bytes()[:4] == b"PAR1"  # an explicit --format wins
+
+
 def test_read_and_scan(snapshots, synth_pin):
     live = ctscope.read(str(synth_pin), now_ns=NOW).sort(KEY)
     assert ctscope.read(str(snapshots["parquet"])).sort(KEY).equals(live)

@@ -259,7 +259,7 @@ def snapshot_metadata(dump, info, entries: int, end_wall_ns: int) -> dict[str, s
     from ctscope import __version__
 
     meta = {
-        "map_path": info.path,
+        "map_path": os.path.abspath(info.path),  # meaningful offline, wherever the command ran
         "map_name": info.name,
         "map_id": info.id,
         "map_type": info.map_type,

@@ -41,7 +41,7 @@ def partition_path(directory: str | os.PathLike[str], node: str, wall_ns: int, m
 
 
 def write_snapshot(pin: str | os.PathLike[str] | None = None, *, directory: str | os.PathLike[str] | None = None,
-                   output: str | os.PathLike[str] | None = None, fmt: str = "parquet", node: str | None = None,
+                   output: str | os.PathLike[str] | None = None, fmt: str | None = None, node: str | None = None,
                    bpffs: str | None = None, ipv6: bool = False, layout: str = "auto", now_ns: int | None = None,
                    where: str | None = None) -> tuple[Path, int]:
     """Dump `pin` (default: the live default pin) to a snapshot file: `output`, or a
@@ -50,6 +50,9 @@ def write_snapshot(pin: str | os.PathLike[str] | None = None, *, directory: str 
     from ctscope.ctmap import iter_batches, open_map
     from ctscope.pins import DEFAULT_BPFFS, default_ct_pin
 
+    if fmt is None:  # -o X.arrow means Arrow IPC, as for `dump -o`
+        inferred = export.format_from_path(os.fspath(output), None) if output is not None else "parquet"
+        fmt = inferred if inferred in export.BINARY_FORMATS else "parquet"
     if fmt not in export.BINARY_FORMATS:
         raise BadArgument(f"--format {fmt!r}: snapshots are parquet or arrow")
     if (directory is None) == (output is None):

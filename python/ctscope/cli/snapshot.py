@@ -18,7 +18,7 @@ def snapshot(
     pin: Optional[str] = typer.Argument(None, help="Pinned map (default: newest cali_v4_ct* under BPFFS/tc/globals)."),
     directory: Optional[str] = typer.Option(None, "--dir", "-d", help="Dataset root: writes DIR/node=N/date=D/TIME-MAP.parquet."),
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Write exactly this file instead."),
-    fmt: str = typer.Option("parquet", "--format", "-f", help="parquet|arrow"),
+    fmt: Optional[str] = typer.Option(None, "--format", "-f", help="parquet|arrow (default: from the -o suffix, else parquet)."),
     node: Optional[str] = typer.Option(None, "--node", help="Node name (default: $NODE_NAME, else the host name)."),
     where: Optional[str] = io.Where,
     now_ns: Optional[int] = io.NowNs,
