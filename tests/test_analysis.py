@@ -385,6 +385,18 @@ def test_hive_partitioned_snapshots_of_many_nodes(make_ct_map, tmp_path):
     assert "2 snapshots from 2 node(s)" in run("stats", root).stdout
 
 
+def test_one_node_dataset_has_the_fleet_columns(make_ct_map, tmp_path):
+    """A directory holding a single node's single snapshot has node/date/snapshot columns,
+    as a fleet's does, so the same queries run on both."""
+    m, _, _ = small_map(make_ct_map)
+    root = tmp_path / "fleet"
+    run("snapshot", m.path, "--dir", root, "--node", "node-a", "--now-ns", NOW)
+    q = ctscope.query("SELECT node, date, count(*) AS n FROM ct GROUP BY node, date", str(root))
+    assert q["node"].to_list() == ["node-a"] and q["n"].to_list() == [12] and q.schema["date"] == pl.Date
+    out = run("query", root, "SELECT node, count(*) AS n FROM ct GROUP BY node", "-f", "json").stdout
+    assert json.loads(out) == [{"node": "node-a", "n": 12}]
+
+
 # ----------------------------------------------------------------------------------------- diff
 def test_diff_of_two_real_dumps(make_ct_map, tmp_path):
     m = make_ct_map("v4", 4)

@@ -326,6 +326,34 @@ def test_closed_pipe(pin_dir, fmt):
 
 
 @pytest.mark.kernel
+@pytest.mark.parametrize("cmd", [["dump", "-f", "parquet"], ["dump", "-f", "arrow"], ["expired", "--all", "-f", "parquet"],
+                                 ["query", "SELECT * FROM ct", "-f", "parquet"]])
+def test_closed_pipe_binary(pin_dir, cmd):
+    """Binary output into `head -c 10`: polars' sink reports the closed pipe in its own
+    words; still exit 0 and nothing on stderr."""
+    pin = pin_dir / "cali_v4_ct4"
+    synth(pin, 200_000)
+    args = [cmd[0], str(pin), *cmd[1:]]
+    r = subprocess.run(["bash", "-c", '"$0" -m ctscope "$@" | head -c 10 >/dev/null; exit "${PIPESTATUS[0]}"',
+                        sys.executable, *args], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stderr == "", r.stderr
+
+
+@pytest.mark.kernel
+def test_bad_option_values_and_failing_expressions_are_one_line_exit_2(ct_pin):
+    for args, needle in ((("dump", ct_pin, "--limit", "-1"), "--limit"), (("dump", ct_pin, "--batch-size", "0"), "--batch-size"),
+                         (("dump", ct_pin, "--now-ns", "-5"), "--now-ns"), (("stats", ct_pin, "--now-ns", "-5"), "--now-ns"),
+                         (("dump", ct_pin, "--threads", "0"), "--threads"), (("top", ct_pin, "-n", "0"), "-n"),
+                         (("dump", ct_pin, "--no-such-option"), "--no-such-option"),
+                         # parses, then fails while running: the user's expression, so bad input
+                         (("dump", ct_pin, "--where", "CAST(src AS INT) > 1"), "src"),
+                         (("query", ct_pin, "SELECT nope FROM ct"), "nope")):
+        line = assert_one_line_error(cli(*args), EXIT_BAD_INPUT, needle)
+        assert len(line) < 400, line
+
+
+@pytest.mark.kernel
 def test_sigint_during_parquet_dump(pin_dir, tmp_path):
     """Ctrl-C during a large `dump -o X.parquet`: exit 130, 'interrupted', no file under
     the final name and the temporary file removed. Repeated at different moments: the

@@ -6,6 +6,7 @@
     >>> df = m.to_polars()
     >>> ctscope.stats("snapshots/")["fill_ratio"]           # live pin, snapshot file, or many
     >>> ctscope.expired("node1.parquet", all=True)          # Felix's verdict per entry
+    >>> ctscope.query("SELECT dport, count(*) n FROM ct GROUP BY 1", "snapshots/")
 """
 
 from importlib.metadata import PackageNotFoundError, version
@@ -15,6 +16,7 @@ from ctscope import errors
 from ctscope.analysis import Timeouts, expired, open_source, read, scan, with_expiry
 from ctscope.analysis.diff import diff
 from ctscope.analysis.metrics import metrics
+from ctscope.analysis.query import query
 from ctscope.analysis.report import report
 from ctscope.analysis.stats import stats
 from ctscope.analysis.top import top
@@ -27,4 +29,4 @@ except PackageNotFoundError:  # running from a source tree
 __all__ = ["CtMap", "open_map", "errors", "__version__",
            # analysis (ctscope.analysis): live pins, snapshot files, directories/globs of snapshots
            "read", "scan", "open_source", "stats", "expired", "with_expiry", "Timeouts", "top", "diff", "metrics",
-           "report"]
+           "report", "query"]

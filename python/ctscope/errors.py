@@ -51,3 +51,11 @@ def exit_code(exc: BaseException) -> int:
         if isinstance(exc, cls):
             return code
     return EXIT_ERROR
+
+
+def polars_gist(e: BaseException) -> str:
+    """polars' messages run to many lines (query plans, every column name): the gist, on one line."""
+    text = str(e).strip()
+    first = text.splitlines()[0] if text else type(e).__name__
+    first = first.split("; valid columns:")[0].split(" Resolved plan until failure")[0]
+    return (first[:240] + "…") if len(first) > 240 else first

@@ -21,7 +21,7 @@ from typing import IO
 
 import polars as pl
 
-from ctscope.errors import BadArgument
+from ctscope.errors import BadArgument, polars_gist
 
 TEXT_FORMATS = ("table", "json", "ndjson", "csv")
 BINARY_FORMATS = ("parquet", "arrow")
@@ -53,7 +53,7 @@ def parse_where(where: str | None, schema: pl.Schema) -> pl.Expr | None:
         expr = pl.sql_expr(where)
         pl.DataFrame(schema=schema).filter(expr)
     except Exception as e:  # polars raises several types for bad SQL
-        raise BadArgument(f"--where {where!r}: {' '.join(str(e).split())}") from None
+        raise BadArgument(f"--where {where!r}: {polars_gist(e)}") from None
     return expr
 
 

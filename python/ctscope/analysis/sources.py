@@ -221,7 +221,9 @@ def _files(spec: str, files: list[Path], root: Path | None, now_ns: int | None) 
         if now_ns is not None and now_ns != int(meta["now_ns"]):
             lf = lf.with_columns(((pl.lit(now_ns, pl.Int64) - pl.col("last_seen_ns").cast(pl.Int64)) / 1e9).alias("idle_s"))
         extra = [pl.lit(i, pl.UInt32).alias(SNAP), pl.lit(snap.now_ns, pl.UInt64).alias(NOW)]
-        if len(files) > 1:
+        # Many snapshots, or one inside a hive-partitioned directory: say which one each row
+        # is from (a one-node dataset has the same columns as a fleet's).
+        if len(files) > 1 or parts:
             extra += [pl.lit(str(f)).alias("snapshot")]
             if "node" not in parts:
                 extra.append(pl.lit(snap.node).alias("node"))

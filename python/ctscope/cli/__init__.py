@@ -9,7 +9,7 @@ import click
 import typer
 
 from ctscope.cli.app import app, state
-from ctscope.errors import CtscopeError, exit_code
+from ctscope.errors import CtscopeError, exit_code, polars_gist
 
 # Importing a module registers its command(s) on `app`.
 from ctscope.cli import bench, check, demo, dump, maps, resize, synth  # noqa: E402,F401
@@ -46,7 +46,10 @@ def main(argv: list[str] | None = None) -> None:
     except _EXIT as e:
         sys.exit(e.exit_code)
     except _USAGE as e:
-        e.show()
+        # One line, like every other error; `-h` still shows the whole usage.
+        ctx = getattr(e, "ctx", None)
+        where = f" (see `{ctx.command_path} -h`)" if ctx is not None else ""
+        print(f"ctscope: error: {' '.join(e.format_message().split())}{where}", file=sys.stderr)
         sys.exit(2)
     except _ABORT:
         print("ctscope: interrupted", file=sys.stderr)
@@ -63,6 +66,34 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"ctscope: error: {_one_line(e)}", file=sys.stderr)
         sys.exit(exit_code(e) if isinstance(e, CtscopeError) else _os_exit(e))
+    except Exception as e:
+        import polars as pl
+
+        if not isinstance(e, (pl.exceptions.PolarsError, pl.exceptions.PanicException)):
+            raise
+        # A polars sink writing to a stdout whose reader went away (`dump -f parquet | head -c 10`)
+        # reports it in many words ("Broken pipe", "Invalid thrift: transport error").
+        if "Broken pipe" in str(e) or _stdout_reader_gone():
+            _silence_stdout()
+            sys.exit(0)
+        if debug or state["debug"]:
+            raise
+        print(f"ctscope: error: {polars_gist(e)}", file=sys.stderr)
+        # An expression the user wrote (--where, query SQL) that failed while running is bad input.
+        args = argv if argv is not None else sys.argv[1:]
+        sys.exit(2 if any(a in ("--where", "-w", "query") or a.startswith("--where=") for a in args) else 1)
+
+
+def _stdout_reader_gone() -> bool:
+    """stdout is a pipe whose read end is closed (poll reports POLLERR to its writer)."""
+    import select
+
+    try:
+        p = select.poll()
+        p.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(ev & select.POLLERR for _, ev in p.poll(0))
+    except (OSError, ValueError):
+        return False
 
 
 def _one_line(e: BaseException) -> str:

@@ -14,8 +14,8 @@ from ctscope.cli.app import app
 @app.command("bench")
 def bench_cmd(
     pin: Optional[str] = typer.Argument(None, help="Map to measure (default: a synthetic 1,000,000-entry v4 map in a private bpffs)."),
-    entries: int = typer.Option(1_000_000, "--entries", help="Size of the synthetic map when no PIN is given."),
-    repeat: int = typer.Option(3, "--repeat", help="Runs per measurement; the best is kept."),
+    entries: int = typer.Option(1_000_000, "--entries", min=1, max=2**32 - 1, help="Size of the synthetic map when no PIN is given."),
+    repeat: int = typer.Option(3, "--repeat", min=1, help="Runs per measurement; the best is kept."),
     no_bpftool: bool = typer.Option(False, "--no-bpftool", help="Skip the (slow) bpftool comparison."),
     as_json: bool = typer.Option(False, "--json", help="JSON output."),
 ) -> None:

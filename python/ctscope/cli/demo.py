@@ -16,7 +16,7 @@ SAMPLE = Path(__file__).resolve().parent.parent / "sample" / "ct-sample.parquet"
 
 @app.command("demo")
 def demo(
-    entries: int = typer.Option(1_000_000, "--entries", help="Synthetic entries to write and dump."),
+    entries: int = typer.Option(1_000_000, "--entries", min=1, max=2**32 - 1, help="Synthetic entries to write and dump."),
     sample: bool = typer.Option(False, "--sample", help="Use the shipped sample snapshot even when root."),
 ) -> None:
     """Synthesise a Calico CT map in a private bpffs, dump it, and summarise it.

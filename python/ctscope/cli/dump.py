@@ -29,11 +29,11 @@ def dump(
     output: Optional[str] = typer.Option(None, "-o", "--output", help="Write to FILE (atomically: temp name, then rename)."),
     layout: str = typer.Option("auto", "--layout", help="auto|v2|v3-created|v3|v4|raw"),
     method: str = typer.Option("auto", "--method", help="auto|batch|next_key"),
-    batch_size: Optional[int] = typer.Option(None, "--batch-size", help="Entries per batch syscall."),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", help="Stop after N entries (after --where)."),
+    batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, max=2**32 - 1, help="Entries per batch syscall."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", min=0, help="Stop after N entries (after --where)."),
     where: Optional[str] = typer.Option(None, "--where", "-w", help="SQL predicate, e.g. \"proto = 6 AND dport = 443\"."),
-    now_ns: Optional[int] = typer.Option(None, "--now-ns", help="Monotonic reference time for idle_s (default: now)."),
-    threads: Optional[int] = typer.Option(None, "--threads", help="Bucket-range workers (default: cores; 1 = single reader)."),
+    now_ns: Optional[int] = typer.Option(None, "--now-ns", min=0, max=2**64 - 1, help="Monotonic reference time for idle_s (default: now)."),
+    threads: Optional[int] = typer.Option(None, "--threads", min=1, max=256, help="Bucket-range workers (default: cores; 1 = single reader)."),
 ) -> None:
     """Dump a CT map (read-only)."""
     fmt = export.format_from_path(output, fmt)

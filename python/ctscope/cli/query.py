@@ -4,11 +4,9 @@ from __future__ import annotations
 
 from typing import List, Optional
 
-import polars as pl
 import typer
 
-from ctscope.analysis.expiry import annotate
-from ctscope.analysis.sources import INTERNAL, open_source, where_filter
+from ctscope.analysis.query import query as run_query
 from ctscope.cli import analysis_io as io
 from ctscope.cli.app import app
 from ctscope.errors import BadArgument
@@ -37,24 +35,3 @@ def query(
     df = run_query(sql, source, where=where, timeouts=timeouts, felix_config=felix_config,
                    **io.source_kw(bpffs, ipv6, layout, now_ns))
     io.emit_frame(df, fmt, output)
-
-
-def run_query(sql: str, source=None, *, where: str | None = None, timeouts=None, felix_config=None,
-              **source_kw) -> pl.DataFrame:
-    """SQL over SOURCE's entries registered as `ct` (Python API behind the command). Felix's
-    `expired`/`expire_reason` columns are added when the SQL or --where mentions them (judging
-    costs a join per snapshot, which other queries need not pay)."""
-    src = open_source(source, **source_kw)
-    wants_expiry = "expire" in sql.lower() or "expire" in (where or "").lower()
-    lf = annotate(src, timeouts=timeouts, felix_config=felix_config) if wants_expiry else src.frame
-    cond = where_filter(where, lf)
-    if cond is not None:
-        lf = lf.filter(cond)
-    ctx = pl.SQLContext(ct=lf.drop(INTERNAL))
-    try:
-        result = ctx.execute(sql, eager=False)
-        result.collect_schema()
-    except Exception as e:  # polars raises SQL/column errors of several types
-        raise BadArgument(f"SQL {sql!r}: {' '.join(str(e).split())}") from None
-    with src.reading():
-        return result.collect(engine="streaming")
