@@ -354,6 +354,20 @@ def test_bad_option_values_and_failing_expressions_are_one_line_exit_2(ct_pin):
 
 
 @pytest.mark.kernel
+def test_raw_layout_and_empty_directories_are_not_analysed(ct_pin, tmp_path):
+    for cmd in ("stats", "expired", "top", "metrics", "report"):
+        assert_one_line_error(cli(cmd, ct_pin, "--layout", "raw", "-o", tmp_path / f"x.{cmd}"), EXIT_BAD_INPUT,
+                              "--layout raw")
+    raw = tmp_path / "raw.parquet"
+    assert cli("dump", ct_pin, "--layout", "raw", "-o", raw).returncode == 0
+    assert_one_line_error(cli("stats", raw), EXIT_BAD_INPUT, str(raw), "raw-layout")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_line_error(cli("stats", empty), EXIT_BAD_INPUT, str(empty), "without snapshot files")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["empty", "raw.parquet"]
+
+
+@pytest.mark.kernel
 def test_sigint_during_parquet_dump(pin_dir, tmp_path):
     """Ctrl-C during a large `dump -o X.parquet`: exit 130, 'interrupted', no file under
     the final name and the temporary file removed. Repeated at different moments: the

@@ -149,7 +149,8 @@ def open_source(source: str | os.PathLike[str] | None = None, *, now_ns: int | N
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if _is_snapshot_file(f))
         if not files:
-            raise FileNotFoundError(2, "no snapshot files (*.parquet, *.arrow) under this directory", spec)
+            raise BadArgument(f"{spec}: a directory without snapshot files (*.parquet, *.arrow); expected a pinned "
+                              "map, a snapshot file or a directory of snapshots")
         return _files(spec, files, p, now_ns)
     if p.suffix.lower() in SUFFIX_KINDS:
         if not p.exists():
@@ -192,12 +193,18 @@ def snapshot_metadata(path: str | os.PathLike[str]) -> dict:
 
 
 # ------------------------------------------------------------------------------------------ builders
+_RAW = ("the analysis commands need decoded CT columns, which --layout raw does not give; "
+        "use `ctscope dump --layout raw` for the bytes, or pick the map's layout (v2, v3-created, v3, v4)")
+
+
 def _live(pin: str, now_ns: int | None, layout: str) -> Source:
     from ctscope import export
     from ctscope._native import realtime_ns
     from ctscope.analysis.timeouts import read_sysctls
     from ctscope.ctmap import dump_to_polars, open_map
 
+    if layout == "raw":
+        raise BadArgument(_RAW)
     m = open_map(pin, layout=layout)
     d = m.dump(now_ns=now_ns)
     df = dump_to_polars(d)
@@ -213,6 +220,8 @@ def _files(spec: str, files: list[Path], root: Path | None, now_ns: int | None) 
     frames: list[pl.LazyFrame] = []
     for i, f in enumerate(files):
         meta = snapshot_metadata(f)
+        if meta.get("layout") == "raw":
+            raise BadArgument(f"{f}: a raw-layout dump (key/value bytes); {_RAW}")
         parts = _partitions(f, root)
         kind = SUFFIX_KINDS[f.suffix.lower()]
         snap = Snapshot(str(f), kind, meta, parts, int(now_ns if now_ns is not None else meta["now_ns"]))
