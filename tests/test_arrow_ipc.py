@@ -89,7 +89,8 @@ def test_pyarrow_validates_the_file(tmp_path):
     out = tmp_path / "v.arrow"
     arrow_ipc.write_file([frame(500), frame(20, 500)], frame(500).schema, out, lambda f: {"ctscope": f"final={f}"})
     r = ipc.open_file(out)
-    assert r.schema.metadata == {b"ctscope": b"final=True"} and r.num_record_batches == 2
+    assert r.schema.metadata[b"ctscope"] == b"final=True" and r.num_record_batches == 2
+    assert set(r.schema.metadata) == {b"ctscope", arrow_ipc.CRC_KEY.encode()}
     t = r.read_all()
     t.validate(full=True)
     assert t.num_rows == 520
@@ -116,3 +117,20 @@ def test_damaged_batch_headers_are_detected(tmp_path):
     out.write_bytes(bad)
     with pytest.raises(arrow_ipc.IpcFormatError, match="record batch header"):
         arrow_ipc.read_metadata(str(out))
+
+
+def test_damage_inside_a_batch_is_caught_by_the_crc(tmp_path):
+    """IPC has no checksums: bytes flipped inside a batch's buffers would be read as data.
+    The CRC the writer records in the footer catches them; files without one still read."""
+    out = tmp_path / "c.arrow"
+    arrow_ipc.write_file([frame(1000), frame(1000, 1000)], frame(1000).schema, out, lambda _f: {"k": "v"})
+    assert arrow_ipc.read_metadata(str(out), verify=True) == {"k": "v"}
+    data = bytearray(out.read_bytes())
+    root = arrow_ipc._root(bytes(data[-10 - int.from_bytes(data[-10:-6], "little"):-10]))
+    (off, meta_len, body_len), _ = arrow_ipc._blocks(root, 3)
+    bad = bytearray(data)
+    bad[off + meta_len + body_len // 2] ^= 0xFF  # one byte in the middle of a body
+    out.write_bytes(bad)
+    assert arrow_ipc.read_metadata(str(out)) == {"k": "v"}  # the structure is intact...
+    with pytest.raises(arrow_ipc.IpcFormatError, match="CRC-32"):
+        arrow_ipc.read_metadata(str(out), verify=True)  # ...the bytes are not

@@ -22,12 +22,15 @@ from __future__ import annotations
 
 import io
 import struct
+import zlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import IO
 
 import polars as pl
 
 MAGIC = b"ARROW1"
+# Footer metadata key: CRC-32 (zlib) of the bytes from offset 8 to the footer, as 8 hex digits.
+CRC_KEY = "ctscope_crc32"
 CONTINUATION = 0xFFFFFFFF
 METADATA_V5 = 4  # MetadataVersion.V5
 HEADER_SCHEMA, HEADER_DICTIONARY, HEADER_RECORD_BATCH = 1, 2, 3
@@ -276,11 +279,14 @@ def write_file(frames: Iterable[pl.DataFrame], schema: pl.Schema, target: str | 
     try:
         schema_fb = bytes(next(fb for t, fb, _ in _frame_messages(pl.DataFrame(schema=schema)) if t == HEADER_SCHEMA))
         pos = 0
+        crc = 0
 
         def put(data: bytes | memoryview) -> None:
-            nonlocal pos
+            nonlocal pos, crc
             out.write(data)
             pos += len(data)
+            if pos > 8:  # everything between the leading magic and the footer
+                crc = zlib.crc32(data, crc)
 
         put(MAGIC + b"\0\0")
         put(_encapsulate(_schema_message(schema_fb, meta(False))))
@@ -302,8 +308,11 @@ def write_file(frames: Iterable[pl.DataFrame], schema: pl.Schema, target: str | 
                 put(msg)
                 put(body)
                 blocks.append((start, len(msg), len(body)))
-        footer = _footer(schema_fb, meta(True), blocks)
         put(struct.pack("<Ii", CONTINUATION, 0))  # end-of-stream marker, as writers emit before the footer
+        # IPC has no checksums of its own: record one of the messages, so that damage inside
+        # a batch is caught instead of read as data.
+        final = {**meta(True), CRC_KEY: f"{crc:08x}"}
+        footer = _footer(schema_fb, final, blocks)
         put(footer)
         put(struct.pack("<i", len(footer)) + MAGIC)
         out.flush()
@@ -313,8 +322,9 @@ def write_file(frames: Iterable[pl.DataFrame], schema: pl.Schema, target: str | 
             out.close()
 
 
-def read_metadata(path: str) -> dict[str, str]:
-    """The footer schema's custom_metadata of an Arrow IPC file (reads only the tail)."""
+def read_metadata(path: str, verify: bool = False) -> dict[str, str]:
+    """The footer schema's custom_metadata of an Arrow IPC file (reads only the tail; with
+    `verify`, also the whole file, to check the CRC ctscope's writer records)."""
     with open(path, "rb") as f:
         head = f.read(6)
         f.seek(0, 2)
@@ -338,7 +348,25 @@ def read_metadata(path: str) -> dict[str, str]:
     except (struct.error, IpcFormatError, UnicodeDecodeError) as e:
         raise IpcFormatError(f"corrupt Arrow IPC footer ({e})") from None
     _check_blocks(path, blocks, size - 10 - flen)
+    crc = meta.pop(CRC_KEY, None)
+    if verify and crc is not None:
+        _check_crc(path, size - 10 - flen, crc)
     return meta
+
+
+def _check_crc(path: str, data_end: int, want: str) -> None:
+    crc = 0
+    with open(path, "rb") as f:
+        f.seek(8)
+        left = data_end - 8
+        while left > 0:
+            chunk = f.read(min(left, 1 << 22))
+            if not chunk:
+                break
+            crc = zlib.crc32(chunk, crc)
+            left -= len(chunk)
+    if f"{crc:08x}" != want:
+        raise IpcFormatError(f"corrupt Arrow IPC file (CRC-32 {crc:08x} of its batches, the footer records {want})")
 
 
 def _blocks(footer: _Table, i: int) -> list[tuple[int, int, int]]:

@@ -177,7 +177,7 @@ def snapshot_metadata(path: str | os.PathLike[str]) -> dict:
         from ctscope.arrow_ipc import IpcFormatError, read_metadata
 
         try:
-            kv = read_metadata(str(p))
+            kv = read_metadata(str(p), verify=True)
         except IpcFormatError as e:
             raise SnapshotError(f"{p}: {e}") from None
     raw = kv.get(META_KEY)
