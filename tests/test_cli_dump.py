@@ -203,3 +203,23 @@ def test_rows_reach_a_pipe_when_stderr_is_a_terminal(synth_map, fmt):
     assert p.returncode == 0
     lines = p.stdout.splitlines()
     assert len(lines) == 3000 + (fmt in ("csv", "table")), p.stdout[:300]
+
+
+def assert_one_line_error(p: subprocess.CompletedProcess, code: int, *words: str) -> None:
+    assert p.returncode == code, (p.returncode, p.stdout, p.stderr)
+    assert p.stderr.startswith("ctscope: error: ") and p.stderr.count("\n") == 1, p.stderr
+    for w in words:
+        assert w in p.stderr, (w, p.stderr)
+
+
+# ------------------------------------------------------------------------------------ ct3 layout key by key
+def test_dump_next_key_detects_v3_created(bpffs):
+    """`dump --method next_key` on a ct3 map written by Calico <= 3.29 decodes offset 0 as
+    `created`, as `--method batch` does (it used to assume v3 and null created_ns)."""
+    pin = bpffs / "cli-ct3" / "cali_v4_ct3"
+    pin.parent.mkdir()
+    run("synth", str(pin), "--entries", "2000", "--version", "3", "--layout", "v3-created")
+    for method in ("next_key", "batch"):
+        rows = [json.loads(x) for x in run("dump", str(pin), "--method", method, "-f", "ndjson", "--limit", "3").stdout.splitlines()]
+        assert len(rows) == 3
+        assert all(r["created_ns"] is not None and r["rst_seen_ns"] is None for r in rows), (method, rows[0])

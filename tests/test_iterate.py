@@ -383,3 +383,42 @@ def test_permission_denied(make_ct_map):
                         sys.executable, "-c", code, str(m.path)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stdout + r.stderr
     assert "root" in r.stdout or "CAP_BPF" in r.stdout, r.stdout
+
+
+# ------------------------------------------------------------------------------------ ct3 layout, key by key
+@pytest.mark.parametrize("written", ["v3-created", "v3"])
+def test_ct3_layout_detected_when_read_key_by_key(pin_dir, written):
+    """`auto` decides a ct3 map's offset-0 meaning from its values whichever way it reads:
+    the batch probe's values, or (next_key, and kernels without batch ops) the first
+    entries of the key-by-key walk. It used to assume v3 when reading key by key."""
+    from ctscope.cli.synth import synth
+
+    pin = pin_dir / "cali_v4_ct3"
+    synth(pin, 2000, 4096, version=3, layout=written, seed=5)
+    m = ctscope.open_map(pin)
+    keys = ["proto", "addr_a", "port_a", "addr_b", "port_b"]
+    frames = {}
+    for method in ("batch", "next_key", "auto"):
+        d = m.dump(method=method, now_ns=NOW)
+        df = pl.DataFrame(d)
+        assert d.layout == written, (method, d.layout, d.layout_reason)
+        assert "sampled entries" in d.layout_reason, d.layout_reason
+        assert df.height == 2000
+        created, rst = df["created_ns"], df["rst_seen_ns"]
+        if written == "v3-created":
+            assert created.null_count() == 0 and (created <= df["last_seen_ns"]).all() and rst.null_count() == 2000
+        else:
+            assert created.null_count() == 2000 and rst.null_count() == 0
+        frames[method] = df.sort(keys)
+    assert frames["next_key"].equals(frames["batch"])
+    # An explicit layout still wins over the sample.
+    other = "v3" if written == "v3-created" else "v3-created"
+    d = ctscope.open_map(pin, layout=other).dump(method="next_key")
+    assert d.layout == other and "explicitly" in d.layout_reason
+
+
+def test_empty_ct3_map_read_key_by_key_is_v3(make_ct_map):
+    m = make_ct_map("v3", 4)
+    d = ctscope.open_map(m.path).dump(method="next_key")
+    assert d.layout == "v3" and "empty" in d.layout_reason
+    assert pl.DataFrame(d).height == 0

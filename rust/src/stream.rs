@@ -70,7 +70,8 @@ pub struct DumpOptions {
 
 impl DumpStream {
     /// Start reading. The layout is settled before this returns: for a ct3 map under
-    /// `auto` that means looking at the values the probe call returned.
+    /// `auto` that means looking at the values the probe call returned (or, read key by
+    /// key, at the first entries of a next-key walk).
     pub fn start(fd: Arc<OwnedFd>, p: &MapParams, path_name: &str, opt: DumpOptions) -> Result<Self> {
         p.require_hash(path_name)?;
         // One small batch call first: it tells whether the kernel has batch ops for this
@@ -91,7 +92,9 @@ impl DumpStream {
                     if batch_ok {
                         layout::guess_v3_meaning(&sample, p.value_size as usize)
                     } else {
-                        (Layout::V3, "ct3 map read key by key: assumed v3 (offset 0 = rst_seen); force with --layout".into())
+                        // No batch ops (or --method next_key): sample the first entries of
+                        // the key-by-key walk and judge them by the same rule.
+                        layout::guess_v3_meaning(&sample_next_key(&fd, p)?, p.value_size as usize)
                     }
                 }
                 None => {
@@ -189,6 +192,15 @@ fn probe(fd: &Arc<OwnedFd>, p: &MapParams) -> Result<Option<Vec<u8>>> {
             Err(e) => return Err(CtError::os("BPF_MAP_LOOKUP_BATCH", e)),
         }
     }
+}
+
+/// Values of the first entries (up to `SAMPLE` of them) of a GET_NEXT_KEY + LOOKUP_ELEM
+/// walk: what a ct3 map's layout is decided from when batch lookups are not used. The
+/// walk is the dump's own (bounded, restart-safe); the dump itself starts afresh.
+fn sample_next_key(fd: &Arc<OwnedFd>, p: &MapParams) -> Result<Vec<u8>> {
+    const SAMPLE: u32 = 1024;
+    let mut r = MapReader::new(fd.clone(), p.key_size, p.value_size, p.max_entries, Method::NextKey, SAMPLE);
+    Ok(r.next_chunk()?.map(|c| c.values).unwrap_or_default())
 }
 
 /// One reader thread; the consumer decodes (so syscalls and decoding overlap).
