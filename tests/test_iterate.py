@@ -422,3 +422,23 @@ def test_empty_ct3_map_read_key_by_key_is_v3(make_ct_map):
     d = ctscope.open_map(m.path).dump(method="next_key")
     assert d.layout == "v3" and "empty" in d.layout_reason
     assert pl.DataFrame(d).height == 0
+
+
+# ------------------------------------------------------------------------------------ messages
+def test_map_info_repr_is_python_not_rust(make_ct_map, make_map):
+    m = make_ct_map("v3", 6)
+    r = repr(ctscope.open_map(m.path).info)
+    assert "version=3, family=6)" in r and "Some(" not in r, r
+    plain = make_map("plain", bpfkernel.HASH, 8, 8, 16)
+    r = repr(ctscope.open_map(plain.path).info)
+    assert "version=None, family=None)" in r and "Some(" not in r, r
+    assert "Some(" not in repr(ctscope.open_map(m.path)._native)
+
+
+def test_wrong_map_type_message_has_the_right_article(make_map):
+    arr = make_map("cali_v4_ct4", bpfkernel.ARRAY, 4, 88, 16)
+    with pytest.raises(errors.NotACtMap, match=r": is an array map, expected hash or lru_hash$"):
+        ctscope.open_map(arr.path).to_polars(now_ns=NOW)
+    pc = make_map("cali_v4_ct3", bpfkernel.PERCPU_HASH, 16, 88, 16)
+    with pytest.raises(errors.NotACtMap, match=r": is a percpu_hash map, expected"):
+        ctscope.open_map(pc.path, layout="raw").to_polars()

@@ -50,11 +50,16 @@ impl MapParams {
         if self.is_hash() {
             return Ok(());
         }
-        Err(CtError::NotCtMap(format!(
-            "{shown}: is a {} map, expected hash or lru_hash",
-            layout::map_type_name(self.map_type)
-        )))
+        let t = layout::map_type_name(self.map_type);
+        Err(CtError::NotCtMap(format!("{shown}: is {} {t} map, expected hash or lru_hash", article(&t))))
     }
+}
+
+/// "a" or "an" before a map type name as it is read aloud ("an array", "an lru_hash").
+fn article(word: &str) -> &'static str {
+    let w = word.to_ascii_lowercase();
+    let vowel_sound = w.starts_with(['a', 'e', 'i', 'o', 'u']) || ["lru", "xsk"].iter().any(|p| w.starts_with(p));
+    if vowel_sound { "an" } else { "a" }
 }
 
 /// A pinned map opened by ctscope.
@@ -99,7 +104,12 @@ impl PinnedMap {
                 return Err(CtError::NotCtMap(format!("{shown}: is a BPF program pin, expected a map")));
             }
             Some("bpf_link") => return Err(CtError::NotCtMap(format!("{shown}: is a BPF link pin, expected a map"))),
-            Some(other) => return Err(CtError::NotCtMap(format!("{shown}: is a {other} pin, expected a BPF map"))),
+            Some(other) => {
+                return Err(CtError::NotCtMap(format!(
+                    "{shown}: is {} {other} pin, expected a BPF map",
+                    article(other)
+                )));
+            }
         }
         let params = read_params(fd.as_fd(), path).map_err(|e| match e {
             // A program or link pin opens fine but has no map info.

@@ -118,10 +118,22 @@ impl MapInfo {
 
     fn __repr__(&self) -> String {
         format!(
-            "MapInfo(name={:?}, type={}, key_size={}, value_size={}, max_entries={}, flags={:#x}, version={:?}, family={:?})",
-            self.name, self.map_type, self.key_size, self.value_size, self.max_entries, self.map_flags, self.version, self.family
+            "MapInfo(name={:?}, type={}, key_size={}, value_size={}, max_entries={}, flags={:#x}, version={}, family={})",
+            self.name,
+            self.map_type,
+            self.key_size,
+            self.value_size,
+            self.max_entries,
+            self.map_flags,
+            py_opt(self.version),
+            py_opt(self.family)
         )
     }
+}
+
+/// An optional number as Python prints it: `2` or `None`.
+fn py_opt<T: std::fmt::Display>(v: Option<T>) -> String {
+    v.map_or_else(|| "None".to_string(), |x| x.to_string())
 }
 
 /// A pinned map opened read-only (or read-write for repair commands).
