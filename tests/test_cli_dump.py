@@ -223,3 +223,19 @@ def test_dump_next_key_detects_v3_created(bpffs):
         rows = [json.loads(x) for x in run("dump", str(pin), "--method", method, "-f", "ndjson", "--limit", "3").stdout.splitlines()]
         assert len(rows) == 3
         assert all(r["created_ns"] is not None and r["rst_seen_ns"] is None for r in rows), (method, rows[0])
+
+
+# ------------------------------------------------------------------------------------ symlinks
+def test_read_commands_follow_a_symlink_to_a_pin(synth_map, reference, tmp_path, bpffs):
+    link = tmp_path / "link"
+    link.symlink_to(synth_map)
+    rows = run("dump", str(link), "-f", "ndjson", "--now-ns", str(10**18)).stdout.splitlines()
+    assert len(rows) == reference.height
+    # a CT-named link in another tc/globals: `maps` reads its target
+    g = bpffs / "linked" / "tc" / "globals"
+    g.mkdir(parents=True)
+    (g / "cali_v4_ct4").symlink_to(synth_map)
+    out = json.loads(run("maps", "--bpffs", str(bpffs / "linked"), "--json").stdout)
+    assert len(out) == 1 and out[0]["entries"] == 3000 and out[0]["version"] == 4, out
+    # resize never acts through a link (plan only: no --yes), even one on the bpffs
+    assert_one_line_error(run("resize", str(g / "cali_v4_ct4"), "--max-entries", "16384", check=False), 2, "symlink")

@@ -442,3 +442,58 @@ def test_wrong_map_type_message_has_the_right_article(make_map):
     pc = make_map("cali_v4_ct3", bpfkernel.PERCPU_HASH, 16, 88, 16)
     with pytest.raises(errors.NotACtMap, match=r": is a percpu_hash map, expected"):
         ctscope.open_map(pc.path, layout="raw").to_polars()
+
+
+# ------------------------------------------------------------------------------------ symlinks
+def test_symlink_to_a_pin_is_read_through(make_ct_map, tmp_path, pin_dir):
+    """Read commands follow a symlink and judge its target: a link outside the bpffs (or
+    beside the pin) to a valid pin reads that pin. Repairs (writable) still refuse links."""
+    m = make_ct_map("v4", 4)
+    want = entries(500)
+    m.fill(want.items())
+    direct = ctscope.open_map(m.path)
+    for link in (tmp_path / "link", pin_dir / "alias", tmp_path / "rel"):
+        if link.name == "rel":
+            link.symlink_to(os.path.relpath(m.path, tmp_path))
+        else:
+            link.symlink_to(m.path)
+        cm = ctscope.open_map(link)
+        assert cm.info.id == direct.info.id and cm.info.version == 4 and cm.path == str(link)
+        got, _ = dump_raw(link)
+        assert dict(got) == want
+        # sizes, layout and version come from the pin, not the link's name
+        assert ctscope.open_map(link).dump().layout == "v4"
+    from ctscope._native import LiveMap, NativeMap
+
+    for writable_open in (lambda p: NativeMap(str(p), True), lambda p: LiveMap(str(p), writable=True)):
+        with pytest.raises(errors.NotACtMap, match="symlink"):
+            writable_open(pin_dir / "alias")
+    assert m.items() == want
+
+
+def test_symlink_to_a_bad_target_names_the_target(pin_dir, tmp_path):
+    plain = tmp_path / "cali_v4_ct4"
+    plain.write_bytes(bytes(104))
+    cases = {
+        "out": (plain, errors.NotACtMap, "not on a BPF filesystem"),
+        "dir": (pin_dir, errors.NotACtMap, "directory"),
+        "dangling": (pin_dir / "gone", errors.PinNotFound, "does not exist"),
+    }
+    for name, (target, exc, why) in cases.items():
+        link = pin_dir / f"link_{name}"
+        link.symlink_to(target)
+        with pytest.raises(exc) as ei:
+            ctscope.open_map(link)
+        msg = str(ei.value)
+        assert msg.startswith(f"{link}: is a symlink to ") and why in msg, msg
+
+
+def test_bpffs_own_files_are_not_map_pins(bpffs):
+    """A fresh bpffs holds the kernel's maps.debug / progs.debug (bpf_preload): not pinned
+    objects, which BPF_OBJ_GET cannot open. They are 'not a BPF map pin', not 'no such file'."""
+    own = [bpffs / n for n in ("maps.debug", "progs.debug") if (bpffs / n).exists()]
+    if not own:
+        pytest.skip("this kernel's bpffs has no maps.debug/progs.debug (CONFIG_BPF_PRELOAD off)")
+    for p in own:
+        with pytest.raises(errors.NotACtMap, match="not a BPF map pin"):
+            ctscope.open_map(p)

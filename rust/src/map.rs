@@ -64,7 +64,10 @@ fn article(word: &str) -> &'static str {
 
 /// A pinned map opened by ctscope.
 pub struct PinnedMap {
+    /// The path as given (shown to the user).
     pub path: PathBuf,
+    /// The pin really opened: `path`, or the target of the symlink `path` (read-only opens).
+    pub target: PathBuf,
     pub fd: Arc<OwnedFd>,
     pub params: MapParams,
     pub writable: bool,
@@ -72,30 +75,73 @@ pub struct PinnedMap {
 
 impl PinnedMap {
     /// Open `path` read-only (or read-write for repair commands) and read its parameters.
+    ///
+    /// Read-only opens follow a symlink and check its target (a link to a pin reads that
+    /// pin); read-write opens refuse symlinks, so a repair never acts through one.
     pub fn open(path: &Path, writable: bool) -> Result<Self> {
         let shown = path.display();
         let meta = std::fs::symlink_metadata(path).map_err(|e| match e.kind() {
             std::io::ErrorKind::NotFound => CtError::PinNotFound(format!("{shown}: no such pin")),
             _ => CtError::os(format!("{shown}: stat"), e),
         })?;
-        if meta.is_dir() {
-            return Err(CtError::NotCtMap(format!("{shown}: is a directory, expected a pinned BPF map")));
+        if meta.file_type().is_symlink() && writable {
+            return Err(CtError::NotCtMap(format!("{shown}: is a symlink; give the pin itself")));
         }
-        let on_bpffs = path
+        // The file that is really opened, and how to name it in errors.
+        let (target, via) = if meta.file_type().is_symlink() {
+            let t = std::fs::canonicalize(path).map_err(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => CtError::PinNotFound(format!(
+                    "{shown}: is a symlink to {}, which does not exist",
+                    std::fs::read_link(path).map(|l| l.display().to_string()).unwrap_or_else(|_| "?".into())
+                )),
+                _ => CtError::os(format!("{shown}: resolving the symlink"), e),
+            })?;
+            let via = format!("{shown}: is a symlink to {}, which", t.display());
+            (t, Some(via))
+        } else {
+            (path.to_path_buf(), None)
+        };
+        // "<path>: <what>" for the pin itself, "<link>: is a symlink to <t>, which <what>" for a link.
+        let said = |what: &str| match &via {
+            None => format!("{shown}: {what}"),
+            Some(v) => format!("{v} {what}"),
+        };
+        let tmeta = std::fs::metadata(&target).map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => CtError::PinNotFound(said("no longer exists")),
+            _ => CtError::os(format!("{}: stat", target.display()), e),
+        })?;
+        if tmeta.is_dir() {
+            return Err(CtError::NotCtMap(said("is a directory, expected a pinned BPF map")));
+        }
+        let on_bpffs = target
             .parent()
             .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
             .and_then(|p| sys::fs_type(p).ok())
             == Some(sys::BPF_FS_MAGIC);
         if !on_bpffs {
-            return Err(CtError::NotCtMap(format!(
-                "{shown}: not on a BPF filesystem (bpffs), expected a pin such as /sys/fs/bpf/tc/globals/cali_v4_ct4"
+            return Err(CtError::NotCtMap(said(
+                "is not on a BPF filesystem (bpffs), expected a pin such as /sys/fs/bpf/tc/globals/cali_v4_ct4",
             )));
         }
-        if meta.file_type().is_symlink() {
-            return Err(CtError::NotCtMap(format!("{shown}: is a symlink; give the pin itself")));
+        // bpffs refuses names with a dot to everyone but the kernel, which keeps them for
+        // its own files (maps.debug, progs.debug of bpf_preload): never a pinned object.
+        if target.file_name().is_some_and(|n| n.as_encoded_bytes().contains(&b'.')) {
+            return Err(CtError::NotCtMap(said(
+                "is not a BPF map pin (a file of the bpffs itself, such as maps.debug, not a pinned object)",
+            )));
         }
         let flags = if writable { 0 } else { BPF_F_RDONLY };
-        let fd = sys::obj_get(path, flags).map_err(|e| CtError::os(format!("{shown}: BPF_OBJ_GET"), e))?;
+        let fd = sys::obj_get(&target, flags).map_err(|e| {
+            // A file on a bpffs that BPF_OBJ_GET cannot find is no pinned object (the
+            // bpffs's own maps.debug / progs.debug iterator files), unless it just vanished.
+            if e.raw_os_error() == Some(libc::ENOENT) && target.exists() {
+                CtError::NotCtMap(said("is not a BPF map pin (a file of the bpffs itself, not a pinned object)"))
+            } else if e.raw_os_error() == Some(libc::ENOENT) {
+                CtError::PinNotFound(said("no longer exists"))
+            } else {
+                CtError::os(format!("{shown}: BPF_OBJ_GET"), e)
+            }
+        })?;
         // BPF_OBJ_GET_INFO_BY_FD answers for programs and links too (with their own info
         // struct, read as map info that is garbage sizes), so ask what the fd is first.
         match bpf_fd_kind(fd.as_fd()).as_deref() {
@@ -111,14 +157,14 @@ impl PinnedMap {
                 )));
             }
         }
-        let params = read_params(fd.as_fd(), path).map_err(|e| match e {
+        let params = read_params(fd.as_fd(), &target).map_err(|e| match e {
             // A program or link pin opens fine but has no map info.
             CtError::Os { err, .. } if err.raw_os_error() == Some(libc::EINVAL) => {
                 CtError::NotCtMap(format!("{shown}: is a BPF program or link pin, expected a map"))
             }
             e => e,
         })?;
-        Ok(PinnedMap { path: path.to_path_buf(), fd: Arc::new(fd), params, writable })
+        Ok(PinnedMap { path: path.to_path_buf(), target, fd: Arc::new(fd), params, writable })
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {

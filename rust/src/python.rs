@@ -160,7 +160,7 @@ impl NativeMap {
 
     /// Re-read the live parameters (max_entries etc. can change when a pin is replaced).
     fn refresh_info(&mut self, py: Python<'_>) -> PyResult<MapInfo> {
-        let p = py.detach(|| crate::map::read_params(self.inner.fd(), &self.inner.path))?;
+        let p = py.detach(|| crate::map::read_params(self.inner.fd(), &self.inner.target))?;
         self.info = MapInfo::from_params(&self.inner.path.to_string_lossy(), &p);
         Ok(self.info.clone())
     }
