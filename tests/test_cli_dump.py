@@ -225,6 +225,74 @@ def test_dump_next_key_detects_v3_created(bpffs):
         assert all(r["created_ns"] is not None and r["rst_seen_ns"] is None for r in rows), (method, rows[0])
 
 
+# ------------------------------------------------------------------------------------ maps
+def test_maps_bpffs_missing_or_not_a_bpffs(tmp_path):
+    missing = tmp_path / "nonexistent"
+    for extra in ([], ["--all"], ["--json"]):
+        assert_one_line_error(run("maps", "--bpffs", str(missing), *extra, check=False), 3, str(missing))
+        # an existing directory that is no bpffs: never walked (think --bpffs / --all)
+        assert_one_line_error(run("maps", "--bpffs", str(tmp_path), *extra, check=False), 2, str(tmp_path), "bpffs")
+
+
+def test_maps_output_is_not_cut_when_piped(synth_map):
+    """stdout is a pipe here: the table keeps whole paths instead of rich's 80 columns."""
+    root = synth_map.parent.parent.parent
+    p = run("maps", "--bpffs", str(root))
+    assert str(synth_map) in p.stdout, p.stdout
+    assert "3,000" in p.stdout and "8,192" in p.stdout
+
+
+def test_maps_all_skips_the_bpffs_own_files(bpffs, synth_map):
+    """`maps --all` lists pinned objects only: not the bpffs's maps.debug / progs.debug;
+    dumping one is a one-line 'not a BPF map pin', exit 2."""
+    own = [bpffs / n for n in ("maps.debug", "progs.debug") if (bpffs / n).exists()]
+    if not own:
+        pytest.skip("this kernel's bpffs has no maps.debug/progs.debug (CONFIG_BPF_PRELOAD off)")
+    rows = json.loads(run("maps", "--bpffs", str(bpffs), "--all", "--json").stdout)
+    paths = {r["path"] for r in rows}
+    assert str(synth_map) in paths
+    assert not any(p.endswith(".debug") for p in paths), paths
+    assert not any("No such file" in r.get("error", "") for r in rows), rows
+    for p in own:
+        assert_one_line_error(run("dump", str(p), check=False), 2, str(p), "not a BPF map pin")
+
+
+UNPRIVILEGED_MAPS = """
+import contextlib, ctypes, io, os, sys
+import ctscope.cli
+argv = sys.argv[1:]
+with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+    try:
+        ctscope.cli.main(["maps", "--bpffs", "/nonexistent"])  # import everything while we can
+    except SystemExit:
+        pass
+libc = ctypes.CDLL(None, use_errno=True)
+assert libc.prctl(47, 4, 0, 0, 0) == 0  # PR_CAP_AMBIENT_CLEAR_ALL
+hdr = (ctypes.c_uint32 * 2)(0x20080522, 0)
+assert libc.capset(hdr, (ctypes.c_uint32 * 6)()) == 0
+ctscope.cli.main(argv)
+"""
+
+
+def test_maps_every_pin_denied_exits_4(synth_map):
+    """As an unprivileged user every pin fails with a permission error: `maps` says so and
+    exits 4, as `check` does, instead of exit 0 with a table of errors."""
+    import shutil
+
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        pytest.skip("needs setpriv (util-linux)")
+    root = synth_map.parent.parent.parent
+    cmd = [setpriv, "--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all,+dac_read_search",
+           "--ambient-caps=+dac_read_search", sys.executable, "-c", UNPRIVILEGED_MAPS]
+    p = subprocess.run(cmd + ["maps", "--bpffs", str(root)], capture_output=True, text=True, timeout=120)
+    assert_one_line_error(p, 4, str(synth_map))
+    p = subprocess.run(cmd + ["maps", "--bpffs", str(root), "--json"], capture_output=True, text=True, timeout=120)
+    assert p.returncode == 4, p.stderr
+    rows = json.loads(p.stdout)
+    assert [r["path"] for r in rows] == [str(synth_map)] and "error" in rows[0]
+
+
 # ------------------------------------------------------------------------------------ symlinks
 def test_read_commands_follow_a_symlink_to_a_pin(synth_map, reference, tmp_path, bpffs):
     link = tmp_path / "link"

@@ -35,13 +35,19 @@ def default_ct_pin(bpffs: str | os.PathLike[str] = DEFAULT_BPFFS, ipv6: bool = F
     return d / CT_PIN_NAMES[6 if ipv6 else 4][0]
 
 
+def is_bpffs_own_file(name: str) -> bool:
+    """bpffs refuses names with a dot to everyone but the kernel, which keeps them for its
+    own files (`maps.debug`, `progs.debug` of bpf_preload): those are never pinned objects."""
+    return "." in name
+
+
 def list_pins(bpffs: str | os.PathLike[str] = DEFAULT_BPFFS, all_pins: bool = False) -> list[Path]:
-    """CT pins under DIR/tc/globals (or, with all_pins, every pin under DIR)."""
+    """CT pins under DIR/tc/globals (or, with all_pins, every pinned object under DIR)."""
     if all_pins:
         root = Path(bpffs)
         out = []
         for dirpath, _dirs, files in os.walk(root):
-            out.extend(Path(dirpath) / f for f in files)
+            out.extend(Path(dirpath) / f for f in files if not is_bpffs_own_file(f))
         return sorted(out)
     d = globals_dir(bpffs)
     if not d.is_dir():

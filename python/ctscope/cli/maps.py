@@ -3,19 +3,26 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import typer
 from rich.console import Console
 from rich.table import Table
 
+from ctscope._native import on_bpffs
 from ctscope.cli.app import app
 from ctscope.ctmap import open_map
-from ctscope.errors import CtscopeError
+from ctscope.errors import CtscopeError, NotACtMap, PinNotFound, exit_code
 from ctscope.pins import DEFAULT_BPFFS, list_pins
 
 
 def map_row(path) -> dict:
     """Parameters and fill of one pin; errors become a row with an `error` field."""
+    return _map_row(path)[0]
+
+
+def _map_row(path) -> tuple[dict, CtscopeError | None]:
     try:
         m = open_map(path)
         info = m.info.as_dict()
@@ -23,9 +30,9 @@ def map_row(path) -> dict:
             n = count_entries(m)
             info["entries"] = n
             info["fill"] = round(n / m.info.max_entries, 4) if m.info.max_entries else None
-        return info
+        return info, None
     except CtscopeError as e:
-        return {"path": str(path), "error": str(e)}
+        return {"path": str(path), "error": str(e)}, e
 
 
 def count_entries(m) -> int:
@@ -35,6 +42,18 @@ def count_entries(m) -> int:
     return n
 
 
+def check_bpffs(bpffs: str) -> None:
+    """The --bpffs directory must exist and be on a bpffs (never walk another filesystem)."""
+    root = Path(bpffs)
+    if not root.exists():
+        raise PinNotFound(f"--bpffs {bpffs}: no such directory; expected a bpffs mount such as {DEFAULT_BPFFS}")
+    if not root.is_dir():
+        raise NotACtMap(f"--bpffs {bpffs}: not a directory; expected a bpffs mount such as {DEFAULT_BPFFS}")
+    if not on_bpffs(str(root)):
+        raise NotACtMap(f"--bpffs {bpffs}: not a BPF filesystem (bpffs); expected a bpffs mount such as "
+                        f"{DEFAULT_BPFFS} (mount -t bpf bpf {bpffs})")
+
+
 @app.command("maps")
 def maps_cmd(
     bpffs: str = typer.Option(DEFAULT_BPFFS, "--bpffs", help="bpffs mount to look under."),
@@ -42,14 +61,23 @@ def maps_cmd(
     as_json: bool = typer.Option(False, "--json", help="JSON output."),
 ) -> None:
     """List CT maps under BPFFS/tc/globals: version, family, type, sizes, fill."""
-    rows = [map_row(p) for p in list_pins(bpffs, all_pins)]
+    check_bpffs(bpffs)
+    results = [_map_row(p) for p in list_pins(bpffs, all_pins)]
+    rows = [r for r, _ in results]
+    errors = [e for _, e in results if e is not None]
+    # Nothing could be read (not found, permission, ...): exit with that error's code, as `check` does.
+    failed = exit_code(errors[0]) if errors and len(errors) == len(results) else 0
     if as_json:
         print(json.dumps(rows, indent=2))
-        return
+        raise typer.Exit(failed)
     if not rows:
         Console(stderr=True).print(f"no CT maps under {bpffs}/tc/globals (use --bpffs or --all)")
         return
-    t = Table(title=f"CT maps under {bpffs}")
+    if failed:
+        for r in rows:
+            print(f"ctscope: error: {' '.join(r['error'].split())}", file=sys.stderr)
+        raise typer.Exit(failed)
+    t = Table(title=f"{'pinned objects' if all_pins else 'CT maps'} under {bpffs}")
     for col in ["path", "ver", "fam", "type", "key/value", "max_entries", "flags", "entries", "fill"]:
         t.add_column(col, justify="right" if col in ("max_entries", "entries", "fill") else "left")
     for r in rows:
@@ -61,4 +89,5 @@ def maps_cmd(
                   f"{r['key_size']}/{r['value_size']}", f"{r['max_entries']:,}", hex(r["map_flags"]),
                   f"{r['entries']:,}" if "entries" in r else "-",
                   f"{fill:.1%}" if fill is not None else "-")
-    Console().print(t)
+    # Piped output is for scripts and logs: never cut paths to 80 columns (as `check` does).
+    Console(width=None if sys.stdout.isatty() else 1000).print(t)
