@@ -307,3 +307,15 @@ def test_read_commands_follow_a_symlink_to_a_pin(synth_map, reference, tmp_path,
     assert len(out) == 1 and out[0]["entries"] == 3000 and out[0]["version"] == 4, out
     # resize never acts through a link (plan only: no --yes), even one on the bpffs
     assert_one_line_error(run("resize", str(g / "cali_v4_ct4"), "--max-entries", "16384", check=False), 2, "symlink")
+
+
+# ------------------------------------------------------------------------------------ synth options
+@pytest.mark.parametrize("args", [["--max-entries", "0"], ["--entries", "-1"], ["--max-entries", "-1"],
+                                  ["--seed", "-1"], ["--max-entries", str(2**32)], ["--seed", str(2**64)]])
+def test_synth_rejects_out_of_range_numbers(bpffs, args):
+    pin = bpffs / "synth-bad"
+    argv = ["synth", str(pin), "--entries", "10", *args]
+    p = run(*argv, check=False)
+    assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
+    assert p.stderr.count("\n") == 1 and args[0] in p.stderr, p.stderr
+    assert not pin.exists()

@@ -27,9 +27,26 @@ def synth(pin: str, entries: int, max_entries: int | None = None, version: int =
         raise BadArgument(f"--version {version}: expected 2, 3 or 4")
     if ipv6 and layout == "v2":
         raise BadArgument("Calico's v2 CT map is IPv4 only: drop --ipv6 or use --version 3/4")
-    if entries < 0:
-        raise BadArgument("--entries must be >= 0")
-    return synth_map(str(pin), entries, max_entries or default_max_entries(entries), layout, ipv6, seed, now_ns)
+    _check_range("--entries", entries, 0, U64_MAX)
+    if max_entries is not None:
+        # 0 is no size at all (the kernel refuses it), not "the default".
+        _check_range("--max-entries", max_entries, 1, U32_MAX)
+    _check_range("--seed", seed, 0, U64_MAX)
+    if now_ns is not None:
+        _check_range("--now-ns", now_ns, 0, U64_MAX)
+    size = default_max_entries(entries) if max_entries is None else max_entries
+    if size > U32_MAX:
+        raise BadArgument(f"--entries {entries}: a map holds at most {U32_MAX} entries")
+    return synth_map(str(pin), entries, size, layout, ipv6, seed, now_ns)
+
+
+U32_MAX = 2**32 - 1
+U64_MAX = 2**64 - 1
+
+
+def _check_range(name: str, value: int, lo: int, hi: int) -> None:
+    if not lo <= value <= hi:
+        raise BadArgument(f"{name} {value}: expected {lo} .. {hi}")
 
 
 @app.command("synth")
