@@ -569,3 +569,66 @@ def test_object_maps_are_parsed_with_aya_obj(tmp_path):
 
     with pytest.raises(BadArgument, match="junk.o"):
         object_maps(str(junk))
+
+
+# ------------------------------------------------ fresher entries win: --delta, recovery (kernel)
+
+def with_last_seen(value: bytes, ns: int) -> bytes:
+    """`value` with last_seen (u64 at offset 8 in every CT value version) set to `ns`."""
+    return value[:8] + ns.to_bytes(8, "little") + value[16:]
+
+
+def put(ns: BpfNamespace, path: str, items: dict[bytes, bytes]) -> None:
+    fd = bpfkernel.obj_get(ns.host(path))
+    try:
+        for k, v in items.items():
+            bpfkernel.update_elem(fd, k, v)
+    finally:
+        os.close(fd)
+
+
+@pytest.mark.kernel
+def test_delta_without_backup_keeps_values_written_to_the_new_map(ns, tmp_path):
+    original = make_map(ns, PIN, bpfkernel.LRU_HASH, 20_000, SMALL)
+    r = ns.ctscope("resize", PIN, "--max-entries", "40000", "--keep-old", "--yes", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    k = [ctbytes.seq_key(i) for i in range(4)]
+    k_old_only = ctbytes.seq_key(SMALL + 1)
+    # The new map got fresher values for k0 (the live programs were reloaded onto it) ...
+    new_vals = {k[0]: with_last_seen(b"\x01" * 88, 10**12), k[2]: with_last_seen(b"\x02" * 88, 10**12)}
+    put(ns, PIN, new_vals)
+    # ... while the old map, still used by an unreloaded program, got an older k0, a newer k1,
+    # a k2 older than the new map's, and a key of its own.
+    old_vals = {k[0]: with_last_seen(b"\x03" * 88, 10**9), k[1]: with_last_seen(b"\x04" * 88, 10**12),
+                k[2]: with_last_seen(b"\x05" * 88, 10**12 - 1), k_old_only: ctbytes.seq_value(SMALL + 1, 88)}
+    put(ns, PIN + "_old", old_vals)
+
+    plan = ns.ctscope("resize", PIN, "--delta", cwd=tmp_path)
+    assert plan.returncode == 0 and "nothing done" in plan.stdout, plan.stdout + plan.stderr
+    r = ns.ctscope("resize", PIN, "--delta", "--yes", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    want = {**original, k[0]: new_vals[k[0]], k[1]: old_vals[k[1]], k[2]: new_vals[k[2]],
+            k_old_only: old_vals[k_old_only]}
+    got = pin_state(ns)["entries"]
+    assert got[k[0]] == new_vals[k[0]] and got[k[2]] == new_vals[k[2]], "fresher values of the new map kept"
+    assert_same_entries(got, want)
+    assert not exists(ns, PIN + "_old")
+    # The rule used is named, in the plan and in the result.
+    assert "last_seen" in plan.stdout, plan.stdout
+    assert "copied and verified 2 entries" in r.stdout and "rule: CT last_seen" in r.stdout, r.stdout
+
+
+@pytest.mark.kernel
+def test_delta_without_backup_on_a_non_ct_pair_keeps_felix_rule(ns, tmp_path):
+    """No last_seen to compare (not a CT layout): every old entry whose value differs is copied."""
+    plain = "/sys/fs/bpf/plain_map"
+    for path, val in ((plain + "_old", b"O"), (plain, b"N")):
+        fd = bpfkernel.create_pinned(ns.host(path), bpfkernel.HASH, 8, 24, 1000, 0, "plain_map")
+        for i in range(10):
+            bpfkernel.update_elem(fd, i.to_bytes(8, "little"), (val * 8) + (i + 100).to_bytes(16, "little"))
+        os.close(fd)
+    r = ns.ctscope("resize", plain, "--delta", "--yes", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "copied and verified 10 entries" in r.stdout and "Felix's delta copy" in r.stdout, r.stdout
+    got = pin_state(ns, plain)["entries"]
+    assert got == {i.to_bytes(8, "little"): b"O" * 8 + (i + 100).to_bytes(16, "little") for i in range(10)}

@@ -18,12 +18,22 @@ Order (each step leaves a state a rerun, or Felix, can finish or undo):
 Recovery is Felix's rule (`PinnedMap.EnsureExists`): if `<pin>_old` exists the migration
 was interrupted, so `<pin>_old` goes back to `<pin>` (here by one atomic rename) and the
 stale swap pin is removed. Up to `verify` nothing on the bpffs has changed at all.
+
+Which entry is fresher: Calico's CT values carry last_seen (u64 at value offset 8 in every
+version, facts §4), so between two maps the entry with the newer last_seen wins; for other
+maps only Felix's rule (the value differs) is available.
 """
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import errno
 import os
+import platform
 import signal
+import struct
+import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -38,6 +48,19 @@ PHASES = ("plan", "backup", "create", "copy", "verify", "pin-old", "pin-new", "s
 CRASH_ENV = "CTSCOPE_TEST_CRASH_AFTER"
 
 Say = Callable[[str], None]
+
+
+# Calico CT (key_size, value_size): v2 16/64, v3/v4 16/88, v3/v4 IPv6 40/128 (facts §1, §4).
+CT_SIZES = {(16, 64), (16, 88), (40, 128)}
+LAST_SEEN = slice(8, 16)  # u64 ns, host order, in every CT value version
+
+
+def is_ct_layout(params: dict[str, Any]) -> bool:
+    return (params["key_size"], params["value_size"]) in CT_SIZES
+
+
+def last_seen(value: bytes) -> int:
+    return int.from_bytes(value[LAST_SEEN], sys.byteorder)
 
 
 def crash_point(phase: str) -> None:
@@ -146,6 +169,129 @@ def default_backup_path(name: str, directory: str | os.PathLike[str] = ".") -> P
     return path
 
 
+# ------------------------------------------------------------------ per-key access by map id
+
+class _RawMap:
+    """Per-key bpf(2) calls (LOOKUP_ELEM, UPDATE_ELEM) on the map with a given id, opened with
+    BPF_MAP_GET_FD_BY_ID: exactly the map a LiveMap holds open, even if its pin moves.
+
+    Used where an entry-by-entry choice is made in Python (which entry is fresher): the native
+    Snapshot can only be read from a map or a backup file, never built from chosen entries.
+    Once the core can build a Snapshot from chosen entries, this class can go."""
+
+    _NR_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
+    _LOOKUP, _UPDATE, _GET_FD_BY_ID = 1, 2, 14
+    _libc = None
+
+    def __init__(self, map_id: int, key_size: int, value_size: int):
+        nr = self._NR_BPF.get(platform.machine())
+        if nr is None:
+            raise CtscopeError(f"bpf(2) syscall number unknown on {platform.machine()}")
+        if _RawMap._libc is None:
+            _RawMap._libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+            _RawMap._libc.syscall.restype = ctypes.c_long
+        self._nr, self.ks, self.vs = nr, key_size, value_size
+        self._key = ctypes.create_string_buffer(key_size)
+        self._val = ctypes.create_string_buffer(value_size)
+        self._attr = ctypes.create_string_buffer(64)
+        self.fd = -1
+        struct.pack_into("<III", self._attr, 0, map_id, 0, 0)
+        self.fd = self._call(self._GET_FD_BY_ID, f"BPF_MAP_GET_FD_BY_ID {map_id}")
+
+    def _call(self, cmd: int, what: str) -> int:
+        ret = self._libc.syscall(ctypes.c_long(self._nr), ctypes.c_long(cmd), self._attr, ctypes.c_uint(64))
+        if ret < 0:
+            err = ctypes.get_errno()
+            raise OSError(err, f"{what}: {os.strerror(err)}")
+        return ret
+
+    def _elem_attr(self, flags: int = 0) -> None:
+        ctypes.memset(self._attr, 0, 64)
+        struct.pack_into("<IIQQQ", self._attr, 0, self.fd, 0, ctypes.addressof(self._key), ctypes.addressof(self._val),
+                         flags)
+
+    def lookup(self, key: bytes) -> bytes | None:
+        ctypes.memmove(self._key, key, self.ks)
+        self._elem_attr()
+        try:
+            self._call(self._LOOKUP, "BPF_MAP_LOOKUP_ELEM")
+        except OSError as e:
+            if e.errno == errno.ENOENT:
+                return None
+            raise
+        return self._val.raw
+
+    def update(self, key: bytes, value: bytes) -> None:
+        ctypes.memmove(self._key, key, self.ks)
+        ctypes.memmove(self._val, value, self.vs)
+        self._elem_attr()
+        self._call(self._UPDATE, "BPF_MAP_UPDATE_ELEM")
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
+
+    def __enter__(self) -> "_RawMap":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+FULL_ERRNOS = (errno.E2BIG, errno.ENOSPC, errno.ENOMEM)
+
+
+@dataclass
+class _Fresher:
+    """Entries of a source map to write into a destination so that it loses nothing fresher."""
+    add: list[tuple[bytes, bytes]] = field(default_factory=list)     # keys the destination lacks
+    update: list[tuple[bytes, bytes]] = field(default_factory=list)  # keys it holds with an older last_seen
+    kept: int = 0  # keys whose destination entry is as fresh (CT) or simply present (non-CT, recovery)
+
+    @property
+    def count(self) -> int:
+        return len(self.add) + len(self.update)
+
+
+def _fresher_entries(differing: dict[bytes, bytes], dst: _RawMap, *, ct: bool, overwrite_differing: bool) -> _Fresher:
+    """Of `differing` (source entries whose key the destination lacks or holds with another
+    value), those to write: every missing key; for a CT layout a key whose source last_seen
+    is newer; otherwise, with `overwrite_differing` (Felix's delta rule), every one."""
+    out = _Fresher()
+    for k, v in differing.items():
+        d = dst.lookup(k)
+        if d is None:
+            out.add.append((k, v))
+        elif (last_seen(v) > last_seen(d)) if ct else overwrite_differing:
+            out.update.append((k, v))
+        else:
+            out.kept += 1
+    if ct:  # newest first: what --force keeps when not all fit
+        out.add.sort(key=lambda kv: last_seen(kv[1]), reverse=True)
+    return out
+
+
+def _write_verified(dst: _RawMap, entries: list[tuple[bytes, bytes]], *, ct: bool) -> tuple[int, int, int]:
+    """Write `entries` one by one, then look each up again. Returns (written, full, bad):
+    `full` writes refused because the map is full (E2BIG and the like), `bad` entries missing
+    or different afterwards (a CT entry a live program made newer meanwhile counts as good)."""
+    written, full, ok = [], 0, 0
+    for k, v in entries:
+        try:
+            dst.update(k, v)
+            written.append((k, v))
+        except OSError as e:
+            if e.errno not in FULL_ERRNOS:
+                raise
+            full += 1
+    for k, v in written:
+        got = dst.lookup(k)
+        if got is not None and (got == v or (ct and last_seen(got) >= last_seen(v))):
+            ok += 1
+    return len(written), full, len(written) - ok
+
+
 @dataclass
 class Result:
     pin: str
@@ -153,6 +299,7 @@ class Result:
     plan: list[str] = field(default_factory=list)
     recovered: list[str] = field(default_factory=list)
     backup: str | None = None
+    rule: str | None = None
     entries: int = 0
     copied: int = 0
     delta: int = 0
@@ -313,8 +460,9 @@ def _show_plan(res: Result, say: Say) -> Result:
 def finish_delta(pin: str | os.PathLike[str], *, backup: str | None = None, keep_old: bool = False, yes: bool = False,
                  say: Say = print) -> Result:
     """`--delta`: copy into `<pin>` the entries of `<pin>_old` that changed since the first
-    copy (the backup, when given; otherwise every entry whose value differs from `<pin>`'s,
-    as Felix does), then remove `<pin>_old` unless `keep_old`."""
+    copy (the backup, when given), otherwise those `<pin>` lacks or holds with an older
+    last_seen (CT layouts; for other maps every entry whose value differs, as Felix does),
+    then remove `<pin>_old` unless `keep_old`."""
     pin = canonical_pin(pin)
     old = old_pin(pin)
     res = Result(pin=str(pin))
@@ -329,14 +477,20 @@ def finish_delta(pin: str | os.PathLike[str], *, backup: str | None = None, keep
         if po[k] != pn[k]:
             raise BadArgument(f"{old.name} and {pin.name} differ in {k} ({po[k]!r} vs {pn[k]!r}): not a resize pair")
     res.old_id, res.new_id = oldm.id, newm.id
-    ref_desc = "the values in the new map (Felix's rule)"
+    ct = is_ct_layout(po)
     if backup:
         base = read_backup(backup)
         if base.source["id"] != oldm.id:
             raise BadArgument(f"{backup}: was taken from map id {base.source['id']}, but {old.name} is map id {oldm.id}")
-        ref_desc = f"the backup {backup}"
-    res.plan = [f"copy into {pin.name} (map id {newm.id}) every entry of {old.name} (map id {oldm.id}) that differs "
-                f"from {ref_desc}", f"{'keep' if keep_old else 'remove'} {old.name}"]
+        res.rule = f"changed in {old.name} since the backup {backup}"
+    elif ct:
+        res.rule = (f"CT last_seen: an entry of {old.name} is copied when {pin.name} lacks its key or holds it with an "
+                    "older last_seen")
+    else:
+        res.rule = (f"value differs from {pin.name}'s (Felix's delta copy; not a Calico CT layout, so no last_seen to "
+                    "compare)")
+    res.plan = [f"copy into {pin.name} (map id {newm.id}) the entries of {old.name} (map id {oldm.id}) by the rule: "
+                f"{res.rule}", f"{'keep' if keep_old else 'remove'} {old.name}"]
     progs = programs_using_map(oldm.id)
     res.programs = progs
     if progs:
@@ -344,14 +498,28 @@ def finish_delta(pin: str | os.PathLike[str], *, backup: str | None = None, keep
     if not yes:
         return _show_plan(res, say)
     cur = oldm.snapshot()
-    ref = base if backup else newm.snapshot()
-    changed = cur.changed_since(ref)
-    res.delta = newm.write(changed) if changed.count else 0
-    check = newm.lookup_compare(changed)
-    if check["missing"] or check["different"]:
-        raise CtscopeError(f"{pin}: delta verification failed: {check['missing']:,} missing, {check['different']:,} "
-                           f"different of {changed.count:,} copied; {old.name} kept")
-    say(f"delta: copied and verified {res.delta:,} entries from {old.name} into {pin.name}")
+    if backup or not ct:
+        changed = cur.changed_since(base if backup else newm.snapshot())
+        res.delta = newm.write(changed) if changed.count else 0
+        check = newm.lookup_compare(changed)
+        total, bad = changed.count, check["missing"] + check["different"]
+        kept = 0
+    else:
+        # Fresher wins: a value written to the new map after the resize is not replaced by
+        # the old map's older one (Felix's rule, value differs, would replace it).
+        differing = cur.changed_since(newm.snapshot())
+        with _RawMap(newm.id, pn["key_size"], pn["value_size"]) as dst:
+            sel = _fresher_entries(differing.items(), dst, ct=True, overwrite_differing=True)
+            res.delta, full, bad = _write_verified(dst, sel.update + sel.add, ct=True)
+        total, kept = sel.count, sel.kept
+        if full:
+            raise CtscopeError(f"{pin}: {pin.name} is full: {full:,} of {total:,} entries of {old.name} could not be "
+                               f"copied into it; {old.name} kept")
+    if bad:
+        raise CtscopeError(f"{pin}: delta verification failed: {bad:,} missing or different of {total:,} copied; "
+                           f"{old.name} kept")
+    say(f"delta: copied and verified {res.delta:,} entries from {old.name} into {pin.name} (rule: {res.rule}"
+        + (f"; {kept:,} entries newer or as new in {pin.name} kept" if kept else "") + ")")
     crash_point("delta")
     if not keep_old:
         os.unlink(old)

@@ -21,8 +21,8 @@ def resize_cmd(
     backup: Optional[str] = typer.Option(None, "--backup", help="Backup file (default ./ctscope-backup-<map>-<time>.arrow); with --delta: the first copy's backup."),
     keep_old: bool = typer.Option(False, "--keep-old", help="Keep <pin>_old (the old map) for a later --delta."),
     delta: bool = typer.Option(False, "--delta", help="Copy entries changed in <pin>_old since the first copy into <pin>, then drop <pin>_old."),
-    force: bool = typer.Option(False, "--force", help="Shrink below the entry count: keep the newest entries by last_seen."),
     recover: bool = typer.Option(False, "--recover", help="Only recover an interrupted migration (Felix's rule: <pin>_old back to <pin>)."),
+    force: bool = typer.Option(False, "--force", help="Shrink below the entry count: keep the newest entries by last_seen; when recovering, put <pin>_old back even if entries of <pin> do not fit it."),
     yes: bool = typer.Option(False, "--yes", help="Act. Without it the plan is printed and nothing changes."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
