@@ -632,3 +632,80 @@ def test_delta_without_backup_on_a_non_ct_pair_keeps_felix_rule(ns, tmp_path):
     assert "copied and verified 10 entries" in r.stdout and "Felix's delta copy" in r.stdout, r.stdout
     got = pin_state(ns, plain)["entries"]
     assert got == {i.to_bytes(8, "little"): b"O" * 8 + (i + 100).to_bytes(16, "little") for i in range(10)}
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("how", ["resize --recover", "check --recover", "rerun"])
+def test_recovery_after_keep_old_carries_the_new_maps_entries_back(ns, tmp_path, how):
+    original = make_map(ns, PIN, bpfkernel.LRU_HASH, 20_000, SMALL)
+    old_id = pin_state(ns)["id"]
+    r = ns.ctscope("resize", PIN, "--max-entries", "40000", "--keep-old", "--yes", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    new_id = pin_state(ns)["id"]
+    # Written to the new map since: 50 new connections and a fresher k0 ...
+    added = {ctbytes.seq_key(SMALL + i): ctbytes.seq_value(SMALL + i, 88) for i in range(50)}
+    k0, k1 = ctbytes.seq_key(0), ctbytes.seq_key(1)
+    put(ns, PIN, {**added, k0: with_last_seen(b"\x01" * 88, 10**12), k1: with_last_seen(b"\x02" * 88, 10**9)})
+    # ... and to the old map a k1 fresher than the new map's.
+    put(ns, PIN + "_old", {k1: with_last_seen(b"\x03" * 88, 10**12)})
+    want = {**original, **added, k0: with_last_seen(b"\x01" * 88, 10**12), k1: with_last_seen(b"\x03" * 88, 10**12)}
+
+    plan = None
+    if how == "resize --recover":
+        plan = ns.ctscope("resize", PIN, "--recover", cwd=tmp_path)
+        assert plan.returncode == 0 and "nothing done" in plan.stdout, plan.stdout + plan.stderr
+        assert pin_state(ns)["id"] == new_id
+        r = ns.ctscope("resize", PIN, "--recover", "--yes", cwd=tmp_path)
+    elif how == "check --recover":
+        r = ns.ctscope("check", PIN, "--recover", "--yes", "--max-entries", "20000")
+    else:
+        r = ns.ctscope("resize", PIN, "--max-entries", "40000", "--yes", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    state = pin_state(ns)
+    if how == "rerun":  # recovered, then resized again: the new map holds it all
+        assert state["id"] not in (old_id, new_id) and state["max_entries"] == 40_000
+    else:
+        assert state["id"] == old_id and state["max_entries"] == 20_000
+    assert_same_entries(state["entries"], want)
+    assert not exists(ns, PIN + "_old")
+    assert "carried and verified 51 entries" in r.stdout and "50 new keys, 1 newer values" in r.stdout, r.stdout
+    assert plan is None or "carry 51 entries" in plan.stdout, plan.stdout
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("kind", ["hash", "lru_hash"])
+def test_recovery_refuses_when_the_new_entries_do_not_fit_the_old_map(ns, tmp_path, kind):
+    if kind == "hash":
+        path, mtype, flags, name = "/sys/fs/bpf/cali_v4_ct3", bpfkernel.HASH, bpfkernel.BPF_F_NO_PREALLOC, "cali_v4_ct3"
+    else:
+        path, mtype, flags, name = PIN, bpfkernel.LRU_HASH, 0, "cali_v4_ct4"
+    original = make_map(ns, path, mtype, 12_000, SMALL, flags=flags, name=name)
+    r = ns.ctscope("resize", path, "--max-entries", "40000", "--keep-old", "--yes", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    new_id = pin_state(ns, path)["id"]
+    added = {ctbytes.seq_key(SMALL + i): ctbytes.seq_value(SMALL + i, 88) for i in range(5000)}
+    put(ns, path, added)
+
+    for cmd in (("resize", path, "--recover", "--yes"), ("resize", path, "--max-entries", "50000", "--yes"),
+                ("check", path, "--recover", "--yes")):
+        r = ns.ctscope(*cmd, cwd=tmp_path)
+        assert r.returncode == 2, (cmd, r.stdout + r.stderr)
+        err = r.stderr.strip().splitlines()
+        assert len(err) == 1 and "would lose" in err[0] and "--delta" in err[0] and "--force" in err[0], r.stderr
+        if kind == "hash":
+            assert "would lose 3,000 of the 5,000" in err[0], err[0]
+        assert pin_state(ns, path)["id"] == new_id and exists(ns, path + "_old"), "nothing repinned"
+    assert_same_entries(pin_state(ns, path)["entries"], {**original, **added})
+
+    if kind == "hash":  # --force puts the old map back with what fits; the rest is reported lost
+        r = ns.ctscope("resize", path, "--recover", "--force", "--yes", cwd=tmp_path)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert "3,000 entries of cali_v4_ct3 did not fit" in r.stdout, r.stdout
+        state = pin_state(ns, path)
+        assert state["max_entries"] == 12_000 and len(state["entries"]) == 12_000
+        assert all(state["entries"].get(k) == v for k, v in original.items())
+    else:  # the way out the error names: finish the migration
+        r = ns.ctscope("resize", path, "--delta", "--yes", cwd=tmp_path)
+        assert r.returncode == 0, r.stdout + r.stderr
+        assert_same_entries(pin_state(ns, path)["entries"], {**original, **added})
+    assert not exists(ns, path + "_old")

@@ -17,7 +17,11 @@ Order (each step leaves a state a rerun, or Felix, can finish or undo):
 
 Recovery is Felix's rule (`PinnedMap.EnsureExists`): if `<pin>_old` exists the migration
 was interrupted, so `<pin>_old` goes back to `<pin>` (here by one atomic rename) and the
-stale swap pin is removed. Up to `verify` nothing on the bpffs has changed at all.
+stale swap pin is removed. Up to `verify` nothing on the bpffs has changed at all. When
+`<pin>` already holds the new map (killed after the swap, or `--keep-old`), entries written
+to it since are first carried into `<pin>_old` (those it lacks, or holds with an older
+last_seen), so putting `<pin>_old` back loses none; if they do not fit, recovery refuses
+unless forced.
 
 Which entry is fresher: Calico's CT values carry last_seen (u64 at value offset 8 in every
 version, facts §4), so between two maps the entry with the newer last_seen wins; for other
@@ -96,9 +100,12 @@ def needs_recovery(pin: Path) -> bool:
     return os.path.lexists(old_pin(pin)) or os.path.lexists(swap_pin_name(str(pin)))
 
 
-def recover(pin: Path, say: Say) -> list[str]:
+def recover(pin: Path, say: Say, *, force: bool = False) -> list[str]:
     """Felix's rule for an interrupted migration: `<pin>_old` back to `<pin>`; remove our
-    stale swap pin. Returns what was done."""
+    stale swap pin. When `<pin>` holds another map (the new one, after the swap), first carry
+    into `<pin>_old` the entries of `<pin>` it lacks or holds with an older last_seen, and
+    verify them: otherwise putting `<pin>_old` back would lose what was written since. If
+    they do not fit `<pin>_old`, refuse (BadArgument) unless `force`. Returns what was done."""
     done: list[str] = []
     swap = Path(swap_pin_name(str(pin)))
     if os.path.lexists(swap):
@@ -108,14 +115,17 @@ def recover(pin: Path, say: Say) -> list[str]:
     if os.path.lexists(old):
         if old.is_symlink():
             raise NotACtMap(f"{old}: is a symlink; refusing to recover through it")
-        old_id = LiveMap(str(old)).id
-        cur_id = None
+        oldm = LiveMap(str(old))
+        old_id = oldm.id
+        cur = None
         if os.path.lexists(pin):
             try:
-                cur_id = LiveMap(str(pin)).id
+                cur = LiveMap(str(pin))
             except CtscopeError:
-                cur_id = None
-        if cur_id is not None and cur_id != old_id:
+                cur = None
+        cur_id = cur.id if cur is not None else None
+        if cur is not None and cur_id != old_id:
+            done += _carry_back(pin, cur, oldm, force=force)
             users = programs_using_map(cur_id)
             if users:
                 done.append(f"note: {_prog_list(users)} use the discarded map id {cur_id}; they keep it until reloaded")
@@ -127,6 +137,92 @@ def recover(pin: Path, say: Say) -> list[str]:
     for line in done:
         say(line)
     return done
+
+
+def recovery_plan(pin: Path) -> str:
+    """What `recover` would do, in words (read-only)."""
+    old = old_pin(pin)
+    back = f"put {old.name} back at {pin.name} (Felix's rule)"
+    if not os.path.lexists(old):
+        return f"remove the stale swap pin {Path(swap_pin_name(str(pin))).name}"
+    try:
+        oldm, cur = LiveMap(str(old)), LiveMap(str(pin))
+    except CtscopeError:
+        return back
+    if oldm.id == cur.id:
+        return back
+    sel, room, rule, old_snap = _carry_selection(pin, cur, oldm)
+    lost = max(0, len(sel.add) - room)
+    what = f"carry {sel.count:,} entries of {pin.name} into {old.name} (rule: {rule})"
+    if lost:
+        what += (f", but {lost:,} of them do not fit (room for {room:,}): recovery refuses without --force; "
+                 f"`ctscope resize {pin} --delta --yes` finishes the migration instead")
+    return what + ", then " + back
+
+
+def _carry_selection(pin: Path, cur: LiveMap, oldm: LiveMap):
+    """(entries of `cur` to write into `oldm`, free room in `oldm`, the rule in words, `oldm`'s snapshot)."""
+    old = old_pin(pin)
+    po, pc = oldm.params, cur.params
+    if (po["key_size"], po["value_size"]) != (pc["key_size"], pc["value_size"]):
+        raise BadArgument(f"{pin.name} ({pc['key_size']}/{pc['value_size']} bytes) and {old.name} ({po['key_size']}/"
+                          f"{po['value_size']}) are not a resize pair; refusing to put {old.name} back over it")
+    ct = is_ct_layout(po)
+    rule = (f"CT last_seen: an entry of {pin.name} is carried when {old.name} lacks its key or holds it with an older "
+            "last_seen" if ct else
+            f"an entry of {pin.name} is carried when {old.name} lacks its key (not a Calico CT layout: no last_seen "
+            "to compare)")
+    old_snap = oldm.snapshot()
+    differing = cur.snapshot().changed_since(old_snap)
+    sel = _Fresher()
+    if differing.count:
+        with _RawMap(oldm.id, po["key_size"], po["value_size"]) as dst:
+            sel = _fresher_entries(differing.items(), dst, ct=ct, overwrite_differing=False)
+    return sel, max(0, capacity(po) - old_snap.count), rule, old_snap
+
+
+def _carry_back(pin: Path, cur: LiveMap, oldm: LiveMap, *, force: bool) -> list[str]:
+    """Before `<pin>` (map `cur`) is discarded for `<pin>_old` (map `oldm`): write into the old
+    map the entries of the new one it lacks, or (CT layouts) holds with an older last_seen."""
+    old = old_pin(pin)
+    po = oldm.params
+    ct = is_ct_layout(po)
+    sel, room, rule, old_snap = _carry_selection(pin, cur, oldm)
+    if not sel.count:
+        return [f"{pin.name} (map id {cur.id}) holds nothing {old.name} lacks: nothing to carry back (rule: {rule})"]
+    lost = max(0, len(sel.add) - room)
+    with _RawMap(oldm.id, po["key_size"], po["value_size"]) as dst:
+        if lost and not force:
+            lru = po["map_type"] == "lru_hash"
+            raise BadArgument(
+                f"{pin}: putting {old.name} back would lose {lost:,} of the {len(sel.add):,} entries written to "
+                f"{pin.name} (map id {cur.id}) that {old.name} lacks: {old.name} (map id {oldm.id}, max_entries "
+                f"{po['max_entries']:,}, {old_snap.count:,} entries) has room for {room:,}"
+                + (" (an LRU map evicts before it is full)" if lru else "")
+                + f"; finish the migration instead (keeps {pin.name}): ctscope resize {pin} --delta --yes; or lose them: "
+                f"ctscope resize {pin} --recover --force --yes")
+        to_write = sel.update + sel.add[:len(sel.add) - lost]
+        written, full, bad = _write_verified(dst, to_write, ct=ct)
+    lost += full
+    if bad:
+        raise CtscopeError(f"{pin}: carrying {pin.name}'s entries into {old.name}: {bad:,} of {written:,} written are "
+                           f"missing or different on reading back; nothing was repinned, {pin.name} still holds them all")
+    if full and not force:
+        raise CtscopeError(f"{pin}: {old.name} is full: {full:,} entries of {pin.name} could not be carried into it; "
+                           f"nothing was repinned; finish the migration instead: ctscope resize {pin} --delta --yes")
+    evicted = oldm.lookup_compare(old_snap)["missing"]
+    if evicted and not force:
+        raise CtscopeError(f"{pin}: after carrying {written:,} entries into {old.name} it lacks {evicted:,} of its own "
+                           f"(evicted?); nothing was repinned, {pin.name} still holds everything; finish the migration "
+                           f"instead: ctscope resize {pin} --delta --yes")
+    out = [f"carried and verified {written:,} entries of {pin.name} (map id {cur.id}) into {old.name} (map id "
+           f"{oldm.id}) before discarding {pin.name}: {max(0, written - len(sel.update)):,} new keys, "
+           f"{len(sel.update):,} newer values (rule: {rule}"
+           + (f"; {sel.kept:,} entries newer or as new in {old.name} kept" if sel.kept else "") + ")"]
+    if lost or evicted:
+        out.append(f"--force: {lost:,} entries of {pin.name} did not fit {old.name} and are lost"
+                   + (f"; {evicted:,} entries of {old.name} were evicted" if evicted else ""))
+    return out
 
 
 def _prog_list(progs: list[dict[str, Any]]) -> str:
@@ -292,6 +388,11 @@ def _write_verified(dst: _RawMap, entries: list[tuple[bytes, bytes]], *, ct: boo
     return len(written), full, len(written) - ok
 
 
+def capacity(params: dict[str, Any]) -> int:
+    """Entries a map holds without refusing (HASH) or evicting (LRU)."""
+    return keep_when_forced(params, params["max_entries"])
+
+
 @dataclass
 class Result:
     pin: str
@@ -333,12 +434,11 @@ def resize(pin: str | os.PathLike[str], max_entries: int, *, backup: str | None 
     old = old_pin(pin)
     pending = needs_recovery(pin)
     if pending and not yes:
-        res.plan.append(f"recover first: {old.name} exists (interrupted migration): put it back at {pin.name} "
-                        "(Felix's rule), then resize")
+        res.plan.append(f"recover first: {old.name} exists (interrupted migration): " + recovery_plan(pin) + ", then resize")
         if not os.path.lexists(pin):
             return _show_plan(res, say)
     if pending and yes:
-        res.recovered = recover(pin, say)
+        res.recovered = recover(pin, say, force=force)
     if not os.path.lexists(pin):
         raise PinNotFound(f"{pin}: no such pin")
 

@@ -20,9 +20,9 @@ def resize_cmd(
     dry_run: bool = typer.Option(False, "--dry-run", help="Print the plan and do nothing (also the default without --yes)."),
     backup: Optional[str] = typer.Option(None, "--backup", help="Backup file (default ./ctscope-backup-<map>-<time>.arrow); with --delta: the first copy's backup."),
     keep_old: bool = typer.Option(False, "--keep-old", help="Keep <pin>_old (the old map) for a later --delta."),
-    delta: bool = typer.Option(False, "--delta", help="Copy entries changed in <pin>_old since the first copy into <pin>, then drop <pin>_old."),
-    recover: bool = typer.Option(False, "--recover", help="Only recover an interrupted migration (Felix's rule: <pin>_old back to <pin>)."),
+    delta: bool = typer.Option(False, "--delta", help="Copy into <pin> the entries of <pin>_old it lacks or holds with an older last_seen (with --backup: those changed since the first copy), then drop <pin>_old."),
     force: bool = typer.Option(False, "--force", help="Shrink below the entry count: keep the newest entries by last_seen; when recovering, put <pin>_old back even if entries of <pin> do not fit it."),
+    recover: bool = typer.Option(False, "--recover", help="Only recover an interrupted migration (Felix's rule: <pin>_old back to <pin>, after carrying into it the newer entries of <pin>)."),
     yes: bool = typer.Option(False, "--yes", help="Act. Without it the plan is printed and nothing changes."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
@@ -35,10 +35,10 @@ def resize_cmd(
             say(f"{p}: no interrupted migration ({p.name}_old absent): nothing to recover")
             res = migration.Result(pin=str(p), done=True)
         elif not act:
-            say(f"plan (nothing done; add --yes): put {p.name}_old back at {p.name} (Felix's rule)")
+            say(f"plan (nothing done; add --yes): {migration.recovery_plan(p)}")
             res = migration.Result(pin=str(p))
         else:
-            res = migration.Result(pin=str(p), done=True, recovered=migration.recover(p, say))
+            res = migration.Result(pin=str(p), done=True, recovered=migration.recover(p, say, force=force))
     elif delta:
         res = migration.finish_delta(pin, backup=backup, keep_old=keep_old, yes=act, say=say)
     else:
