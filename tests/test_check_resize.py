@@ -709,3 +709,41 @@ def test_recovery_refuses_when_the_new_entries_do_not_fit_the_old_map(ns, tmp_pa
         assert r.returncode == 0, r.stdout + r.stderr
         assert_same_entries(pin_state(ns, path)["entries"], {**original, **added})
     assert not exists(ns, path + "_old")
+
+
+# -------------------------------------------------------- backups, --force on LRU, restore sizes
+
+@pytest.mark.kernel
+def test_rerun_removes_partial_backups_left_by_a_kill(ns, tmp_path):
+    original = make_map(ns, PIN, bpfkernel.LRU_HASH, 512_000, BIG)
+    holder = ns.holder.pid  # a live process: its partial file (a concurrent run) must stay
+    live_partial = tmp_path / f".ctscope-backup-cali_v4_ct4-20260101T000000Z.arrow.{holder}.partial"
+    live_partial.write_bytes(b"x")
+    other_map = tmp_path / ".ctscope-backup-cali_v6_ct4-20260101T000000Z.arrow.999999999.partial"
+    other_map.write_bytes(b"x")
+
+    proc = subprocess.Popen(["nsenter", "-t", str(holder), "-m", f"--wd={tmp_path}", "--", sys.executable, "-m",
+                             "ctscope", "resize", PIN, "--max-entries", "600000", "--yes"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    killed = None
+    while proc.poll() is None:
+        found = list(tmp_path.glob(f".ctscope-backup-cali_v4_ct4-*.arrow.{proc.pid}.partial"))
+        if found:
+            proc.send_signal(signal.SIGKILL)
+            killed = found[0]
+            break
+    proc.communicate()
+    assert killed is not None and proc.returncode == -signal.SIGKILL, "the backup was not caught in progress"
+    assert killed.exists() and not list(tmp_path.glob("*.arrow")), "a kill during the backup leaves its partial file"
+    assert pin_state(ns)["max_entries"] == 512_000
+
+    r = ns.ctscope("resize", PIN, "--max-entries", "600000", cwd=tmp_path)
+    assert r.returncode == 0 and killed.name in r.stdout and f"pid {proc.pid} gone" in r.stdout, r.stdout + r.stderr
+    assert killed.exists(), "the plan changes nothing"
+    r = ns.ctscope("resize", PIN, "--max-entries", "600000", "--yes", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    line = next(x for x in r.stdout.splitlines() if killed.name in x)
+    assert line.startswith("removed ") and "partial backup" in line and f"pid {proc.pid} is gone" in line, r.stdout
+    assert not killed.exists() and live_partial.exists() and other_map.exists()
+    assert len(list(tmp_path.glob("ctscope-backup-cali_v4_ct4-*.arrow"))) == 1
+    assert_same_entries(pin_state(ns)["entries"], original)

@@ -35,6 +35,7 @@ import ctypes.util
 import errno
 import os
 import platform
+import re
 import signal
 import struct
 import sys
@@ -255,6 +256,41 @@ def keep_when_forced(params: dict[str, Any], max_entries: int) -> int:
     return max(1, max_entries - min(max_entries // 10, possible_cpus() * 256))
 
 
+PARTIAL_RE = re.compile(r"^\.(?P<file>.+)\.(?P<pid>\d+)\.partial$")
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def stale_partial_backups(bpath: Path, map_name: str) -> list[tuple[Path, int]]:
+    """Partial backup files (`.<backup>.<pid>.partial`, written before the rename into place)
+    of this map in the backup's directory whose writer is gone: left by a kill during the
+    backup. Those of a live pid (a concurrent run) are not touched."""
+    directory = bpath.parent
+    default = re.compile(rf"^ctscope-backup-{re.escape(map_name)}-\d{{8}}T\d{{6}}Z(-\d+)?\.arrow$")
+    out = []
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return []
+    for name in sorted(names):
+        m = PARTIAL_RE.match(name)
+        if not m or not (m["file"] == bpath.name or default.match(m["file"])):
+            continue
+        pid = int(m["pid"])
+        path = directory / name
+        if pid != os.getpid() and not _pid_alive(pid) and path.is_file() and not path.is_symlink():
+            out.append((path, pid))
+    return out
+
+
 def default_backup_path(name: str, directory: str | os.PathLike[str] = ".") -> Path:
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     path = Path(directory) / f"ctscope-backup-{name}-{stamp}.arrow"
@@ -400,6 +436,7 @@ class Result:
     plan: list[str] = field(default_factory=list)
     recovered: list[str] = field(default_factory=list)
     backup: str | None = None
+    removed_partials: list[str] = field(default_factory=list)
     rule: str | None = None
     entries: int = 0
     copied: int = 0
@@ -461,6 +498,10 @@ def resize(pin: str | os.PathLike[str], max_entries: int, *, backup: str | None 
     res.programs = programs_using_map(live.id)
     bpath = Path(backup) if backup else default_backup_path(params["name"])
     res.backup = str(bpath)
+    stale = stale_partial_backups(bpath, params["name"])
+    if stale:
+        res.plan.append(f"remove {len(stale)} partial backup file(s) of {params['name']} in {bpath.parent} left by a "
+                        f"killed run: {', '.join(f'{q.name} (pid {pid} gone)' for q, pid in stale)}")
     res.plan += [
         f"map {params['name']} id {live.id}: {params['map_type']}, {params['key_size']}/{params['value_size']} bytes, "
         f"flags {params['map_flags']:#x}, {n:,} entries, max_entries {params['max_entries']:,} -> {max_entries:,}",
@@ -482,6 +523,13 @@ def resize(pin: str | os.PathLike[str], max_entries: int, *, backup: str | None 
         return _show_plan(res, say)
 
     timer.mark("plan")
+    for q, pid in stale:
+        try:
+            os.unlink(q)
+        except FileNotFoundError:
+            continue
+        res.removed_partials.append(str(q))
+        say(f"removed {q}: a partial backup left by a killed run (pid {pid} is gone)")
     snap.write(str(bpath))
     say(f"backup: {snap.count:,} entries -> {bpath}")
     timer.mark("backup")
