@@ -747,3 +747,27 @@ def test_rerun_removes_partial_backups_left_by_a_kill(ns, tmp_path):
     assert not killed.exists() and live_partial.exists() and other_map.exists()
     assert len(list(tmp_path.glob("ctscope-backup-cali_v4_ct4-*.arrow"))) == 1
     assert_same_entries(pin_state(ns)["entries"], original)
+
+
+@pytest.mark.kernel
+def test_force_shrink_of_an_lru_map_reports_what_it_kept(ns, tmp_path):
+    original = make_map(ns, PIN, bpfkernel.LRU_HASH, 20_000, SMALL)
+    r = ns.ctscope("resize", PIN, "--max-entries", "5000", "--force", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "copy at most 5,000 of 10,000 entries" in r.stdout and "evicts before it is full" in r.stdout, r.stdout
+    assert "drops 5,000" not in r.stdout, "an LRU map keeps fewer than max_entries: it drops more"
+    r = ns.ctscope("resize", PIN, "--max-entries", "5000", "--force", "--yes", "--json", cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    res = json.loads(r.stdout)
+    kept = pin_state(ns)["entries"]
+    assert res["copied"] == len(kept) and res["dropped"] == SMALL - len(kept), (res["copied"], res["dropped"], len(kept))
+    assert len(kept) < 5000 and all(original[k] == v for k, v in kept.items())
+    # The newest by last_seen (seq_value(i) has last_seen i + 1) are the ones kept.
+    assert set(kept) == {ctbytes.seq_key(i) for i in range(SMALL - len(kept), SMALL)}
+    # Without --json the counts are printed.
+    os.unlink(ns.host(PIN))
+    make_map(ns, PIN, bpfkernel.LRU_HASH, 20_000, SMALL)
+    r = ns.ctscope("resize", PIN, "--max-entries", "5000", "--force", "--yes", cwd=tmp_path)
+    n = len(pin_state(ns)["entries"])
+    assert f"the new map holds {n:,} of the 10,000 entries" in r.stdout and f"{SMALL - n:,} were dropped" in r.stdout, \
+        r.stdout

@@ -491,6 +491,7 @@ def resize(pin: str | os.PathLike[str], max_entries: int, *, backup: str | None 
     snap = live.snapshot() if yes else None
     n = snap.count if snap is not None else raw_read(str(pin), 16384, "auto")[0]
     res.entries = n
+    keep = keep_when_forced(params, max_entries)
     if n > max_entries and not force:
         raise BadArgument(
             f"{pin}: holds {n:,} entries, more than --max-entries {max_entries:,}: an LRU map would evict and a HASH "
@@ -502,13 +503,19 @@ def resize(pin: str | os.PathLike[str], max_entries: int, *, backup: str | None 
     if stale:
         res.plan.append(f"remove {len(stale)} partial backup file(s) of {params['name']} in {bpath.parent} left by a "
                         f"killed run: {', '.join(f'{q.name} (pid {pid} gone)' for q, pid in stale)}")
+    if n > max_entries:
+        lru = params["map_type"] == "lru_hash"
+        copy_desc = (f"copy at most {max_entries:,} of {n:,} entries with BPF_MAP_UPDATE_BATCH: --force keeps the newest "
+                     + (f"{keep:,} by last_seen (an LRU map evicts before it is full) and drops at least "
+                        f"{n - keep:,}" if lru else f"{max_entries:,} by last_seen and drops {n - max_entries:,}")
+                     + " (the backup keeps them all)")
+    else:
+        copy_desc = f"copy {n:,} entries with BPF_MAP_UPDATE_BATCH"
     res.plan += [
         f"map {params['name']} id {live.id}: {params['map_type']}, {params['key_size']}/{params['value_size']} bytes, "
         f"flags {params['map_flags']:#x}, {n:,} entries, max_entries {params['max_entries']:,} -> {max_entries:,}",
         f"backup every entry to {bpath}",
-        f"create {params['name']} with max_entries {max_entries:,} (same type, sizes, flags), copy "
-        f"{min(n, max_entries):,} entries with BPF_MAP_UPDATE_BATCH" + (
-            f" (the newest {max_entries:,} by last_seen: --force drops {n - max_entries:,})" if n > max_entries else ""),
+        f"create {params['name']} with max_entries {max_entries:,} (same type, sizes, flags), {copy_desc}",
         "verify the new map holds exactly the copied key->value set",
         f"pin the live map also at {old.name}, then swap the new map in at {pin.name} by an atomic rename",
         f"copy the entries changed in the old map meanwhile, then {'keep' if keep_old else 'remove'} {old.name}",
@@ -516,7 +523,7 @@ def resize(pin: str | os.PathLike[str], max_entries: int, *, backup: str | None 
     if res.programs:
         res.plan.append(f"{_prog_list(res.programs)}: loaded program(s) referencing the current map (id {live.id}); "
                         "they keep using it until reloaded, so entries they write after the swap stay in the old map")
-    if n <= max_entries and n > keep_when_forced(params, max_entries):
+    if n <= max_entries and n > keep:
         res.plan.append("note: an LRU map evicts before it is full: this copy may lose entries, in which case "
                         "verification fails and nothing is repinned; choose a larger --max-entries")
     if not yes:
@@ -534,7 +541,7 @@ def resize(pin: str | os.PathLike[str], max_entries: int, *, backup: str | None 
     say(f"backup: {snap.count:,} entries -> {bpath}")
     timer.mark("backup")
 
-    to_copy = snap if snap.count <= max_entries else snap.newest(keep_when_forced(params, max_entries))
+    to_copy = snap if snap.count <= max_entries else snap.newest(keep)
     res.dropped = snap.count - to_copy.count
     new = live.create_twin(max_entries)
     res.new_id = new.id
@@ -564,7 +571,7 @@ def resize(pin: str | os.PathLike[str], max_entries: int, *, backup: str | None 
     current = live.snapshot()
     changed = current.changed_since(snap)
     if force and res.dropped:
-        changed = changed.newest(max(0, max_entries - to_copy.count))
+        changed = changed.newest(max(0, keep - to_copy.count))
     res.delta = new.fill(changed) if changed.count else 0
     # Everything else was verified byte for byte above; check what the delta wrote.
     final = new.lookup_compare(changed)
@@ -575,6 +582,13 @@ def resize(pin: str | os.PathLike[str], max_entries: int, *, backup: str | None 
             f"`ctscope resize {pin} --delta --backup {bpath} --yes`")
     if res.delta:
         say(f"delta: copied and verified {res.delta:,} entries changed in the old map during the resize")
+    if res.dropped:
+        # Report what the new map really holds: an LRU map keeps fewer than max_entries.
+        kept = current.compare(new.snapshot())
+        res.copied = kept["equal"] + kept["different"]
+        res.dropped = kept["missing"]
+        say(f"--force: the new map holds {res.copied:,} of the {current.count:,} entries of the old map (the newest by "
+            f"last_seen); {res.dropped:,} were dropped (all {snap.count:,} of the first copy are in {bpath})")
     if current.count < snap.count:
         res.notes.append(f"{snap.count - current.count:,} entries deleted from the old map meanwhile (expired) "
                          "remain in the new one")
