@@ -771,3 +771,34 @@ def test_force_shrink_of_an_lru_map_reports_what_it_kept(ns, tmp_path):
     n = len(pin_state(ns)["entries"])
     assert f"the new map holds {n:,} of the 10,000 entries" in r.stdout and f"{SMALL - n:,} were dropped" in r.stdout, \
         r.stdout
+
+
+@pytest.mark.kernel
+def test_restore_into_a_too_small_lru_map_suggests_a_size_that_works(ns, tmp_path):
+    import math
+    import re
+
+    original = make_map(ns, PIN, bpfkernel.LRU_HASH, 20_000, SMALL)
+    backup = tmp_path / "b.arrow"
+    r = ns.ctscope("resize", PIN, "--max-entries", "30000", "--backup", str(backup), "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    # Another node's map: LRU, too small, already holding 100 entries of its own.
+    os.makedirs(ns.host("/sys/fs/bpf/tc/globals"))
+    target = "/sys/fs/bpf/tc/globals/cali_v4_ct4"
+    fd = bpfkernel.create_pinned(ns.host(target), bpfkernel.LRU_HASH, 16, 88, 8000, 0, "cali_v4_ct4")
+    own = {ctbytes.seq_key(50_000 + i): ctbytes.seq_value(50_000 + i, 88) for i in range(100)}
+    for k, v in own.items():
+        bpfkernel.update_elem(fd, k, v)
+    os.close(fd)
+
+    r = ns.ctscope("restore", target, "--from", str(backup), "--yes")
+    assert r.returncode == 2, r.stdout + r.stderr
+    m = re.search(r"(ctscope resize \S+ --max-entries (\d+) --yes)", r.stderr)
+    assert m, r.stderr
+    # Following the suggestion works.
+    r = ns.ctscope(*m[1].split()[1:], cwd=tmp_path)
+    assert r.returncode == 0, r.stdout + r.stderr
+    r = ns.ctscope("restore", target, "--from", str(backup), "--yes")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert_same_entries(pin_state(ns, target)["entries"], {**original, **own})
+    assert int(m[2]) == math.ceil(1.25 * (SMALL + 100)), "headroom for an LRU map, counting the entries it holds"

@@ -33,6 +33,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import errno
+import math
 import os
 import platform
 import re
@@ -424,6 +425,9 @@ def _write_verified(dst: _RawMap, entries: list[tuple[bytes, bytes]], *, ct: boo
     return len(written), full, len(written) - ok
 
 
+LRU_HEADROOM = 1.25  # max_entries suggested for an LRU map per entry it must hold
+
+
 def capacity(params: dict[str, Any]) -> int:
     """Entries a map holds without refusing (HASH) or evicting (LRU)."""
     return keep_when_forced(params, params["max_entries"])
@@ -701,17 +705,27 @@ def restore(pin: str | os.PathLike[str], source: str, *, yes: bool = False, say:
     if (p["key_size"], p["value_size"]) != (s["key_size"], s["value_size"]):
         raise BadArgument(f"{source}: holds {s['key_size']}/{s['value_size']}-byte entries of {s['name']}, but {pin} "
                           f"has {p['key_size']}/{p['value_size']}: not the same layout")
-    n, _ = raw_read(str(pin), 16384, "auto")
-    if snap.count > p["max_entries"]:
-        raise BadArgument(f"{source}: {snap.count:,} entries do not fit {pin} (max_entries {p['max_entries']:,}); "
-                          f"resize it first: ctscope resize {pin} --max-entries {snap.count} --yes")
+    # The target keeps its other entries: the backup's plus those must fit, and an LRU map
+    # evicts before it is full (facts §8), so it needs headroom, not just max_entries.
+    held = target.snapshot()
+    n = held.count
+    union = snap.count + snap.compare(held)["extra"]
+    lru = p["map_type"] == "lru_hash"
+    if union > capacity(p):
+        need = math.ceil(union * LRU_HEADROOM) if lru else union
+        others = f" and the {union - snap.count:,} other entries {pin.name} holds" if union > snap.count else ""
+        raise BadArgument(
+            f"{source}: {snap.count:,} entries{others} do not fit {pin} ({p['map_type']}, max_entries "
+            f"{p['max_entries']:,}" + (f"; an LRU map evicts before it is full, so {need:,} leaves "
+                                       f"{LRU_HEADROOM - 1:.0%} headroom" if lru else "")
+            + f"); resize it first: ctscope resize {pin} --max-entries {need} --yes")
     res.entries = snap.count
     res.plan = [f"write {snap.count:,} entries of {s['name']} (map id {s['id']}, backup CRC ok) into {pin} "
                 f"(map id {target.id}: {n:,} entries, max_entries {p['max_entries']:,})",
                 "keys already present take the backup's value; no entry is deleted"]
     if p["map_type"] != s["map_type"]:
         res.plan.append(f"note: the backup came from a {s['map_type']} map, the target is {p['map_type']}")
-    if p["map_type"] == "lru_hash" and n + snap.count > p["max_entries"] * 0.9:
+    if lru and union > p["max_entries"] * 0.9:
         res.plan.append("note: the LRU map may evict entries to make room")
     if not yes:
         return _show_plan(res, say)
