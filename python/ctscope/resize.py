@@ -30,16 +30,10 @@ maps only Felix's rule (the value differs) is available.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
-import errno
 import math
 import os
-import platform
 import re
 import signal
-import struct
-import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -58,15 +52,10 @@ Say = Callable[[str], None]
 
 # Calico CT (key_size, value_size): v2 16/64, v3/v4 16/88, v3/v4 IPv6 40/128 (facts §1, §4).
 CT_SIZES = {(16, 64), (16, 88), (40, 128)}
-LAST_SEEN = slice(8, 16)  # u64 ns, host order, in every CT value version
 
 
 def is_ct_layout(params: dict[str, Any]) -> bool:
     return (params["key_size"], params["value_size"]) in CT_SIZES
-
-
-def last_seen(value: bytes) -> int:
-    return int.from_bytes(value[LAST_SEEN], sys.byteorder)
 
 
 def crash_point(phase: str) -> None:
@@ -175,12 +164,8 @@ def _carry_selection(pin: Path, cur: LiveMap, oldm: LiveMap):
             f"an entry of {pin.name} is carried when {old.name} lacks its key (not a Calico CT layout: no last_seen "
             "to compare)")
     old_snap = oldm.snapshot()
-    differing = cur.snapshot().changed_since(old_snap)
-    sel = _Fresher()
-    if differing.count:
-        with _RawMap(oldm.id, po["key_size"], po["value_size"]) as dst:
-            sel = _fresher_entries(differing.items(), dst, ct=ct, overwrite_differing=False)
-    return sel, max(0, capacity(po) - old_snap.count), rule, old_snap
+    add, update, kept = cur.snapshot().fresher_than(old_snap, by_last_seen=ct)
+    return _Fresher(add, update, kept), max(0, capacity(po) - old_snap.count), rule, old_snap
 
 
 def _carry_back(pin: Path, cur: LiveMap, oldm: LiveMap, *, force: bool) -> list[str]:
@@ -192,34 +177,41 @@ def _carry_back(pin: Path, cur: LiveMap, oldm: LiveMap, *, force: bool) -> list[
     sel, room, rule, old_snap = _carry_selection(pin, cur, oldm)
     if not sel.count:
         return [f"{pin.name} (map id {cur.id}) holds nothing {old.name} lacks: nothing to carry back (rule: {rule})"]
-    lost = max(0, len(sel.add) - room)
-    with _RawMap(oldm.id, po["key_size"], po["value_size"]) as dst:
-        if lost and not force:
-            lru = po["map_type"] == "lru_hash"
-            raise BadArgument(
-                f"{pin}: putting {old.name} back would lose {lost:,} of the {len(sel.add):,} entries written to "
-                f"{pin.name} (map id {cur.id}) that {old.name} lacks: {old.name} (map id {oldm.id}, max_entries "
-                f"{po['max_entries']:,}, {old_snap.count:,} entries) has room for {room:,}"
-                + (" (an LRU map evicts before it is full)" if lru else "")
-                + f"; finish the migration instead (keeps {pin.name}): ctscope resize {pin} --delta --yes; or lose them: "
-                f"ctscope resize {pin} --recover --force --yes")
-        to_write = sel.update + sel.add[:len(sel.add) - lost]
-        written, full, bad = _write_verified(dst, to_write, ct=ct)
-    lost += full
-    if bad:
-        raise CtscopeError(f"{pin}: carrying {pin.name}'s entries into {old.name}: {bad:,} of {written:,} written are "
-                           f"missing or different on reading back; nothing was repinned, {pin.name} still holds them all")
-    if full and not force:
-        raise CtscopeError(f"{pin}: {old.name} is full: {full:,} entries of {pin.name} could not be carried into it; "
-                           f"nothing was repinned; finish the migration instead: ctscope resize {pin} --delta --yes")
-    evicted = oldm.lookup_compare(old_snap)["missing"]
+    lost = max(0, sel.add.count - room)
+    if lost and not force:
+        lru = po["map_type"] == "lru_hash"
+        raise BadArgument(
+            f"{pin}: putting {old.name} back would lose {lost:,} of the {sel.add.count:,} entries written to "
+            f"{pin.name} (map id {cur.id}) that {old.name} lacks: {old.name} (map id {oldm.id}, max_entries "
+            f"{po['max_entries']:,}, {old_snap.count:,} entries) has room for {room:,}"
+            + (" (an LRU map evicts before it is full)" if lru else "")
+            + f"; finish the migration instead (keeps {pin.name}): ctscope resize {pin} --delta --yes; or lose them: "
+            f"ctscope resize {pin} --recover --force --yes")
+    dst = LiveMap(str(old), writable=True)
+    batches = [sel.update, sel.add.newest(sel.add.count - lost)]  # add is newest first: --force keeps those
+    written = 0
+    for b in batches:
+        if not b.count:
+            continue
+        try:
+            written += dst.write(b)
+        except CtscopeError as e:
+            raise CtscopeError(f"{pin}: carrying {pin.name}'s entries into {old.name} failed ({e}); nothing was "
+                               f"repinned, {pin.name} still holds them all; finish the migration instead: "
+                               f"ctscope resize {pin} --delta --yes") from None
+        check = dst.lookup_compare(b, newer_ok=ct)
+        if check["missing"] or check["different"]:
+            raise CtscopeError(f"{pin}: carrying {pin.name}'s entries into {old.name}: {check['missing'] + check['different']:,}"
+                               f" of {b.count:,} written are missing or different on reading back; nothing was repinned, "
+                               f"{pin.name} still holds them all")
+    evicted = oldm.lookup_compare(old_snap, newer_ok=ct)["missing"]
     if evicted and not force:
         raise CtscopeError(f"{pin}: after carrying {written:,} entries into {old.name} it lacks {evicted:,} of its own "
                            f"(evicted?); nothing was repinned, {pin.name} still holds everything; finish the migration "
                            f"instead: ctscope resize {pin} --delta --yes")
     out = [f"carried and verified {written:,} entries of {pin.name} (map id {cur.id}) into {old.name} (map id "
-           f"{oldm.id}) before discarding {pin.name}: {max(0, written - len(sel.update)):,} new keys, "
-           f"{len(sel.update):,} newer values (rule: {rule}"
+           f"{oldm.id}) before discarding {pin.name}: {max(0, written - sel.update.count):,} new keys, "
+           f"{sel.update.count:,} newer values (rule: {rule}"
            + (f"; {sel.kept:,} entries newer or as new in {old.name} kept" if sel.kept else "") + ")"]
     if lost or evicted:
         out.append(f"--force: {lost:,} entries of {pin.name} did not fit {old.name} and are lost"
@@ -304,125 +296,18 @@ def default_backup_path(name: str, directory: str | os.PathLike[str] = ".") -> P
 
 # ------------------------------------------------------------------ per-key access by map id
 
-class _RawMap:
-    """Per-key bpf(2) calls (LOOKUP_ELEM, UPDATE_ELEM) on the map with a given id, opened with
-    BPF_MAP_GET_FD_BY_ID: exactly the map a LiveMap holds open, even if its pin moves.
-
-    Used where an entry-by-entry choice is made in Python (which entry is fresher): the native
-    Snapshot can only be read from a map or a backup file, never built from chosen entries.
-    Once the core can build a Snapshot from chosen entries, this class can go."""
-
-    _NR_BPF = {"x86_64": 321, "aarch64": 280, "riscv64": 280, "ppc64le": 361, "s390x": 351}
-    _LOOKUP, _UPDATE, _GET_FD_BY_ID = 1, 2, 14
-    _libc = None
-
-    def __init__(self, map_id: int, key_size: int, value_size: int):
-        nr = self._NR_BPF.get(platform.machine())
-        if nr is None:
-            raise CtscopeError(f"bpf(2) syscall number unknown on {platform.machine()}")
-        if _RawMap._libc is None:
-            _RawMap._libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-            _RawMap._libc.syscall.restype = ctypes.c_long
-        self._nr, self.ks, self.vs = nr, key_size, value_size
-        self._key = ctypes.create_string_buffer(key_size)
-        self._val = ctypes.create_string_buffer(value_size)
-        self._attr = ctypes.create_string_buffer(64)
-        self.fd = -1
-        struct.pack_into("<III", self._attr, 0, map_id, 0, 0)
-        self.fd = self._call(self._GET_FD_BY_ID, f"BPF_MAP_GET_FD_BY_ID {map_id}")
-
-    def _call(self, cmd: int, what: str) -> int:
-        ret = self._libc.syscall(ctypes.c_long(self._nr), ctypes.c_long(cmd), self._attr, ctypes.c_uint(64))
-        if ret < 0:
-            err = ctypes.get_errno()
-            raise OSError(err, f"{what}: {os.strerror(err)}")
-        return ret
-
-    def _elem_attr(self, flags: int = 0) -> None:
-        ctypes.memset(self._attr, 0, 64)
-        struct.pack_into("<IIQQQ", self._attr, 0, self.fd, 0, ctypes.addressof(self._key), ctypes.addressof(self._val),
-                         flags)
-
-    def lookup(self, key: bytes) -> bytes | None:
-        ctypes.memmove(self._key, key, self.ks)
-        self._elem_attr()
-        try:
-            self._call(self._LOOKUP, "BPF_MAP_LOOKUP_ELEM")
-        except OSError as e:
-            if e.errno == errno.ENOENT:
-                return None
-            raise
-        return self._val.raw
-
-    def update(self, key: bytes, value: bytes) -> None:
-        ctypes.memmove(self._key, key, self.ks)
-        ctypes.memmove(self._val, value, self.vs)
-        self._elem_attr()
-        self._call(self._UPDATE, "BPF_MAP_UPDATE_ELEM")
-
-    def close(self) -> None:
-        if self.fd >= 0:
-            os.close(self.fd)
-            self.fd = -1
-
-    def __enter__(self) -> "_RawMap":
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.close()
-
-
-FULL_ERRNOS = (errno.E2BIG, errno.ENOSPC, errno.ENOMEM)
-
-
 @dataclass
 class _Fresher:
-    """Entries of a source map to write into a destination so that it loses nothing fresher."""
-    add: list[tuple[bytes, bytes]] = field(default_factory=list)     # keys the destination lacks
-    update: list[tuple[bytes, bytes]] = field(default_factory=list)  # keys it holds with an older last_seen
-    kept: int = 0  # keys whose destination entry is as fresh (CT) or simply present (non-CT, recovery)
+    """Entries of a source map to write into a destination so that it loses nothing fresher
+    (Snapshot.fresher_than): keys it lacks (newest first), keys it holds with an older
+    last_seen, and how many differing keys it keeps."""
+    add: Any
+    update: Any
+    kept: int = 0
 
     @property
     def count(self) -> int:
-        return len(self.add) + len(self.update)
-
-
-def _fresher_entries(differing: dict[bytes, bytes], dst: _RawMap, *, ct: bool, overwrite_differing: bool) -> _Fresher:
-    """Of `differing` (source entries whose key the destination lacks or holds with another
-    value), those to write: every missing key; for a CT layout a key whose source last_seen
-    is newer; otherwise, with `overwrite_differing` (Felix's delta rule), every one."""
-    out = _Fresher()
-    for k, v in differing.items():
-        d = dst.lookup(k)
-        if d is None:
-            out.add.append((k, v))
-        elif (last_seen(v) > last_seen(d)) if ct else overwrite_differing:
-            out.update.append((k, v))
-        else:
-            out.kept += 1
-    if ct:  # newest first: what --force keeps when not all fit
-        out.add.sort(key=lambda kv: last_seen(kv[1]), reverse=True)
-    return out
-
-
-def _write_verified(dst: _RawMap, entries: list[tuple[bytes, bytes]], *, ct: bool) -> tuple[int, int, int]:
-    """Write `entries` one by one, then look each up again. Returns (written, full, bad):
-    `full` writes refused because the map is full (E2BIG and the like), `bad` entries missing
-    or different afterwards (a CT entry a live program made newer meanwhile counts as good)."""
-    written, full, ok = [], 0, 0
-    for k, v in entries:
-        try:
-            dst.update(k, v)
-            written.append((k, v))
-        except OSError as e:
-            if e.errno not in FULL_ERRNOS:
-                raise
-            full += 1
-    for k, v in written:
-        got = dst.lookup(k)
-        if got is not None and (got == v or (ct and last_seen(got) >= last_seen(v))):
-            ok += 1
-    return len(written), full, len(written) - ok
+        return self.add.count + self.update.count
 
 
 LRU_HEADROOM = 1.25  # max_entries suggested for an LRU map per entry it must hold
@@ -673,14 +558,13 @@ def finish_delta(pin: str | os.PathLike[str], *, backup: str | None = None, keep
     else:
         # Fresher wins: a value written to the new map after the resize is not replaced by
         # the old map's older one (Felix's rule, value differs, would replace it).
-        differing = cur.changed_since(newm.snapshot())
-        with _RawMap(newm.id, pn["key_size"], pn["value_size"]) as dst:
-            sel = _fresher_entries(differing.items(), dst, ct=True, overwrite_differing=True)
-            res.delta, full, bad = _write_verified(dst, sel.update + sel.add, ct=True)
-        total, kept = sel.count, sel.kept
-        if full:
-            raise CtscopeError(f"{pin}: {pin.name} is full: {full:,} of {total:,} entries of {old.name} could not be "
-                               f"copied into it; {old.name} kept")
+        add, update, kept = cur.fresher_than(newm.snapshot(), by_last_seen=True)
+        res.delta, total, bad = 0, add.count + update.count, 0
+        for b in (update, add):
+            if b.count:
+                res.delta += newm.write(b)
+                check = newm.lookup_compare(b, newer_ok=True)
+                bad += check["missing"] + check["different"]
     if bad:
         raise CtscopeError(f"{pin}: delta verification failed: {bad:,} missing or different of {total:,} copied; "
                            f"{old.name} kept")

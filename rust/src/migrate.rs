@@ -127,13 +127,17 @@ pub fn compare(expected: &Entries, actual: &Entries) -> Comparison {
 /// Look up each of `entries` in the map behind `fd` (one `LOOKUP_ELEM` per key): cheap
 /// for the few entries a delta writes, where re-reading the whole map would dominate.
 /// `actual` and `extra` are not known this way and stay 0.
-pub fn lookup_compare(fd: BorrowedFd<'_>, entries: &Entries) -> Result<Comparison> {
+/// With `newer_ok`, a CT entry a live program has made newer since (last_seen not older
+/// than expected) counts as equal: the write landed and was then superseded.
+pub fn lookup_compare(fd: BorrowedFd<'_>, entries: &Entries, newer_ok: bool) -> Result<Comparison> {
     let mut c = Comparison { expected: entries.count as u64, ..Default::default() };
     let mut value = vec![0u8; entries.value_size];
+    let newer_ok = newer_ok && entries.value_size >= 16;
     for i in 0..entries.count {
         let found = sys::lookup_elem(fd, entries.key(i), &mut value).map_err(|e| CtError::os("BPF_MAP_LOOKUP_ELEM", e))?;
         match found {
             true if value == entries.value(i) => c.equal += 1,
+            true if newer_ok && last_seen(&value) >= last_seen(entries.value(i)) => c.equal += 1,
             true => c.different += 1,
             false => c.missing += 1,
         }
@@ -154,13 +158,48 @@ pub fn changed_since(reference: &Entries, current: &Entries) -> Entries {
     out
 }
 
+/// last_seen (u64 ns, value offset 8 in every CT layout, facts §4).
+fn last_seen(v: &[u8]) -> u64 {
+    u64::from_le_bytes(v[8..16].try_into().unwrap())
+}
+
+/// What to write into a destination map (whose content is `dest`) so that it loses nothing
+/// fresher that `source` holds.
+#[derive(Default)]
+pub struct Fresher {
+    /// Source entries whose key the destination lacks.
+    pub add: Option<Entries>,
+    /// Source entries the destination holds with an older last_seen (`by_last_seen`), or
+    /// with any other value (`overwrite_differing`, Felix's delta rule).
+    pub update: Option<Entries>,
+    /// Keys whose destination entry differs but is kept (as fresh, or no overwrite rule).
+    pub kept: u64,
+}
+
+pub fn fresher(source: &Entries, dest: &Entries, by_last_seen: bool, overwrite_differing: bool) -> Fresher {
+    let idx = index(dest);
+    let (mut add, mut update) =
+        (Entries::new(source.key_size, source.value_size), Entries::new(source.key_size, source.value_size));
+    let by_last_seen = by_last_seen && source.value_size >= 16;
+    let mut kept = 0;
+    for i in 0..source.count {
+        let (k, v) = (source.key(i), source.value(i));
+        match idx.get(k) {
+            None => add.push(k, v),
+            Some(d) if *d == v => {}
+            Some(d) if if by_last_seen { last_seen(v) > last_seen(d) } else { overwrite_differing } => update.push(k, v),
+            Some(_) => kept += 1,
+        }
+    }
+    Fresher { add: Some(add), update: Some(update), kept }
+}
+
 /// The entries whose last_seen (value offset 8, every CT layout) is newest, at most `n`:
 /// what `--force` keeps when a map shrinks below its entry count.
 pub fn newest(e: &Entries, n: usize) -> Entries {
     let mut order: Vec<usize> = (0..e.count).collect();
     if e.value_size >= 16 {
-        let last_seen = |i: usize| u64::from_le_bytes(e.value(i)[8..16].try_into().unwrap());
-        order.sort_unstable_by_key(|&i| std::cmp::Reverse(last_seen(i)));
+        order.sort_unstable_by_key(|&i| std::cmp::Reverse(last_seen(e.value(i))));
     }
     let mut out = Entries::new(e.key_size, e.value_size);
     for &i in order.iter().take(n) {
@@ -237,6 +276,20 @@ mod tests {
         let c = compare(&a, &b);
         assert_eq!((c.equal, c.different, c.missing, c.extra), (1, 1, 1, 1));
         assert!(!c.identical());
+    }
+
+    #[test]
+    fn fresher_keeps_newer_destination_entries() {
+        // source: 1 same, 2 newer, 3 older, 4 new; dest also has 5.
+        let src = entries(&[(1, 1), (2, 9), (3, 2), (4, 4)]);
+        let dst = entries(&[(1, 1), (2, 5), (3, 7), (5, 5)]);
+        let f = fresher(&src, &dst, true, false);
+        let (add, update) = (f.add.unwrap(), f.update.unwrap());
+        assert_eq!((add.count, update.count, f.kept), (1, 1, 1));
+        assert_eq!((add.key(0), update.key(0)), (&[4u8; 4][..], &[2u8; 4][..]));
+        // Felix's rule without last_seen: every differing value is overwritten.
+        let f = fresher(&src, &dst, false, true);
+        assert_eq!((f.add.unwrap().count, f.update.unwrap().count, f.kept), (1, 2, 0));
     }
 
     #[test]

@@ -93,6 +93,23 @@ impl Snapshot {
         Snapshot { entries: Arc::new(e), source: self.source.clone(), taken_ns: self.taken_ns }
     }
 
+    /// What to write into a map whose content is `dest` so that it loses nothing fresher
+    /// held here: (add: keys it lacks, newest first; update: keys it holds with an older
+    /// last_seen when `by_last_seen`, else with any other value when `overwrite_differing`;
+    /// kept: differing keys left as they are).
+    #[pyo3(signature = (dest, by_last_seen, overwrite_differing=false))]
+    fn fresher_than(&self, py: Python<'_>, dest: &Snapshot, by_last_seen: bool, overwrite_differing: bool) -> (Snapshot, Snapshot, u64) {
+        let f = py.detach(|| {
+            let mut f = migrate::fresher(&self.entries, &dest.entries, by_last_seen, overwrite_differing);
+            let add = f.add.take().unwrap();
+            // Newest first: what a caller keeps when not all fit.
+            let add = if by_last_seen { migrate::newest(&add, add.count) } else { add };
+            (add, f.update.take().unwrap(), f.kept)
+        });
+        let wrap = |e| Snapshot { entries: Arc::new(e), source: self.source.clone(), taken_ns: self.taken_ns };
+        (wrap(f.0), wrap(f.1), f.2)
+    }
+
     /// Exact key→value comparison against what this snapshot expects:
     /// {expected, actual, equal, missing, different, extra, identical}.
     fn compare<'py>(&self, py: Python<'py>, actual: &Snapshot) -> PyResult<Bound<'py, PyDict>> {
@@ -188,8 +205,10 @@ impl LiveMap {
     }
 
     /// Look up each entry of `snap` here: {expected, equal, missing, different, ...}.
-    fn lookup_compare<'py>(&self, py: Python<'py>, snap: &Snapshot) -> PyResult<Bound<'py, PyDict>> {
-        let c = py.detach(|| migrate::lookup_compare(self.inner.fd(), &snap.entries))?;
+    /// `newer_ok`: a CT entry made newer since counts as equal.
+    #[pyo3(signature = (snap, newer_ok=false))]
+    fn lookup_compare<'py>(&self, py: Python<'py>, snap: &Snapshot, newer_ok: bool) -> PyResult<Bound<'py, PyDict>> {
+        let c = py.detach(|| migrate::lookup_compare(self.inner.fd(), &snap.entries, newer_ok))?;
         comparison_dict(py, &c)
     }
 
@@ -235,7 +254,7 @@ impl NewMap {
 
     /// Look up each entry of `snap` here: {expected, equal, missing, different, ...}.
     fn lookup_compare<'py>(&self, py: Python<'py>, snap: &Snapshot) -> PyResult<Bound<'py, PyDict>> {
-        let c = py.detach(|| migrate::lookup_compare(self.fd.as_fd(), &snap.entries))?;
+        let c = py.detach(|| migrate::lookup_compare(self.fd.as_fd(), &snap.entries, false))?;
         comparison_dict(py, &c)
     }
 
