@@ -5,7 +5,6 @@ from __future__ import annotations
 import errno
 import sys
 
-import click
 import typer
 
 from ctscope.cli.app import app, state
@@ -16,11 +15,16 @@ from ctscope.cli import bench, check, demo, dump, maps, resize, synth  # noqa: E
 from ctscope.cli import diff, expired, metrics, query, report, snapshot, stats, top  # noqa: E402,F401
 
 
-# typer >= 0.2x vendors its own click (typer._click): its usage errors are not
-# click.ClickException. Catch both families.
-_EXIT = tuple({click.exceptions.Exit, typer.Exit})
-_ABORT = tuple({click.exceptions.Abort, typer.Abort})
-_USAGE = tuple({click.ClickException, *(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException")})
+# typer >= 0.2x vendors its own click (typer._click) and no longer installs click; older
+# typer uses click itself. Catch whichever family is present (click only if installed).
+try:
+    import click
+except ImportError:  # typer >= 0.2x alone
+    click = None
+_EXIT = tuple({typer.Exit, *((click.exceptions.Exit,) if click else ())})
+_ABORT = tuple({typer.Abort, *((click.exceptions.Abort,) if click else ())})
+_USAGE = tuple({*(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickException"),
+                *((click.ClickException,) if click else ())})
 
 
 def main(argv: list[str] | None = None) -> None:
