@@ -460,6 +460,25 @@ def test_check_reports_old_pins_leftovers_and_fill(ns):
 
 
 @pytest.mark.kernel
+def test_pin_name_decides_what_the_loader_expects(ns, v4_object, tmp_path):
+    """A ct3 map (HASH, NO_PREALLOC, kernel name cali_v4_ct3) pinned at cali_v4_ct4: libbpf
+    compares it with the ct4 declaration and refuses, so check must not call it compatible
+    by its kernel name, and resize must refuse (it cannot change type or flags)."""
+    make_map(ns, PIN, bpfkernel.HASH, 1_048_576, SMALL, flags=bpfkernel.BPF_F_NO_PREALLOC, name="cali_v4_ct3")
+    r = bpftool_load(ns, v4_object)
+    assert r.returncode != 0 and "parameter mismatch" in r.stderr, r.stderr
+    r = ns.ctscope("check", PIN, "--json")
+    assert r.returncode == 1, r.stdout + r.stderr
+    rep = json.loads(r.stdout)["maps"][0]
+    bad = {row["field"]: (row["pinned"], row["expected"]) for row in rep["rows"] if not row["ok"]}
+    assert bad == {"map_type": ("hash", "lru_hash"), "map_flags": (1, 0)}
+    assert any("named for ct4" in n for n in rep["notes"])
+    r = ns.ctscope("resize", PIN, "--max-entries", "2097152", "--yes", cwd=tmp_path)
+    assert r.returncode == 2 and "named for ct4" in r.stderr, r.stdout + r.stderr
+    assert pin_state(ns)["max_entries"] == 1_048_576 and not list(tmp_path.iterdir())
+
+
+@pytest.mark.kernel
 def test_leftover_lower_version_pin_is_not_held_to_the_configured_size(ns, tmp_path):
     """Felix leaves cali_v4_ct3 behind after the upgrade to ct4 and never loads it again:
     check must not fail forever on it because its size differs from bpfMapSizeConntrack."""

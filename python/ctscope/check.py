@@ -17,7 +17,7 @@ from typing import Any
 from ctscope._native import object_maps
 from ctscope import felixconfig
 from ctscope.errors import BadArgument, CtscopeError
-from ctscope.pins import GLOBALS, globals_dir, is_ct_pin_name
+from ctscope.pins import GLOBALS, ct_pin_version, globals_dir, is_ct_pin_name
 
 FIELDS = ("map_type", "key_size", "value_size", "max_entries", "map_flags", "map_extra")
 # Fields a resize can change; any other difference is a different map version.
@@ -248,7 +248,16 @@ def check_pin(pin: str | os.PathLike[str], *, objects: list[str] = (), configure
 
     expectations: list[tuple[str, dict[str, Any]]] = []
     lay = layout_of(info["version"], info["family"])
-    if lay:
+    named = ct_pin_version(pin.name)
+    if named and lay and named != (info["version"], info["family"]):
+        # The loader looks the map up by the pin's name: it expects that version's parameters,
+        # whatever map was pinned there.
+        ver, fam = named
+        lay = layout_of(ver, fam)
+        rep.notes.append(f"the pin is named for ct{ver} but holds map {info['name']!r} with ct{info['version']}'s "
+                         f"shape: Calico's loader expects ct{ver} here")
+        expectations.append((f"ct{ver} layout ({RELEASES[ver]}; from the pin's name)", lay))
+    elif lay:
         expectations.append((f"ct{info['version']} layout ({RELEASES[info['version']]})", lay))
     else:
         rep.notes.append("not a Calico CT map by name and sizes: only the given sizes and objects are compared")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 DEFAULT_BPFFS = "/sys/fs/bpf"
@@ -22,6 +23,12 @@ def globals_dir(bpffs: str | os.PathLike[str] = DEFAULT_BPFFS) -> Path:
 def is_ct_pin_name(name: str) -> bool:
     base = name.removesuffix("_old")
     return any(base in names for names in CT_PIN_NAMES.values())
+
+
+def ct_pin_version(name: str) -> tuple[int, int] | None:
+    """(version, family) a Calico CT pin name stands for: what a loader expects at that path."""
+    m = re.fullmatch(r"cali_v([46])_ct([234])(?:_old)?", name)
+    return (int(m.group(2)), int(m.group(1))) if m else None
 
 
 def default_ct_pin(bpffs: str | os.PathLike[str] = DEFAULT_BPFFS, ipv6: bool = False) -> Path:

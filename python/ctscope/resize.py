@@ -43,6 +43,7 @@ from typing import Any
 from ctscope._native import LiveMap, on_bpffs, programs_using_map, raw_read, read_backup, rename_pin, swap_pin_name
 from ctscope.check import LAYOUTS, RELEASES, looks_like
 from ctscope.errors import BadArgument, CtscopeError, NotACtMap, PinNotFound
+from ctscope.pins import ct_pin_version
 
 PHASES = ("plan", "backup", "create", "copy", "verify", "pin-old", "pin-new", "swap", "delta", "remove-old")
 CRASH_ENV = "CTSCOPE_TEST_CRASH_AFTER"
@@ -228,6 +229,12 @@ def check_layout(pin: Path, params: dict[str, Any]) -> None:
     type, sizes and flags (anything else is a version change, which resize refuses)."""
     ver, fam = params.get("version"), params.get("family")
     lay = LAYOUTS.get((ver, fam)) if ver and fam else None
+    named = ct_pin_version(pin.name)
+    if lay is not None and named and named != (ver, fam):
+        raise BadArgument(
+            f"{pin}: refusing to resize: the pin is named for ct{named[0]} but holds map {params['name']!r} "
+            f"({looks_like(params)}); the loader expects ct{named[0]}'s parameters here, which a resize does not "
+            "give. Run `ctscope check` for the remedy.")
     if lay is None:
         raise NotACtMap(f"{pin}: {params['map_type']} map {params['name']!r} with {params['key_size']}/"
                         f"{params['value_size']}-byte entries is not a Calico CT map; resize only handles those")
