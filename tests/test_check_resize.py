@@ -457,6 +457,9 @@ def test_check_reports_old_pins_leftovers_and_fill(ns):
     assert rep["entries"] == 910 and rep["fill"] == pytest.approx(0.91)
     notes = " ".join(rep["notes"])
     assert "> 90%" in notes and "cali_v4_ct2 is a ct2 pin left beside ct3" in notes
+    # A named pin that does not exist is an error (exit 3), even beside a compatible one.
+    r = ns.ctscope("check", ct3, "/sys/fs/bpf/no_such_pin")
+    assert r.returncode == 3 and "no_such_pin" in r.stderr, r.stdout + r.stderr
 
 
 @pytest.mark.kernel

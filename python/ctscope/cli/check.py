@@ -57,8 +57,9 @@ def check_cmd(
     else:
         for rep in reports:
             _print(out, rep)
-    if errors and len(errors) == len(reports):
-        # Nothing could be checked: the error's own exit code (not found, permission, ...).
+    if errors:
+        # A pin that could not be checked is an error (not found, permission, ...), whatever
+        # the others' verdicts: its own exit code, not the mismatch code 1.
         raise typer.Exit(errors[0].exit_code)
     raise typer.Exit(0 if all(r.compatible for r in reports) else 1)
 
@@ -81,7 +82,8 @@ def _print(con: Console, rep: checks.MapReport) -> None:
         return
     verdict = "[green]compatible[/]" if rep.compatible else "[red]MISMATCH[/]"
     p = rep.params
-    head = f"[bold]{rep.pin}[/] ({rep.name}" + (f", map id {p['id']}" if p else "") + f"): {verdict}"
+    what = ", ".join(x for x in (rep.name, f"map id {p['id']}" if p else "") if x)
+    head = f"[bold]{rep.pin}[/]" + (f" ({what})" if what else "") + f": {verdict}"
     con.print(head)
     if rep.recovered:
         con.print(f"  recovered: {rep.recovered}")
