@@ -353,6 +353,12 @@ def test_bad_option_values_and_failing_expressions_are_one_line_exit_2(ct_pin):
         assert len(line) < 400, line
 
 
+def test_debug_shows_the_traceback_and_keeps_the_exit_code(tmp_path):
+    r = cli("--debug", "dump", tmp_path / "missing")
+    assert r.returncode == EXIT_NOT_FOUND and "Traceback" in r.stderr, r.stderr
+    assert r.stderr.strip().splitlines()[-1].startswith("ctscope: error: ")
+
+
 @pytest.mark.kernel
 def test_raw_layout_and_empty_directories_are_not_analysed(ct_pin, tmp_path):
     for cmd in ("stats", "expired", "top", "metrics", "report"):

@@ -456,7 +456,8 @@ def test_check_reports_old_pins_leftovers_and_fill(ns):
     assert r.returncode == 0, r.stderr
     assert rep["entries"] == 910 and rep["fill"] == pytest.approx(0.91)
     notes = " ".join(rep["notes"])
-    assert "> 90%" in notes and "cali_v4_ct2 is a ct2 pin left beside ct3" in notes
+    assert "fill 91.0%, expired entries included" in notes and "more than 90% is still live" in notes
+    assert "cali_v4_ct2 is a ct2 pin left beside ct3" in notes
     # A named pin that does not exist is an error (exit 3), even beside a compatible one.
     r = ns.ctscope("check", ct3, "/sys/fs/bpf/no_such_pin")
     assert r.returncode == 3 and "no_such_pin" in r.stderr, r.stdout + r.stderr
@@ -531,6 +532,10 @@ def test_object_loaded_as_compiled_is_not_blamed_for_the_configured_size(ns, tmp
     r = ns.ctscope(*base, "--loader", "calico")
     assert r.returncode == 1 and "couldn't reuse pinned map" in r.stdout
     assert "after the resize that load would fail" not in r.stdout
+    # Without a FelixConfiguration, --max-entries is the size Calico's loader would set.
+    r = ns.ctscope("check", PIN, "--object", str(obj), "--loader", "calico", "--max-entries", "8192", "--json")
+    rows = [row for row in json.loads(r.stdout)["maps"][0]["rows"] if "as Calico loads it" in row["source"]]
+    assert r.returncode == 1 and any(row["field"] == "max_entries" and row["expected"] == 8192 for row in rows)
 
 
 # ----------------------------------------------------------------- configuration (no kernel needed)

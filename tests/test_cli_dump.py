@@ -319,3 +319,12 @@ def test_synth_rejects_out_of_range_numbers(bpffs, args):
     assert p.returncode == 2 and "Traceback" not in p.stderr, p.stderr
     assert p.stderr.count("\n") == 1 and args[0] in p.stderr, p.stderr
     assert not pin.exists()
+
+
+def test_synth_makes_directories_on_a_bpffs_and_refuses_elsewhere(bpffs, tmp_path):
+    pin = bpffs / "synth-dirs" / "tc" / "globals" / "cali_v4_ct4"
+    run("synth", str(pin), "--entries", "10")
+    assert ctscope.open_map(pin).info.max_entries == 512_000
+    p = run("synth", str(tmp_path / "cali_v4_ct4"), "--entries", "10", check=False)
+    assert p.returncode == 2 and "not on a BPF filesystem" in p.stderr and p.stderr.count("\n") == 1, p.stderr
+    assert list(tmp_path.iterdir()) == []

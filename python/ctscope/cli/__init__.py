@@ -67,7 +67,9 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(0)
     except (CtscopeError, OSError) as e:
         if debug or state["debug"]:
-            raise
+            import traceback
+
+            traceback.print_exc()  # the traceback, and still the exit code scripts rely on
         print(f"ctscope: error: {_one_line(e)}", file=sys.stderr)
         sys.exit(exit_code(e) if isinstance(e, CtscopeError) else _os_exit(e))
     except Exception as e:

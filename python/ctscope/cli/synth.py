@@ -34,10 +34,24 @@ def synth(pin: str, entries: int, max_entries: int | None = None, version: int =
     _check_range("--seed", seed, 0, U64_MAX)
     if now_ns is not None:
         _check_range("--now-ns", now_ns, 0, U64_MAX)
+    _check_pin_dir(Path(pin))
     size = default_max_entries(entries) if max_entries is None else max_entries
     if size > U32_MAX:
         raise BadArgument(f"--entries {entries}: a map holds at most {U32_MAX} entries")
     return synth_map(str(pin), entries, size, layout, ipv6, seed, now_ns)
+
+
+def _check_pin_dir(pin: Path) -> None:
+    """Before filling a map (seconds for millions of entries): the pin must go on a bpffs;
+    missing directories there are made, as Calico's tc/globals would be."""
+    from ctscope._native import on_bpffs
+
+    anchor = pin.parent if str(pin.parent) else Path(".")
+    while not anchor.exists() and anchor != anchor.parent:
+        anchor = anchor.parent
+    if not on_bpffs(str(anchor)):
+        raise BadArgument(f"{pin}: not on a BPF filesystem (bpffs); mount one (mount -t bpf bpf DIR) and pin there")
+    pin.parent.mkdir(parents=True, exist_ok=True)
 
 
 U32_MAX = 2**32 - 1
