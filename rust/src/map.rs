@@ -123,19 +123,14 @@ impl PinnedMap {
                 "is not on a BPF filesystem (bpffs), expected a pin such as /sys/fs/bpf/tc/globals/cali_v4_ct4",
             )));
         }
-        // bpffs refuses names with a dot to everyone but the kernel, which keeps them for
-        // its own files (maps.debug, progs.debug of bpf_preload): never a pinned object.
-        if target.file_name().is_some_and(|n| n.as_encoded_bytes().contains(&b'.')) {
-            return Err(CtError::NotCtMap(said(
-                "is not a BPF map pin (a file of the bpffs itself, such as maps.debug, not a pinned object)",
-            )));
-        }
         let flags = if writable { 0 } else { BPF_F_RDONLY };
         let fd = sys::obj_get(&target, flags).map_err(|e| {
             // A file on a bpffs that BPF_OBJ_GET cannot find is no pinned object (the
             // bpffs's own maps.debug / progs.debug iterator files), unless it just vanished.
             if e.raw_os_error() == Some(libc::ENOENT) && target.exists() {
-                CtError::NotCtMap(said("is not a BPF map pin (a file of the bpffs itself, not a pinned object)"))
+                CtError::NotCtMap(said(
+                    "is not a BPF map pin (a file of the bpffs itself, such as maps.debug, not a pinned object)",
+                ))
             } else if e.raw_os_error() == Some(libc::ENOENT) {
                 CtError::PinNotFound(said("no longer exists"))
             } else {
