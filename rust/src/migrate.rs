@@ -165,13 +165,12 @@ fn last_seen(v: &[u8]) -> u64 {
 
 /// What to write into a destination map (whose content is `dest`) so that it loses nothing
 /// fresher that `source` holds.
-#[derive(Default)]
 pub struct Fresher {
     /// Source entries whose key the destination lacks.
-    pub add: Option<Entries>,
+    pub add: Entries,
     /// Source entries the destination holds with an older last_seen (`by_last_seen`), or
     /// with any other value (`overwrite_differing`, Felix's delta rule).
-    pub update: Option<Entries>,
+    pub update: Entries,
     /// Keys whose destination entry differs but is kept (as fresh, or no overwrite rule).
     pub kept: u64,
 }
@@ -191,7 +190,7 @@ pub fn fresher(source: &Entries, dest: &Entries, by_last_seen: bool, overwrite_d
             Some(_) => kept += 1,
         }
     }
-    Fresher { add: Some(add), update: Some(update), kept }
+    Fresher { add, update, kept }
 }
 
 /// The entries whose last_seen (value offset 8, every CT layout) is newest, at most `n`:
@@ -284,12 +283,11 @@ mod tests {
         let src = entries(&[(1, 1), (2, 9), (3, 2), (4, 4)]);
         let dst = entries(&[(1, 1), (2, 5), (3, 7), (5, 5)]);
         let f = fresher(&src, &dst, true, false);
-        let (add, update) = (f.add.unwrap(), f.update.unwrap());
-        assert_eq!((add.count, update.count, f.kept), (1, 1, 1));
-        assert_eq!((add.key(0), update.key(0)), (&[4u8; 4][..], &[2u8; 4][..]));
+        assert_eq!((f.add.count, f.update.count, f.kept), (1, 1, 1));
+        assert_eq!((f.add.key(0), f.update.key(0)), (&[4u8; 4][..], &[2u8; 4][..]));
         // Felix's rule without last_seen: every differing value is overwritten.
         let f = fresher(&src, &dst, false, true);
-        assert_eq!((f.add.unwrap().count, f.update.unwrap().count, f.kept), (1, 2, 0));
+        assert_eq!((f.add.count, f.update.count, f.kept), (1, 2, 0));
     }
 
     #[test]

@@ -102,14 +102,9 @@ impl MapInfo {
         d.set_item("path", &self.path)?;
         d.set_item("name", &self.name)?;
         d.set_item("id", self.id)?;
-        d.set_item("map_type", &self.map_type)?;
-        d.set_item("map_type_id", self.map_type_id)?;
-        d.set_item("key_size", self.key_size)?;
-        d.set_item("value_size", self.value_size)?;
-        d.set_item("max_entries", self.max_entries)?;
-        d.set_item("map_flags", self.map_flags)?;
+        let (ks, vs, max, flags) = (self.key_size, self.value_size, self.max_entries, self.map_flags);
+        set_map_fields(&d, self.map_type_id, ks, vs, max, flags, self.map_extra)?;
         d.set_item("btf_id", self.btf_id)?;
-        d.set_item("map_extra", self.map_extra)?;
         d.set_item("version", self.version)?;
         d.set_item("family", self.family)?;
         d.set_item("layout", &self.layout)?;
@@ -400,6 +395,27 @@ fn realtime_ns() -> u64 {
 #[pyfunction]
 fn flag_labels() -> Vec<(u32, &'static str)> {
     layout::FLAG_LABELS.to_vec()
+}
+
+/// libbpf's six map fields (facts §7), under the same keys wherever a dict describes a map:
+/// a pin's info, a backup's source map, an object's map definition.
+pub(crate) fn set_map_fields(
+    d: &Bound<'_, PyDict>,
+    map_type: u32,
+    key_size: u32,
+    value_size: u32,
+    max_entries: u32,
+    map_flags: u32,
+    map_extra: u64,
+) -> PyResult<()> {
+    d.set_item("map_type", layout::map_type_name(map_type))?;
+    d.set_item("map_type_id", map_type)?;
+    d.set_item("key_size", key_size)?;
+    d.set_item("value_size", value_size)?;
+    d.set_item("max_entries", max_entries)?;
+    d.set_item("map_flags", map_flags)?;
+    d.set_item("map_extra", map_extra)?;
+    Ok(())
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {

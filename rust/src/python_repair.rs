@@ -11,8 +11,8 @@ use pyo3::types::{PyDict, PyList};
 
 use crate::backup::{self, Entries, SourceMap};
 use crate::error::CtError;
-use crate::layout;
 use crate::map::{MapParams, PinnedMap};
+use crate::python::set_map_fields;
 use crate::migrate::{self, Comparison};
 use crate::object;
 use crate::prog_refs;
@@ -66,13 +66,7 @@ impl Snapshot {
         d.set_item("pin", &s.pin)?;
         d.set_item("name", &s.name)?;
         d.set_item("id", s.id)?;
-        d.set_item("map_type", layout::map_type_name(s.map_type))?;
-        d.set_item("map_type_id", s.map_type)?;
-        d.set_item("key_size", s.key_size)?;
-        d.set_item("value_size", s.value_size)?;
-        d.set_item("max_entries", s.max_entries)?;
-        d.set_item("map_flags", s.map_flags)?;
-        d.set_item("map_extra", s.map_extra)?;
+        set_map_fields(&d, s.map_type, s.key_size, s.value_size, s.max_entries, s.map_flags, s.map_extra)?;
         Ok(d)
     }
 
@@ -99,15 +93,13 @@ impl Snapshot {
     /// kept: differing keys left as they are).
     #[pyo3(signature = (dest, by_last_seen, overwrite_differing=false))]
     fn fresher_than(&self, py: Python<'_>, dest: &Snapshot, by_last_seen: bool, overwrite_differing: bool) -> (Snapshot, Snapshot, u64) {
-        let f = py.detach(|| {
-            let mut f = migrate::fresher(&self.entries, &dest.entries, by_last_seen, overwrite_differing);
-            let add = f.add.take().unwrap();
+        let migrate::Fresher { add, update, kept } = py.detach(|| {
+            let f = migrate::fresher(&self.entries, &dest.entries, by_last_seen, overwrite_differing);
             // Newest first: what a caller keeps when not all fit.
-            let add = if by_last_seen { migrate::newest(&add, add.count) } else { add };
-            (add, f.update.take().unwrap(), f.kept)
+            if by_last_seen { migrate::Fresher { add: migrate::newest(&f.add, f.add.count), ..f } } else { f }
         });
         let wrap = |e| Snapshot { entries: Arc::new(e), source: self.source.clone(), taken_ns: self.taken_ns };
-        (wrap(f.0), wrap(f.1), f.2)
+        (wrap(add), wrap(update), kept)
     }
 
     /// Exact key→value comparison against what this snapshot expects:
@@ -284,13 +276,7 @@ fn object_maps<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyLis
     for m in maps {
         let d = PyDict::new(py);
         d.set_item("name", &m.name)?;
-        d.set_item("map_type", layout::map_type_name(m.map_type))?;
-        d.set_item("map_type_id", m.map_type)?;
-        d.set_item("key_size", m.key_size)?;
-        d.set_item("value_size", m.value_size)?;
-        d.set_item("max_entries", m.max_entries)?;
-        d.set_item("map_flags", m.map_flags)?;
-        d.set_item("map_extra", m.map_extra)?;
+        set_map_fields(&d, m.map_type, m.key_size, m.value_size, m.max_entries, m.map_flags, m.map_extra)?;
         d.set_item("pinning", if m.pinned_by_name { "by_name" } else { "none" })?;
         d.set_item("section", m.section)?;
         out.append(d)?;
