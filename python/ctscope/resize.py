@@ -51,12 +51,10 @@ CRASH_ENV = "CTSCOPE_TEST_CRASH_AFTER"
 Say = Callable[[str], None]
 
 
-# Calico CT (key_size, value_size): v2 16/64, v3/v4 16/88, v3/v4 IPv6 40/128 (facts §1, §4).
-CT_SIZES = {(16, 64), (16, 88), (40, 128)}
-
-
 def is_ct_layout(params: dict[str, Any]) -> bool:
-    return (params["key_size"], params["value_size"]) in CT_SIZES
+    """Sizes of a Calico CT layout (so values carry last_seen): the core's detection sets a
+    family exactly then (layout.rs `detect`)."""
+    return params.get("family") is not None
 
 
 def crash_point(phase: str) -> None:
@@ -300,8 +298,6 @@ def default_backup_path(name: str, directory: str | os.PathLike[str] = ".") -> P
         path = Path(directory) / f"ctscope-backup-{name}-{stamp}-{n}.arrow"
     return path
 
-
-# ------------------------------------------------------------------ per-key access by map id
 
 @dataclass
 class _Fresher:
