@@ -203,3 +203,13 @@ def make_ct_map(make_map):
         return make_map(name, mtype, ks, vs, max_entries, flags)
 
     return _make
+
+
+def build_c(src: Path, out: Path, *flags: str, libs: tuple[str, ...] = ()) -> Path:
+    """Compile one of the tests' C helpers with gcc (or cc); skip (fail in CI) without one."""
+    cc = shutil.which("gcc") or shutil.which("cc")
+    if cc is None:
+        skip_or_fail(f"needs gcc to build tests/{src.name}")
+    r = subprocess.run([cc, "-O2", "-Wall", *flags, "-o", str(out), str(src), *libs], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    return out

@@ -22,7 +22,6 @@ from __future__ import annotations
 import faulthandler
 import mmap
 import os
-import shutil
 import signal
 import struct
 import subprocess
@@ -33,7 +32,7 @@ import pytest
 
 import bpfkernel
 import ctscope
-from conftest import skip_or_fail
+from conftest import build_c
 from ctscope.ctmap import dump_to_polars
 
 pytestmark = pytest.mark.kernel
@@ -53,14 +52,7 @@ CHURN_BASE = 0x64000000  # 100.0.0.0 + j, UDP
 
 @pytest.fixture(scope="session")
 def churn_writer(tmp_path_factory) -> str:
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    if gcc is None:
-        skip_or_fail("needs gcc to build tests/churn_writer.c")
-    exe = tmp_path_factory.mktemp("churn") / "churn_writer"
-    r = subprocess.run([gcc, "-O2", "-Wall", "-o", str(exe), str(TESTS_DIR / "churn_writer.c")],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return str(exe)
+    return str(build_c(TESTS_DIR / "churn_writer.c", tmp_path_factory.mktemp("churn") / "churn_writer"))
 
 
 class Writer:

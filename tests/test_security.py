@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import errno
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,7 +22,7 @@ import pytest
 
 import bpfkernel
 import ctscope
-from conftest import skip_or_fail
+from conftest import build_c, skip_or_fail
 
 pytestmark = pytest.mark.kernel
 
@@ -104,14 +103,8 @@ def test_read_only_fd_refuses_updates(pin_dir):
 
 @pytest.fixture(scope="module")
 def audit_lib(tmp_path_factory) -> str:
-    gcc = shutil.which("gcc") or shutil.which("cc")
-    if gcc is None:
-        skip_or_fail("needs gcc to build tests/bpf_audit.c")
     so = tmp_path_factory.mktemp("audit") / "bpf_audit.so"
-    r = subprocess.run([gcc, "-O2", "-Wall", "-shared", "-fPIC", "-o", str(so), str(TESTS_DIR / "bpf_audit.c"), "-ldl"],
-                       capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    return str(so)
+    return str(build_c(TESTS_DIR / "bpf_audit.c", so, "-shared", "-fPIC", libs=("-ldl",)))
 
 
 def audited(audit_lib: str, log: Path, *args, cwd: Path | None = None) -> tuple[subprocess.CompletedProcess, list]:
