@@ -17,6 +17,7 @@ __all__ = [
     "BadArgument",
     "CtscopeError",
     "IterationLimit",
+    "LockBusy",
     "NotACtMap",
     "PermissionDenied",
     "PinNotFound",
@@ -29,12 +30,17 @@ class SnapshotError(CtscopeError):
     """A snapshot file is missing, truncated or not a ctscope snapshot."""
 
 
+class LockBusy(CtscopeError):
+    """Another ctscope write command holds the pin's lock (ctscope.pinlock)."""
+
+
 # Exit codes of the CLI (README "Exit codes").
 EXIT_OK = 0
 EXIT_ERROR = 1
 EXIT_BAD_INPUT = 2
 EXIT_NOT_FOUND = 3
 EXIT_PERMISSION = 4
+EXIT_BUSY = 5
 
 _CODES: list[tuple[type[BaseException], int]] = [
     (PinNotFound, EXIT_NOT_FOUND),
@@ -42,6 +48,7 @@ _CODES: list[tuple[type[BaseException], int]] = [
     (NotACtMap, EXIT_BAD_INPUT),
     (BadArgument, EXIT_BAD_INPUT),
     (SnapshotError, EXIT_BAD_INPUT),
+    (LockBusy, EXIT_BUSY),
 ]
 
 
