@@ -1,7 +1,11 @@
 //! Calico CT byte layouts (facts file §1–§4) and how to pick one for a live map.
 //!
 //! All offsets live here so the decoder, the synthetic writer and the checks agree on one
-//! table. Where the facts file and Calico's `conntrack_types.h` differ, the header wins.
+//! table. Where the facts file and Calico's sources differ, the sources win: each layout reads
+//! what Calico's Go reader of the releases that wrote it reads (`felix/bpf/conntrack/`):
+//! v2 = v3.24+ `v2/map.go` (ct2 was written by ≤ v3.23), v3-created = v3.24–v3.29 `v3/map.go`,
+//! v3 = v3.30 `v3/map.go`, v4 = v3.31+ `v4/map.go` (flags3/flags4 from v3.32), with
+//! `felix/bpf-gpl/conntrack_types.h` at the same tags for what the BPF side writes.
 
 use crate::error::CtError;
 use crate::sys::{BPF_F_NO_PREALLOC, MAP_TYPE_HASH, MAP_TYPE_LRU_HASH};
@@ -10,9 +14,9 @@ use crate::sys::{BPF_F_NO_PREALLOC, MAP_TYPE_HASH, MAP_TYPE_LRU_HASH};
 pub enum Layout {
     /// Calico ≤ v3.23: 64-byte value with 12-byte legs, IPv4 only.
     V2,
-    /// `cali_v*_ct3` written by Calico ≤ v3.29: value offset 0 is `created`.
+    /// `cali_v*_ct3` written by Calico ≤ v3.29: value offset 0 is `created`, no leg `workload`.
     V3Created,
-    /// `cali_v*_ct3` written by v3.30: value offset 0 is `rst_seen`.
+    /// `cali_v*_ct3` written by v3.30: value offset 0 is `rst_seen`; 16-bit flags as in ct2.
     V3,
     /// `cali_v*_ct4` (v3.31+): same bytes as v3, plus flags3/flags4 (v3.32+).
     V4,
@@ -497,5 +501,17 @@ mod tests {
         }
         assert_eq!(flag_label(0x100), "B-A");
         assert_eq!(flag_label(0x10), "0x10");
+    }
+
+    #[test]
+    fn fields_exist_from_the_release_that_added_them() {
+        let leg = |l| ValueOffsets::new(l, Family::V4).unwrap().leg.has_workload;
+        assert!(!leg(Layout::V2) && !leg(Layout::V3Created) && leg(Layout::V3) && leg(Layout::V4));
+        assert!(!ValueOffsets::new(Layout::V3Created, Family::V6).unwrap().leg.has_workload);
+        assert!(Layout::V4.has_high_flags() && !Layout::V3.has_high_flags() && !Layout::V3Created.has_high_flags());
+        assert_eq!(flag_label_in(Layout::V3, 0x4000), "0x4000");
+        assert_eq!(flag_label_in(Layout::V4, 0x4000), "no-redir-peer");
+        assert_eq!(flag_label_in(Layout::V2, 0x200), "0x200");
+        assert_eq!(flag_label_in(Layout::V3Created, 0x2000), "no-dsr");
     }
 }
