@@ -37,7 +37,9 @@ WRITER_KEYS = 2000
 
 @pytest.fixture(scope="module")
 def pin_writer(tmp_path_factory):
-    return build_c(HERE / "pin_writer.c", tmp_path_factory.mktemp("pinwriter") / "pin_writer")
+    """`churn_writer reopen`: a writer that reopens its pin and switches to the swapped-in map."""
+    exe = build_c(HERE / "churn_writer.c", tmp_path_factory.mktemp("pinwriter") / "churn_writer")
+    return [str(exe), "reopen"]
 
 
 def start(ns: BpfNamespace, *args: str, cwd: Path, pause: str | None = None) -> subprocess.Popen:
@@ -105,7 +107,7 @@ def test_final_delta_keeps_what_a_pin_reopening_writer_wrote_last(ns, tmp_path, 
     over them, and verification must accept the newer values."""
     original = make_map(ns, PIN, bpfkernel.LRU_HASH, 20_000, SMALL)
     out = tmp_path / "last.bin"
-    w = subprocess.Popen([str(pin_writer), ns.host(PIN), str(WRITER_KEYS), "20", str(out)], stdout=subprocess.PIPE,
+    w = subprocess.Popen([*pin_writer, ns.host(PIN), str(WRITER_KEYS), "20", str(out)], stdout=subprocess.PIPE,
                          text=True)
     assert w.stdout.readline().strip() == "ready"
     r = start(ns, "resize", PIN, "--max-entries", "40000", "--yes", cwd=tmp_path, pause="swap")
@@ -126,7 +128,7 @@ def test_delta_under_a_writer_running_through_the_swap(ns, tmp_path, pin_writer)
     """No pause: the writer runs through the whole resize and 20 ms past the swap."""
     original = make_map(ns, PIN, bpfkernel.LRU_HASH, 200_000, 100_000)
     out = tmp_path / "last.bin"
-    w = subprocess.Popen([str(pin_writer), ns.host(PIN), str(WRITER_KEYS), "20", str(out)], stdout=subprocess.PIPE,
+    w = subprocess.Popen([*pin_writer, ns.host(PIN), str(WRITER_KEYS), "20", str(out)], stdout=subprocess.PIPE,
                          text=True)
     assert w.stdout.readline().strip() == "ready"
     r = ns.ctscope("resize", PIN, "--max-entries", "300000", "--yes", cwd=tmp_path)

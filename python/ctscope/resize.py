@@ -139,6 +139,10 @@ def recover(pin: Path, say: Say, *, force: bool = False) -> list[str]:
             users = programs_using_map(cur_id)
             if users:
                 done.append(f"note: {_prog_list(users)} use the discarded map id {cur_id}; they keep it until reloaded")
+            holders = map_holders(cur_id)
+            if holders:
+                done.append(f"note: {_holder_list(holders)} hold the discarded map id {cur_id} open; what they write "
+                            "to it from now on is lost (restart them)")
         rename_pin(str(old), str(pin))
         what = ("was the same map" if cur_id == old_id else
                 "was missing" if cur_id is None else f"held map id {cur_id}, now discarded")

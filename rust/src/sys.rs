@@ -107,14 +107,18 @@ pub fn map_create(p: &CreateParams) -> io::Result<OwnedFd> {
 pub fn map_info(fd: BorrowedFd<'_>) -> io::Result<bpf_map_info> {
     // SAFETY: plain C struct, zero is a valid value.
     let mut info: bpf_map_info = unsafe { std::mem::zeroed() };
-    let mut attr = zeroed_attr();
-    {
-        attr.info.bpf_fd = fd.as_raw_fd() as u32;
-        attr.info.info_len = std::mem::size_of::<bpf_map_info>() as u32;
-        attr.info.info = &mut info as *mut _ as u64;
-    }
-    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    obj_info(fd, &mut info)?;
     Ok(info)
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` into `info` (a kernel `bpf_*_info` struct, whose pointer
+/// fields, if any, the caller has set).
+fn obj_info<T>(fd: BorrowedFd<'_>, info: &mut T) -> io::Result<()> {
+    let mut attr = zeroed_attr();
+    attr.info.bpf_fd = fd.as_raw_fd() as u32;
+    attr.info.info_len = std::mem::size_of::<T>() as u32;
+    attr.info.info = info as *mut T as u64;
+    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr).map(|_| ())
 }
 
 /// Outcome of one `BPF_MAP_LOOKUP_BATCH` call.
@@ -301,10 +305,6 @@ pub fn prog_info(fd: BorrowedFd<'_>, map_ids: &mut [u32]) -> io::Result<bpf_prog
     let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
     info.nr_map_ids = map_ids.len() as u32;
     info.map_ids = map_ids.as_mut_ptr() as u64;
-    let mut attr = zeroed_attr();
-    attr.info.bpf_fd = fd.as_raw_fd() as u32;
-    attr.info.info_len = std::mem::size_of::<bpf_prog_info>() as u32;
-    attr.info.info = &mut info as *mut _ as u64;
-    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    obj_info(fd, &mut info)?;
     Ok(info)
 }
