@@ -492,7 +492,8 @@ def _resize(pin: Path, max_entries: int, *, backup: str | None, keep_old: bool, 
         f"create {params['name']} with max_entries {max_entries:,} (same type, sizes, flags), {copy_desc}",
         "verify the new map holds exactly the copied key->value set",
         f"pin the live map also at {old.name}, then swap the new map in at {pin.name} by an atomic rename",
-        f"copy the entries changed in the old map meanwhile, then {'keep' if keep_old else 'remove'} {old.name}",
+        f"copy the entries changed in the old map meanwhile, except where the new map already holds the key with a "
+        f"newer or equal last_seen (a writer that reopened the pin), then {'keep' if keep_old else 'remove'} {old.name}",
     ]
     if res.programs:
         res.plan.append(f"{_prog_list(res.programs)}: loaded program(s) referencing the current map (id {live.id}); "
