@@ -157,7 +157,7 @@ def screen_lines(r: Refresh, where: str | None, interval: float, width: int, hei
     ag = s["autogrow"]
     verdict_style = {"ok": "green", "warning": "yellow", "grow": "bold red"}.get(ag["verdict"], "")
     lines: list[tuple[str, str]] = []
-    lines.append((f"ctscope watch  {g.snapshot.path}  every {interval:g}s  {_clock(g.wall_ns)}   q quits", "bold"))
+    lines.append((f"ctscope watch  {_clock(g.wall_ns)}  every {interval:g}s  q quits  {g.snapshot.path}", "bold"))
     if where:
         lines.append((f"only entries where {where}", "dim"))
     bar_w = 10
