@@ -16,6 +16,7 @@ flow that came and went is never seen, and several updates are one.
 from __future__ import annotations
 
 import dataclasses
+import os
 import time
 
 import polars as pl
@@ -27,6 +28,7 @@ from ctscope.analysis.sources import Snapshot, open_source
 from ctscope.errors import BadArgument
 
 EVENTS = ("new", "gone", "updated", "recreated")
+ENGINE = os.environ.get("CTSCOPE_LIVE_ENGINE", "streaming")  # bounded intermediates: no full join in memory
 EVENT_OF_CHANGE = {"new": "new", "gone": "gone", "changed": "updated", "recreated": "recreated"}
 
 
@@ -83,7 +85,7 @@ class Watcher:
         if self._t is None:
             self._t = timeouts_for(src, self.timeouts, self.felix_config)
         (lf,) = judged_parts(src, timeouts=self._t, where=self.where, reason_codes=True)
-        frame = side(lf, _CODE).with_columns(key_hash()).collect()
+        frame = compact(side(lf, _CODE).with_columns(key_hash())).collect(engine=ENGINE)
         snap = src.snapshots[0]
         del src, lf  # the full dump: only the generation's columns stay
         c = stats_mod.with_reasons(stats_mod.cube_query(frame.lazy()).collect())
@@ -102,10 +104,10 @@ class Watcher:
         interval = None
         if prev is not None and prev.snapshot.path == gen.snapshot.path:
             interval = (gen.mono_ns - prev.mono_ns) / 1e9 or None
-            got, events, top_b, top_p = self._compare(prev.frame.lazy(), gen.frame.lazy(), interval)
+            got, events, top_b, top_p = self._compare(expand(prev.frame), expand(gen.frame), interval)
             if got.filter(pl.col(COLLISION)).height:  # a 64-bit hash collision: classify exactly
-                got, events, top_b, top_p = self._compare(prev.frame.lazy().drop(KEY_HASH),
-                                                          gen.frame.lazy().drop(KEY_HASH), interval)
+                got, events, top_b, top_p = self._compare(expand(prev.frame).drop(KEY_HASH),
+                                                          expand(gen.frame).drop(KEY_HASH), interval)
             for change, n in got.group_by("change").agg(pl.col("len").sum()).iter_rows():
                 counts[change] = int(n)
         del prev
@@ -122,17 +124,34 @@ class Watcher:
         cols = ["proto", "src", "sport", "dst", "dport", "bytes_per_s", "packets_per_s"]
         events = None
         if self.events:
-            events = j.collect()
+            events = j.collect(engine=ENGINE)
             j = events.lazy()
         moving = j.filter(pl.col("change") != "gone").select(*cols)
         parts = [j.group_by("change", COLLISION).len().with_columns(pl.lit("count").alias("_top")),
                  *(moving.top_k(self.top, by=c).sort(c, descending=True).with_columns(pl.lit(c).alias("_top"))
                    for c in ("bytes_per_s", "packets_per_s"))]
         # One plan: polars computes the join once (a common subplan) for all three answers.
-        out = pl.concat(parts, how="diagonal_relaxed").collect()
+        out = pl.concat(parts, how="diagonal_relaxed").collect(engine=ENGINE)
         got = out.filter(pl.col("_top") == "count").select("change", COLLISION, "len")
         tops = [out.filter(pl.col("_top") == c).select(cols) for c in ("bytes_per_s", "packets_per_s")]
         return got, events, *tops
+
+
+def compact(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """A generation's own copy of its strings. A string column of the dump points into buffers
+    shared by the whole batch: keeping one column alive would keep the entire dump in memory.
+    src/dst are the key's addresses (which one, the row's `_src_is_a` says): only two columns
+    are copied; type and tcp_state become categoricals (a handful of values)."""
+    return (lf.with_columns((pl.col("src") == pl.col("addr_a")).alias("_src_is_a")).drop("src", "dst")
+            .with_columns(*(pl.concat_str(pl.col(c), pl.lit("")).alias(c) for c in ("addr_a", "addr_b")),
+                          pl.col("type", "tcp_state").cast(pl.Categorical)))
+
+
+def expand(frame: pl.DataFrame) -> pl.LazyFrame:
+    """A compact generation in diff.side()'s shape again (src/dst from the key's addresses)."""
+    a, b = pl.col("addr_a"), pl.col("addr_b")
+    return frame.lazy().with_columns(pl.when(pl.col("_src_is_a")).then(a).otherwise(b).alias("src"),
+                                     pl.when(pl.col("_src_is_a")).then(b).otherwise(a).alias("dst"))
 
 
 def event_rows(r: Refresh) -> pl.DataFrame:
