@@ -374,3 +374,36 @@ def test_real_prometheus_scrapes_entries_and_max_entries(make_ct_map, tmp_path):
         p.terminate()
         pr.wait(timeout=PATIENCE_S)
         p.wait(timeout=PATIENCE_S)
+
+
+def test_hashed_join_and_exact_join_classify_alike(make_ct_map):
+    """The key-hash join (default) and the exact join (the fallback on a hash collision) agree."""
+    from ctscope.analysis.diff import KEY
+    from ctscope.analysis.live import Watcher
+
+    m = make_ct_map("v4", 4, 1024)
+    t = now_ns()
+    for i in range(100):
+        m.update(key(i).pack(), value(t, 100 + i))
+    w = Watcher(str(m.path), events=True)
+    g1 = w.read()
+    for i in range(100, 110):
+        m.update(key(i).pack(), value(t))
+    for i in range(10):
+        m.update(key(i).pack(), value(t + 5, 5000 + i, 9))
+    for i in range(20, 30):
+        m.delete(key(i).pack())
+    g2 = w.read()
+    cols = ["change", *KEY, "src", "sport", "dst", "dport", "type", "tcp_state_new", "bytes_delta", "packets_delta"]
+    hashed = w._compare(g1.frame, g2.frame, 1.0)
+    exact = w._compare(g1.frame, g2.frame, 1.0, exact=True)
+    a, b = (r[1].select(cols).with_columns(pl_str("type"), pl_str("tcp_state_new")).sort(KEY) for r in (hashed, exact))
+    assert a.height == 30 and a.equals(b)
+    assert hashed[2].equals(exact[2])  # distinct byte rates; packet rates tie, so only their values
+    assert hashed[3]["packets_per_s"].to_list() == exact[3]["packets_per_s"].to_list()
+
+
+def pl_str(c: str):
+    import polars as pl
+
+    return pl.col(c).cast(pl.String)

@@ -74,8 +74,10 @@ def classify(o: pl.LazyFrame, n: pl.LazyFrame, dt_s: float | None) -> pl.LazyFra
 
     With a KEY_HASH column on both sides the join is on the hash; rows it paired whose keys
     differ (a 64-bit collision) are flagged in COLLISION: the caller then classifies again
-    without the hash."""
-    hashed = KEY_HASH in o.collect_schema().names() and KEY_HASH in n.collect_schema().names()
+    without the hash. Display columns (src, sport, dst, dport, idle_s) are passed through when
+    the frames have them: live.py classifies slim frames and looks them up for the few rows shown."""
+    have = set(o.collect_schema().names())
+    hashed = KEY_HASH in have and KEY_HASH in n.collect_schema().names()
     if hashed:
         j = o.join(n, on=KEY_HASH, how="full", coalesce=True, suffix="_new").with_columns(
             pl.any_horizontal(pl.col(k).ne(pl.col(f"{k}_new")).fill_null(False) for k in KEY).alias(COLLISION),
@@ -113,11 +115,11 @@ def classify(o: pl.LazyFrame, n: pl.LazyFrame, dt_s: float | None) -> pl.LazyFra
         .with_columns(delta("bytes").alias("bytes_delta"), delta("packets").alias("packets_delta"))
         .with_columns(rate("bytes_delta").alias("bytes_per_s"), rate("packets_delta").alias("packets_per_s"))
         .select(
-            "change", *KEY, either("src"), either("sport"), either("dst"), either("dport"), either("type"),
+            "change", *KEY, *(either(c) for c in ("src", "sport", "dst", "dport") if c in have), either("type"),
             pl.col("tcp_state").alias("tcp_state_old"), pl.col("tcp_state_new"),
             pl.col("bytes").alias("bytes_old"), "bytes_new", "bytes_delta", "bytes_per_s",
             pl.col("packets").alias("packets_old"), "packets_new", "packets_delta", "packets_per_s",
-            pl.col("idle_s_new"), *([COLLISION] if hashed else []),
+            *(["idle_s_new"] if "idle_s" in have else []), *([KEY_HASH, COLLISION] if hashed else []),
         )
     )
 

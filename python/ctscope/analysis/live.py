@@ -104,10 +104,9 @@ class Watcher:
         interval = None
         if prev is not None and prev.snapshot.path == gen.snapshot.path:
             interval = (gen.mono_ns - prev.mono_ns) / 1e9 or None
-            got, events, top_b, top_p = self._compare(expand(prev.frame), expand(gen.frame), interval)
+            got, events, top_b, top_p = self._compare(prev.frame, gen.frame, interval)
             if got.filter(pl.col(COLLISION)).height:  # a 64-bit hash collision: classify exactly
-                got, events, top_b, top_p = self._compare(expand(prev.frame).drop(KEY_HASH),
-                                                          expand(gen.frame).drop(KEY_HASH), interval)
+                got, events, top_b, top_p = self._compare(prev.frame, gen.frame, interval, exact=True)
             for change, n in got.group_by("change").agg(pl.col("len").sum()).iter_rows():
                 counts[change] = int(n)
         del prev
@@ -116,25 +115,63 @@ class Watcher:
         self.prev = gen
         return Refresh(gen, interval, counts, events, top_b, top_p)
 
-    def _compare(self, old: pl.LazyFrame, new: pl.LazyFrame, interval: float | None):
-        j = classify(old, new, interval).filter(pl.col("change") != "unchanged")
+    def _compare(self, old: pl.DataFrame, new: pl.DataFrame, interval: float | None, exact: bool = False):
+        """(counts by change and COLLISION, events or None, top by bytes/s, top by packets/s).
+
+        By default the join is on the key hash and over the columns classify judges only
+        (a join output of every column of both generations costs more than the dump); the
+        display columns are looked up for the rows shown. `exact`: the whole rows, on the key."""
+        if exact:
+            j = classify(expand(old).drop(KEY_HASH), expand(new).drop(KEY_HASH), interval)
+        else:
+            j = classify(old.lazy().select(SLIM), new.lazy().select(SLIM), interval)
+        j = j.filter(pl.col("change") != "unchanged")
         if COLLISION not in j.collect_schema().names():
             j = j.with_columns(pl.lit(False).alias(COLLISION))
         j = j.with_columns(pl.col("change").replace_strict(EVENT_OF_CHANGE, return_dtype=pl.String))
-        cols = ["proto", "src", "sport", "dst", "dport", "bytes_per_s", "packets_per_s"]
         events = None
+        # Materialised once (only changed rows): a plan with three consumers of the join would
+        # compute the join three times.
+        changed = j.collect(engine=ENGINE)
         if self.events:
-            events = j.collect(engine=ENGINE)
-            j = events.lazy()
-        moving = j.filter(pl.col("change") != "gone").select(*cols)
+            events = changed if exact else _displayed(changed, old, new)
+            changed = events
+        j = changed.lazy()
+        tops = ("bytes_per_s", "packets_per_s")
+        moving = j.filter(pl.col("change") != "gone")
         parts = [j.group_by("change", COLLISION).len().with_columns(pl.lit("count").alias("_top")),
                  *(moving.top_k(self.top, by=c).sort(c, descending=True).with_columns(pl.lit(c).alias("_top"))
-                   for c in ("bytes_per_s", "packets_per_s"))]
-        # One plan: polars computes the join once (a common subplan) for all three answers.
-        out = pl.concat(parts, how="diagonal_relaxed").collect(engine=ENGINE)
+                   for c in tops)]
+        out = pl.concat(parts, how="diagonal_relaxed").collect()
         got = out.filter(pl.col("_top") == "count").select("change", COLLISION, "len")
-        tops = [out.filter(pl.col("_top") == c).select(cols) for c in ("bytes_per_s", "packets_per_s")]
-        return got, events, *tops
+        shown = out.filter(pl.col("_top") != "count")
+        if not exact and not self.events:
+            shown = _displayed(shown, old, new)
+        cols = ["proto", "src", "sport", "dst", "dport", "bytes_per_s", "packets_per_s"]
+        return got, events, *(shown.filter(pl.col("_top") == c).select(cols) for c in tops)
+
+
+# What classify judges (plus the key and its hash); the rest is looked up for rows shown.
+SLIM = [KEY_HASH, *KEY, "type", "tcp_state", "flags", "last_seen_ns", "created_ns", "bytes", "packets"]
+DISPLAY = ["src", "sport", "dst", "dport"]
+
+
+def _displayed(rows: pl.DataFrame, old: pl.DataFrame, new: pl.DataFrame) -> pl.DataFrame:
+    """`rows` (classified on slim frames) with their display columns: the new generation's,
+    the old one's for gone rows."""
+    few = rows.height < 10_000
+    hashes = rows.get_column(KEY_HASH).implode() if few else None
+
+    def disp(gen: pl.DataFrame, suffix: str) -> pl.LazyFrame:
+        lf = gen.lazy()
+        if few:
+            lf = lf.filter(pl.col(KEY_HASH).is_in(hashes))
+        return expand(lf.collect()).select(KEY_HASH, *(pl.col(c).alias(c + suffix) for c in DISPLAY))
+
+    return (rows.lazy().join(disp(new, ""), on=KEY_HASH, how="left")
+            .join(disp(old, "_old"), on=KEY_HASH, how="left")
+            .with_columns(pl.coalesce(c, c + "_old").alias(c) for c in DISPLAY)
+            .drop([c + "_old" for c in DISPLAY]).collect())
 
 
 def compact(lf: pl.LazyFrame) -> pl.LazyFrame:
@@ -147,7 +184,7 @@ def compact(lf: pl.LazyFrame) -> pl.LazyFrame:
                           pl.col("type", "tcp_state").cast(pl.Categorical)))
 
 
-def expand(frame: pl.DataFrame) -> pl.LazyFrame:
+def expand(frame: pl.DataFrame | pl.LazyFrame) -> pl.LazyFrame:
     """A compact generation in diff.side()'s shape again (src/dst from the key's addresses)."""
     a, b = pl.col("addr_a"), pl.col("addr_b")
     return frame.lazy().with_columns(pl.when(pl.col("_src_is_a")).then(a).otherwise(b).alias("src"),
