@@ -390,7 +390,7 @@ def test_hashed_join_and_exact_join_classify_alike(make_ct_map):
     for i in range(100, 110):
         m.update(key(i).pack(), value(t))
     for i in range(10):
-        m.update(key(i).pack(), value(t + 5, 5000 + i, 9))
+        m.update(key(i).pack(), value(t + 5, 5000 + 50 * i, 9))  # distinct byte deltas
     for i in range(20, 30):
         m.delete(key(i).pack())
     g2 = w.read()
