@@ -407,3 +407,15 @@ def pl_str(c: str):
     import polars as pl
 
     return pl.col(c).cast(pl.String)
+
+
+def test_readme_alert_rule_is_valid_for_prometheus(tmp_path):
+    promtool = shutil.which("promtool")
+    if promtool is None:
+        skip_or_fail("needs promtool (apt-get install prometheus)")
+    readme = (Path(__file__).resolve().parent.parent / "README.md").read_text()
+    block = readme[readme.index("```yaml\ngroups:") + len("```yaml\n"):]
+    (tmp_path / "rules.yml").write_text(block[:block.index("```")])
+    p = subprocess.run([promtool, "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, text=True)
+    assert p.returncode == 0 and "2 rules found" in p.stdout, p.stdout + p.stderr
+    assert "ctscope_conntrack_fill_after_sweep_ratio > 0.90" in block  # Felix's grow threshold
