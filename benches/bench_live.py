@@ -25,8 +25,11 @@ import time
 import urllib.request
 from pathlib import Path
 
-import ctscope
-from ctscope.analysis.live import Watcher
+# As given (polars prepends its own defaults to _RJEM_MALLOC_CONF when imported).
+ALLOCATOR_ENV = {k: os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_ARENA_MAX", "_RJEM_MALLOC_CONF")}
+
+import ctscope  # noqa: E402
+from ctscope.analysis.live import Watcher  # noqa: E402
 from ctscope.bench import map_to_measure
 
 
@@ -72,21 +75,25 @@ def serve_in_cgroup(pin: str, mib: int, reads: int = 6) -> dict:
                               "--min-interval", "0"], stderr=subprocess.DEVNULL,
                              preexec_fn=lambda: (cg / "cgroup.procs").write_text(str(os.getpid())))
         good = 0
+        deadline = time.monotonic() + 600
+        while p.poll() is None and time.monotonic() < deadline:  # its first read happens before it listens
+            try:
+                urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=600).read()
+                break
+            except OSError:
+                time.sleep(0.5)
         for _ in range(reads):
             try:
                 text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=600).read().decode()
                 good += "ctscope_last_read_success 1.0" in text
             except OSError:
-                if p.poll() is not None:
-                    break
-                time.sleep(0.5)
+                break
         alive = p.poll() is None
         p.terminate()
         p.wait()
         peak = (cg / ("memory.max_usage_in_bytes" if v1.is_dir() else "memory.peak")).read_text()
         return {"limit_mib": mib, "good_reads": good, "survived": alive, "peak_mib": int(peak) >> 20,
-                "allocator_env": {k: os.environ.get(k) for k in ("MALLOC_MMAP_THRESHOLD_", "MALLOC_ARENA_MAX",
-                                                                "_RJEM_MALLOC_CONF")}}
+                "allocator_env": ALLOCATOR_ENV}
     finally:
         cg.rmdir()
 
