@@ -76,6 +76,7 @@ class Watcher:
         self.top, self.events = top, events
         self.prev: Generation | None = None
         self._t = None
+        return_freed_memory()
 
     def read(self) -> Generation:
         t0, c0 = time.perf_counter(), time.process_time()
@@ -172,6 +173,25 @@ def _displayed(rows: pl.DataFrame, old: pl.DataFrame, new: pl.DataFrame) -> pl.D
             .join(disp(old, "_old"), on=KEY_HASH, how="left")
             .with_columns(pl.coalesce(c, c + "_old").alias(c) for c in DISPLAY)
             .drop([c + "_old" for c in DISPLAY]).collect())
+
+
+def return_freed_memory() -> None:
+    """glibc: buffers over 64 KiB are mmapped (unmapped when freed) and at most two arenas, as
+    MALLOC_MMAP_THRESHOLD_=65536 MALLOC_ARENA_MAX=2 would do. A long-running reader would
+    otherwise keep every freed dump in its heap (serve: 1.3 GB instead of ~0.75 GB at 1M
+    entries). The environment variables, when set, win. No-op elsewhere."""
+    import ctypes
+    import ctypes.util
+
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return
+    if "MALLOC_MMAP_THRESHOLD_" not in os.environ:
+        mallopt(-3, 65536)  # M_MMAP_THRESHOLD
+    if "MALLOC_ARENA_MAX" not in os.environ:
+        mallopt(-8, 2)  # M_ARENA_MAX
 
 
 def compact(lf: pl.LazyFrame) -> pl.LazyFrame:
