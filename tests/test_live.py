@@ -193,31 +193,49 @@ def tmux(*args: str, sock: str) -> str:
     return subprocess.run(["tmux", "-L", sock, *args], capture_output=True, text=True, check=True).stdout
 
 
+class Terminal:
+    """`ctscope watch PIN` in a real 80x24 terminal (a tmux session); `rc` holds its exit code."""
+
+    def __init__(self, pin, tmp_path: Path):
+        if shutil.which("tmux") is None:
+            skip_or_fail("needs tmux (apt-get install tmux)")
+        self.sock = f"ctscope-test-{os.getpid()}-{tmp_path.name}"
+        self.done = tmp_path / "rc"
+        cmd = f"{sys.executable} -m ctscope watch {pin} --interval 0.3; echo $? > {self.done}; sleep 60"
+        tmux("new-session", "-d", "-x", "80", "-y", "24", cmd, sock=self.sock)
+
+    def pane(self) -> str:
+        return tmux("capture-pane", "-p", sock=self.sock)
+
+    def wait_for(self, pred, what: str) -> str:
+        deadline = time.monotonic() + PATIENCE_S
+        while time.monotonic() < deadline:
+            text = self.pane()
+            if pred(text):
+                return text
+            time.sleep(0.2)
+        raise AssertionError(f"never saw {what}:\n{self.pane()}")
+
+    def keys(self, *keys: str) -> int:
+        """Send keys; the exit code of watch once it has left."""
+        tmux("send-keys", *keys, sock=self.sock)
+        deadline = time.monotonic() + PATIENCE_S
+        while not self.done.exists() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        return int(self.done.read_text())
+
+    def close(self) -> None:
+        subprocess.run(["tmux", "-L", self.sock, "kill-server"], capture_output=True)
+
+
 def test_screen_in_a_real_terminal_draws_refreshes_and_quits_on_q(make_ct_map, tmp_path):
-    if shutil.which("tmux") is None:
-        skip_or_fail("needs tmux (apt-get install tmux)")
     m = make_ct_map("v4", 4, 1000)
     t = now_ns()
     for i in range(100):
         m.update(key(i).pack(), value(t))
-    sock = f"ctscope-test-{os.getpid()}"
-    done = tmp_path / "rc"
-    cmd = (f"{sys.executable} -m ctscope watch {m.path} --interval 0.3; echo $? > {done}; sleep 60")
-    tmux("new-session", "-d", "-x", "80", "-y", "24", cmd, sock=sock)
+    term = Terminal(m.path, tmp_path)
     try:
-        def pane():
-            return tmux("capture-pane", "-p", sock=sock)
-
-        def wait_for(pred, what):
-            deadline = time.monotonic() + PATIENCE_S
-            while time.monotonic() < deadline:
-                text = pane()
-                if pred(text):
-                    return text
-                time.sleep(0.2)
-            raise AssertionError(f"never saw {what}:\n{pane()}")
-
-        first = wait_for(lambda s: "100/1,000" in s and "Busiest by bytes/s" in s, "the first screen")
+        first = term.wait_for(lambda s: "100/1,000" in s and "Busiest by bytes/s" in s, "the first screen")
         lines = first.splitlines()
         assert len(lines) <= 24 and all(len(x) <= 80 for x in lines)
         assert lines[0].startswith("ctscope watch") and "q quits" in lines[0]
@@ -227,15 +245,24 @@ def test_screen_in_a_real_terminal_draws_refreshes_and_quits_on_q(make_ct_map, t
         m.update(key(7).pack(), value(t2, 10_000_000, 5000))
         for i in range(100, 150):
             m.update(key(i).pack(), value(t2))
-        wait_for(lambda s: "150/1,000" in s and f"10.1.0.8:{20007}" in s, "the refreshed screen")
-        tmux("send-keys", "q", sock=sock)
-        deadline = time.monotonic() + PATIENCE_S
-        while not done.exists() and time.monotonic() < deadline:
-            time.sleep(0.1)
-        assert done.read_text().strip() == "0"
-        assert "Busiest" not in pane()  # the alternate screen is gone
+        term.wait_for(lambda s: "150/1,000" in s and f"10.1.0.8:{20007}" in s, "the refreshed screen")
+        assert term.keys("q") == 0
+        assert "Busiest" not in term.pane()  # the alternate screen is gone
     finally:
-        subprocess.run(["tmux", "-L", sock, "kill-server"], capture_output=True)
+        term.close()
+
+
+def test_screen_leaves_cleanly_on_ctrl_c(make_ct_map, tmp_path):
+    m = make_ct_map("v4", 4, 1000)
+    m.update(key(1).pack(), value(now_ns()))
+    term = Terminal(m.path, tmp_path)
+    try:
+        term.wait_for(lambda s: "1/1,000" in s, "the screen")
+        assert term.keys("C-c") == 0
+        pane = term.pane()
+        assert "Busiest" not in pane and "Traceback" not in pane and "interrupted" not in pane
+    finally:
+        term.close()
 
 
 # ------------------------------------------------------------------------------------------ serve

@@ -124,7 +124,9 @@ def make_server(exporter: Exporter, host: str, port: int) -> ThreadingHTTPServer
     registry.register(exporter)
 
     class Handler(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.1"
+        # One request per connection: on SIGTERM, server_close() waits for the requests in flight
+        # (non-daemon threads) without waiting on idle keep-alive connections.
+        protocol_version = "HTTP/1.0"
 
         def do_GET(self):  # noqa: N802
             path = self.path.split("?", 1)[0]
@@ -151,7 +153,7 @@ def make_server(exporter: Exporter, host: str, port: int) -> ThreadingHTTPServer
 
     ThreadingHTTPServer.allow_reuse_address = True
     server = ThreadingHTTPServer((host, port), Handler)
-    server.daemon_threads = True
+    server.daemon_threads = False
     return server
 
 
