@@ -48,15 +48,15 @@ def watch(
         raise BadArgument("--count counts events: use it with --events")
     w = Watcher(pin, bpffs=bpffs, ipv6=ipv6, layout=layout, where=where, timeouts=timeouts,
                 felix_config=felix_config, top=top, events=events)
-    w.refresh()  # fail fast (no such pin, bad --where) before taking over the terminal
+    first = w.refresh()  # fail fast (no such pin, bad --where) before taking over the terminal
     deadline = None if duration is None else time.monotonic() + duration
     try:
         if events:
             _events(w, interval, deadline, fmt, count)
         elif sys.stdout.isatty():
-            _screen(w, interval, deadline, where)
+            _screen(w, first, interval, deadline, where)
         else:
-            _lines(w, interval, deadline)
+            _lines(w, first, interval, deadline)
     except KeyboardInterrupt:
         pass  # Ctrl-C is how a watch ends: exit 0, terminal restored
 
@@ -132,8 +132,8 @@ def summary_line(r: Refresh) -> str:
             f"read_s={g.read_s:.3f} refresh_s={g.refresh_s:.3f} cpu_s={g.cpu_s:.3f}")
 
 
-def _lines(w: Watcher, interval: float, deadline: float | None) -> None:
-    print(summary_line(w.refresh()), flush=True)
+def _lines(w: Watcher, first: Refresh, interval: float, deadline: float | None) -> None:
+    print(summary_line(first), flush=True)
     for _ in _ticks(interval, deadline):
         print(summary_line(w.refresh()), flush=True)
 
@@ -210,7 +210,7 @@ def _si(v: float | None) -> str:
     return f"{v:.0f}"
 
 
-def _screen(w: Watcher, interval: float, deadline: float | None, where: str | None) -> None:
+def _screen(w: Watcher, first: Refresh, interval: float, deadline: float | None, where: str | None) -> None:
     from rich.console import Console, Group
     from rich.live import Live
     from rich.text import Text
@@ -225,7 +225,7 @@ def _screen(w: Watcher, interval: float, deadline: float | None, where: str | No
     stdin = sys.stdin if sys.stdin.isatty() else None
     restore = _cbreak(stdin)
     try:
-        with Live(render(w.refresh()), console=console, screen=True, auto_refresh=False) as live:
+        with Live(render(first), console=console, screen=True, auto_refresh=False) as live:
             def keys(timeout: float) -> bool:
                 if stdin is None:
                     time.sleep(timeout)
