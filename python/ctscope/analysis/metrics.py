@@ -138,6 +138,31 @@ def families(st: dict, e: Exposition | None = None) -> Exposition:
     return e
 
 
+def exporter_families(e: Exposition, *, reads: int, errors: int, last_ok: bool | None, last_duration: float,
+                      last_wall: float, changes: dict[str, int] | None, labels: dict | None) -> Exposition:
+    """`ctscope serve`'s own series: build info, its reads, and the flows seen to change
+    between reads (`changes`: live.py's counts summed over reads, labelled with `labels`)."""
+    import sys
+
+    from ctscope import __version__
+
+    pre = "ctscope_"
+    e.add("build", "info", "ctscope build information.",
+          {"version": __version__, "python": ".".join(map(str, sys.version_info[:3]))}, 1, prefix=pre)
+    e.add("reads", "counter", "Map reads (one per scrape at most every --min-interval).", {}, reads, prefix=pre)
+    e.add("read_errors", "counter", "Map reads that failed (no such pin, permission, ...).", {}, errors, prefix=pre)
+    if last_ok is not None:
+        e.add("last_read_success", "gauge", "1 if the last map read succeeded, else 0.", {}, int(last_ok), prefix=pre)
+        e.add("last_read_duration_seconds", "gauge", "Wall time of the last read: dump, Felix's rules, counting.",
+              {}, last_duration, prefix=pre)
+        e.add("last_read_timestamp_seconds", "gauge", "When the last read started (Unix seconds).", {}, last_wall,
+              prefix=pre)
+    for k, n in (changes or {}).items():
+        e.add("changes", "counter", "Flows seen to change between two reads (new, gone, updated, recreated).",
+              {**(labels or {}), "change": k}, n)
+    return e
+
+
 def metrics(source=None, **kw) -> str:
     """Prometheus text exposition for SOURCE (keyword arguments as for `ctscope.stats`)."""
     return exposition(stats(source, **kw))

@@ -19,7 +19,7 @@ from typing import Optional
 import typer
 
 from ctscope.analysis.live import EVENTS, Watcher
-from ctscope.analysis.metrics import Exposition, families
+from ctscope.analysis.metrics import Exposition, exporter_families, families
 from ctscope.cli import analysis_io as io
 from ctscope.cli.app import app
 from ctscope.cli.watch import PIN_HELP
@@ -75,37 +75,17 @@ class Exporter:
                 self.last_start = now
                 self._read()
             e = families(self.st) if self.st is not None else Exposition()
-            serve_families(self, e)
-            return e
+            s = self.st["snapshots"][0] if self.st is not None else None
+            return exporter_families(e, reads=self.reads, errors=self.errors, last_ok=self.last_ok,
+                                     last_duration=self.last_duration, last_wall=self.last_wall,
+                                     changes=self.changes if s else None,
+                                     labels={"node": s["node"], "map": s["map_name"]} if s else None)
 
     def collect(self):  # prometheus_client Collector protocol
         return self.exposition().prometheus()
 
     def describe(self):
         return []
-
-
-def serve_families(x: Exporter, e: Exposition) -> None:
-    """The exporter's own series (besides metrics.families' conntrack ones)."""
-    from ctscope import __version__
-
-    pre = "ctscope_"
-    e.add("build", "info", "ctscope build information.", {"version": __version__,
-          "python": ".".join(map(str, sys.version_info[:3]))}, 1, prefix=pre)
-    e.add("reads", "counter", "Map reads (one per scrape at most every --min-interval).", {}, x.reads, prefix=pre)
-    e.add("read_errors", "counter", "Map reads that failed (no such pin, permission, ...).", {}, x.errors, prefix=pre)
-    if x.last_ok is not None:
-        e.add("last_read_success", "gauge", "1 if the last map read succeeded, else 0.", {}, int(x.last_ok), prefix=pre)
-        e.add("last_read_duration_seconds", "gauge", "Wall time of the last read: dump, Felix's rules, counting.",
-              {}, x.last_duration, prefix=pre)
-        e.add("last_read_timestamp_seconds", "gauge", "When the last read started (Unix seconds).", {}, x.last_wall,
-              prefix=pre)
-    if x.st is not None:
-        s = x.st["snapshots"][0]
-        base = {"node": s["node"], "map": s["map_name"]}
-        for k, n in x.changes.items():
-            e.add("changes", "counter", "Flows seen to change between two reads (new, gone, updated, recreated).",
-                  {**base, "change": k}, n)
 
 
 def parse_listen(listen: str) -> tuple[str, int]:
