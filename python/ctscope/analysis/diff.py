@@ -19,6 +19,12 @@ from ctscope.errors import BadArgument
 KEY = ["proto", "addr_a", "port_a", "addr_b", "port_b"]
 SAME_BOOT_TOLERANCE_NS = 2_000_000_000  # boot time = wall - mono, jitters by the two clock reads
 CHANGES = ("new", "gone", "changed", "recreated", "unchanged")
+KEY_HASH = "_key_hash"  # optional: a u64 hash of KEY in both frames makes classify's join ~4x cheaper
+COLLISION = "_key_collision"
+
+
+def key_hash() -> pl.Expr:
+    return pl.struct(KEY).hash().alias(KEY_HASH)
 
 
 @dataclasses.dataclass
@@ -45,27 +51,44 @@ def _side(src: Source, where: str | None) -> pl.LazyFrame:
     cond = where_filter(where, lf)
     if cond is not None:
         lf = lf.filter(cond)
+    return side(lf)
+
+
+def side(lf: pl.LazyFrame, *extra: str) -> pl.LazyFrame:
+    """The columns `classify` compares (and `extra` ones), from entries in the public schema
+    (live.py keeps the generations of a live map in this shape)."""
     return lf.select(
-        *KEY, "src", "sport", "dst", "dport", "type", "tcp_state", "flags", "last_seen_ns", "idle_s",
+        *KEY, "src", "sport", "dst", "dport", "type", "tcp_state", "flags", "last_seen_ns", "created_ns", "idle_s",
         (pl.col("a2b_bytes").fill_null(0) + pl.col("b2a_bytes").fill_null(0)).alias("bytes"),
         (pl.col("a2b_packets").cast(pl.UInt64).fill_null(0) + pl.col("b2a_packets").cast(pl.UInt64).fill_null(0))
         .alias("packets"),
+        *extra,
     )
 
 
-def diff(old, new, *, where: str | None = None, all: bool = False, **source_kw) -> Diff:
-    """Compare two single snapshots (or live pins). `all` keeps unchanged flows too."""
-    srcs = [s if isinstance(s, Source) else open_source(s, **source_kw) for s in (old, new)]
-    for s in srcs:
-        if not s.single:
-            raise BadArgument(f"{s.spec}: holds {len(s.snapshots)} snapshots; diff compares two single snapshots")
-    o, n = (_side(s, where) for s in srcs)
-    dt_s, clock = _interval(*srcs)
-    j = o.join(n, on=KEY, how="full", coalesce=True, suffix="_new")
+def classify(o: pl.LazyFrame, n: pl.LazyFrame, dt_s: float | None) -> pl.LazyFrame:
+    """Every flow of two dumps (`side` shape), joined on the CT key, with its `change`: new,
+    gone, recreated (counters or last_seen went backwards, or another `created` time: the key
+    was deleted and made again in between), changed, unchanged; byte/packet deltas and rates
+    over `dt_s`. The one classifier of `diff` and of live.py's refresh-to-refresh changes.
+
+    With a KEY_HASH column on both sides the join is on the hash; rows it paired whose keys
+    differ (a 64-bit collision) are flagged in COLLISION: the caller then classifies again
+    without the hash. Display columns (src, sport, dst, dport, idle_s) are passed through when
+    the frames have them: live.py classifies slim frames and looks them up for the few rows shown."""
+    have = set(o.collect_schema().names())
+    hashed = KEY_HASH in have and KEY_HASH in n.collect_schema().names()
+    if hashed:
+        j = o.join(n, on=KEY_HASH, how="full", coalesce=True, suffix="_new").with_columns(
+            pl.any_horizontal(pl.col(k).ne(pl.col(f"{k}_new")).fill_null(False) for k in KEY).alias(COLLISION),
+            *[pl.coalesce(k, f"{k}_new").alias(k) for k in KEY])
+    else:
+        j = o.join(n, on=KEY, how="full", coalesce=True, suffix="_new")
     in_old, in_new = pl.col("last_seen_ns").is_not_null(), pl.col("last_seen_ns_new").is_not_null()
     went_back = (
         (pl.col("last_seen_ns_new") < pl.col("last_seen_ns"))
         | (pl.col("bytes_new") < pl.col("bytes")) | (pl.col("packets_new") < pl.col("packets"))
+        | (pl.col("created_ns_new") != pl.col("created_ns")).fill_null(False)
     )
     moved = (
         (pl.col("last_seen_ns_new") != pl.col("last_seen_ns")) | (pl.col("bytes_new") != pl.col("bytes"))
@@ -86,19 +109,30 @@ def diff(old, new, *, where: str | None = None, all: bool = False, **source_kw) 
         .otherwise(pl.col(f"{c}_new").cast(pl.Int64) - pl.col(c).cast(pl.Int64))
     )
     rate = (lambda c: pl.col(c) / dt_s) if dt_s and dt_s > 0 else (lambda c: pl.lit(None, pl.Float64))
-    side = lambda c: pl.coalesce(pl.col(f"{c}_new"), pl.col(c)).alias(c)  # noqa: E731
-    flows = (
+    either = lambda c: pl.coalesce(pl.col(f"{c}_new"), pl.col(c)).alias(c)  # noqa: E731
+    return (
         j.with_columns(change.alias("change"))
         .with_columns(delta("bytes").alias("bytes_delta"), delta("packets").alias("packets_delta"))
         .with_columns(rate("bytes_delta").alias("bytes_per_s"), rate("packets_delta").alias("packets_per_s"))
         .select(
-            "change", *KEY, side("src"), side("sport"), side("dst"), side("dport"), side("type"),
+            "change", *KEY, *(either(c) for c in ("src", "sport", "dst", "dport") if c in have), either("type"),
             pl.col("tcp_state").alias("tcp_state_old"), pl.col("tcp_state_new"),
             pl.col("bytes").alias("bytes_old"), "bytes_new", "bytes_delta", "bytes_per_s",
             pl.col("packets").alias("packets_old"), "packets_new", "packets_delta", "packets_per_s",
-            pl.col("idle_s_new"),
+            *(["idle_s_new"] if "idle_s" in have else []), *([KEY_HASH, COLLISION] if hashed else []),
         )
     )
+
+
+def diff(old, new, *, where: str | None = None, all: bool = False, **source_kw) -> Diff:
+    """Compare two single snapshots (or live pins). `all` keeps unchanged flows too."""
+    srcs = [s if isinstance(s, Source) else open_source(s, **source_kw) for s in (old, new)]
+    for s in srcs:
+        if not s.single:
+            raise BadArgument(f"{s.spec}: holds {len(s.snapshots)} snapshots; diff compares two single snapshots")
+    o, n = (_side(s, where) for s in srcs)
+    dt_s, clock = _interval(*srcs)
+    flows = classify(o, n, dt_s)
     with srcs[0].reading(), srcs[1].reading():
         df = flows.collect()
     counts = dict(df.group_by("change").len().iter_rows())

@@ -48,14 +48,24 @@ def cube(src: Source, *, timeouts=None, felix_config=None, where: str | None = N
     bucket. Snapshots are aggregated one at a time: memory holds one, however many there are."""
     cubes = []
     for lf in judged_parts(src, timeouts=timeouts, felix_config=felix_config, where=where, reason_codes=True):
-        q = (
-            lf.with_columns(idle_bucket().alias("_idle_bucket"))
-            .group_by([SNAP, "proto", "type", "tcp_state", _CODE, "_idle_bucket"])
-            .agg(pl.len().alias("n"), pl.col("idle_s").sum().alias("idle_sum"))
-        )
         with src.reading():
-            cubes.append(q.collect(engine="streaming"))
-    c = pl.concat(cubes, how="vertical_relaxed")
+            cubes.append(cube_query(lf).collect(engine="streaming"))
+    return with_reasons(pl.concat(cubes, how="vertical_relaxed"))
+
+
+def cube_query(lf: pl.LazyFrame) -> pl.LazyFrame:
+    """The cube of judged rows (`_expire_code` from judged_parts(reason_codes=True)); rows
+    without `_snap` count as snapshot 0 (live.py's generations)."""
+    if SNAP not in lf.collect_schema().names():
+        lf = lf.with_columns(pl.lit(0, pl.UInt32).alias(SNAP))
+    return (
+        lf.with_columns(idle_bucket().alias("_idle_bucket"))
+        .group_by([SNAP, "proto", "type", "tcp_state", _CODE, "_idle_bucket"])
+        .agg(pl.len().alias("n"), pl.col("idle_s").sum().alias("idle_sum"), pl.col("idle_s").max().alias("idle_max"))
+    )
+
+
+def with_reasons(c: pl.DataFrame) -> pl.DataFrame:
     return c.with_columns(
         pl.col(_CODE).replace_strict(REASON_OF_CODE, default=None, return_dtype=pl.String).alias("expire_reason"))
 
@@ -109,6 +119,7 @@ def summarize(c: pl.DataFrame, max_entries: int) -> dict:
                               .agg(pl.col("n").sum()).sort("n", descending=True).iter_rows()},
         "idle_histogram": _histogram(c),
         "idle_seconds_sum": float(c["idle_sum"].sum() or 0.0),
+        "oldest_idle_s": float(c["idle_max"].max()) if c.height else None,
     })
     return out
 
