@@ -309,6 +309,7 @@ def walk_record(dump, info, end_wall_ns: int) -> dict:
         "restarts": restarts,
         "vanished": vanished,
         "duplicates_dropped": int(st.get("duplicates_dropped", 0)),
+        "visits": int(st.get("visits", 0)),  # keys the per-key walk visited (0 for batch reads)
         "seconds": round((end_wall_ns - dump.wall_ns) / 1e9, 3),
         "finished": bool(dump.finished),
         "changed": rows > info.max_entries or restarts > 0 or vanished > 0,

@@ -55,21 +55,27 @@ class Fill:
         return ("ok", "warning", "high")[level(self.ratio)]
 
     def text(self) -> str:
-        """`97.7%`, or `≥ 100% (1,650,951 seen during a changing walk)`."""
+        """`97.7%`, or `≥ 100%` when the walk read more entries than the map can hold."""
         if self.ratio is None:
             return "n/a"
-        if self.seen_over:
-            return f"≥ 100% ({self.entries:,} seen during a changing walk)"
-        return f"{self.ratio:.1%}"
+        return "≥ 100%" if self.seen_over else f"{self.ratio:.1%}"
+
+    def seen(self) -> str:
+        """Why a fill reads `≥ 100%` (empty otherwise)."""
+        if not self.seen_over:
+            return ""
+        return (f"{self.entries:,} entries read, more than max_entries {self.max_entries:,}: the map changed "
+                "during the walk")
 
     def warning(self) -> str | None:
         """One sentence for a map at `high` or `full`, None otherwise."""
         v = self.verdict
         if v not in ("high", "full"):
             return None
-        what = "full" if v == "full" else f"more than {GROW_AT:.0%} full"
-        return (f"the map is {what} now ({self.text()} of {self.max_entries:,}): a full LRU map (ct4) evicts live "
-                "connections for each new one, a full hash map (ct2/ct3) refuses new connections")
+        what = f"full now ({self.seen()})" if self.seen_over else (
+            f"{self.text()} full now ({self.entries:,} of {self.max_entries:,})")
+        return (f"the map is {what}: a full LRU map (ct4) evicts live connections for each new one, a full hash "
+                "map (ct2/ct3) refuses new connections")
 
     def as_dict(self) -> dict:
         return {"fill_ratio": self.ratio, "fill_now": self.verdict, "fill_seen_over_max": self.seen_over}

@@ -66,9 +66,10 @@ def format_stats(st: dict) -> str:
     ]
     ag = st["autogrow"]
     now = fill.judge(st["total_entries"], st["map_size"])
+    after = fill.judge(st["total_entries"] - st["expired"], st["map_size"])
     if now.ratio is not None:
         lines.append(f"Fill: {now.text()} of {st['map_size']:,} now: {now.verdict}; after Felix's next sweep "
-                     f"{st['fill_ratio_after_sweep']:.1%} (auto-grow above {ag['grow_at']:.0%}, or "
+                     f"{after.text()} (auto-grow above {ag['grow_at']:.0%}, or "
                      f"{ag['grow_sustained_at']:.0%} for 3 rising sweeps): {ag['verdict']}")
         if now.warning():
             lines.append(f"  WARNING: {now.warning()}")
