@@ -12,6 +12,14 @@
 //       (inserts+deletes; 0 or absent = as fast as possible). Prints "ready" once
 //       running; on SIGTERM/SIGINT prints "ops=N secs=S rate=R failures=F" and exits.
 //   churn_writer snap PIN OUT                 every key, by BPF_MAP_LOOKUP_BATCH, into OUT
+//   churn_writer reopen PIN NKEYS AFTER_MS OUT
+//       A writer that reopens its pin, as a reloaded program or Felix does (resize tests,
+//       tests/test_resize_writers.py): writes churn keys 0..NKEYS-1 round after round, each
+//       value stamped with last_seen = now and the round (a2b.bytes); after every 32 writes
+//       opens PIN again, and when it names another map (a resize swapped it) switches to it
+//       and writes AFTER_MS ms more, then stops. Prints "ready" after its first round; at
+//       exit writes every key's LAST written key+value (NKEYS records of 16 + 88 bytes) to
+//       OUT and prints "rounds=R after_swap_rounds=A swapped=S failures=F".
 //
 // Key (16 bytes, struct calico_ct_key): proto u32 LE, addr_a, addr_b (network order),
 // port_a, port_b u16 LE. Stable key i: TCP 10.0.0.0+i -> 10.200.0.1, ports 40000/443.
@@ -228,6 +236,62 @@ static int cmd_snap(const char *pin, const char *out) {
     return 0;
 }
 
+static uint32_t map_id(int fd) {
+    struct bpf_map_info info;
+    union bpf_attr a;
+    memset(&info, 0, sizeof(info));
+    memset(&a, 0, sizeof(a));
+    a.info.bpf_fd = fd;
+    a.info.info_len = sizeof(info);
+    a.info.info = (uint64_t)(unsigned long)&info;
+    return sys_bpf(BPF_OBJ_GET_INFO_BY_FD, &a) < 0 ? 0 : info.id;
+}
+
+static int cmd_reopen(const char *pin, uint64_t nkeys, uint64_t after_ms, const char *out) {
+    struct sigaction sa;
+    memset(&sa, 0, sizeof(sa));
+    sa.sa_handler = on_signal;
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    int fd = obj_get(pin);
+    uint32_t id = map_id(fd);
+    uint8_t *last = calloc(nkeys, KS + VS);
+    uint64_t rounds = 0, after_rounds = 0, writes = 0, swapped_at = 0, failures = 0;
+    while (!stop && !(swapped_at && mono_ns() - swapped_at >= after_ms * 1000000ull)) {
+        for (uint64_t i = 0; i < nkeys; i++) {
+            uint8_t *k = last + i * (KS + VS), *v = k + KS;
+            uint64_t round = rounds + 1;
+            make_key(k, 0, i);
+            make_value(v, 0, i, mono_ns());
+            memcpy(v + 24, &round, 8);  // a2b.bytes: the round
+            if (update(fd, k, v) != 0) failures++;
+            if ((++writes & 31) == 0 && !swapped_at) {
+                int nfd = obj_get(pin);
+                uint32_t nid = map_id(nfd);
+                if (nid && nid != id) {
+                    close(fd);
+                    fd = nfd, id = nid, swapped_at = mono_ns();
+                } else {
+                    close(nfd);
+                }
+            }
+        }
+        if (++rounds == 1) {
+            printf("ready\n");
+            fflush(stdout);
+        }
+        if (swapped_at) after_rounds++;
+    }
+    FILE *f = fopen(out, "wb");
+    if (!f || fwrite(last, KS + VS, nkeys, f) != nkeys || fclose(f) != 0) {
+        perror("churn_writer: OUT");
+        return 2;
+    }
+    printf("rounds=%llu after_swap_rounds=%llu swapped=%d failures=%llu\n", (unsigned long long)rounds,
+           (unsigned long long)after_rounds, swapped_at != 0, (unsigned long long)failures);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     if (argc == 6 && strcmp(argv[1], "fill") == 0)
         return cmd_fill(argv[2], argv[3][0] == 's', strtoull(argv[4], 0, 10), strtoull(argv[5], 0, 10));
@@ -235,6 +299,8 @@ int main(int argc, char **argv) {
         return cmd_run(argv[2], argv[3], strtoull(argv[4], 0, 10), strtoull(argv[5], 0, 10), argv[6],
                        argc == 8 ? strtoull(argv[7], 0, 10) : 0);
     if (argc == 4 && strcmp(argv[1], "snap") == 0) return cmd_snap(argv[2], argv[3]);
-    fprintf(stderr, "usage: churn_writer fill PIN s|c START COUNT | run PIN window|insert LIVE START CTR [RATE] | snap PIN OUT\n");
+    if (argc == 6 && strcmp(argv[1], "reopen") == 0)
+        return cmd_reopen(argv[2], strtoull(argv[3], 0, 10), strtoull(argv[4], 0, 10), argv[5]);
+    fprintf(stderr, "usage: churn_writer fill PIN s|c START COUNT | run PIN window|insert LIVE START CTR [RATE] | snap PIN OUT | reopen PIN NKEYS AFTER_MS OUT\n");
     return 2;
 }

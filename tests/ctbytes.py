@@ -5,7 +5,8 @@ This is the tests' oracle: it shares no code with ctscope. Every offset below is
 
 Layout names: ``"v2"`` (64-byte IPv4 value, 12-byte legs), ``"v3-created"`` (offset 0 = created),
 ``"v3"`` (offset 0 = rst_seen) and ``"v4"`` (same bytes as v3; LRU map). v3-created, v3 and v4 are
-byte-identical: 88-byte IPv4 / 128-byte IPv6 values with 24-byte legs.
+byte-identical: 88-byte IPv4 / 128-byte IPv6 values with 24-byte legs; what differs is meaning:
+flags3/flags4 (bytes 18–19) exist in v4 only, the leg's ``workload`` bit in v3 and v4 only.
 """
 
 from __future__ import annotations
@@ -51,6 +52,15 @@ FLAG_LABELS = {
     0x100000: "connlimit-out",
     0x200000: "connlimit-dec",
 }
+# Bits each layout's Calico reader names (Value.String() / FlagNames); others print as hex.
+# v2: v3.24+ felix/bpf/conntrack/v2/map.go (nat-out .. B-A); ct3: v3.26-v3.30 v3/map.go (.. no-dsr);
+# ct4: every label above (v3.32 v4/map.go, connlimit-* from master).
+NAMED_FLAGS = {
+    "v2": {0x01, 0x02, 0x04, 0x08, 0x40, 0x80, 0x100},
+    "v3-created": {0x01, 0x02, 0x04, 0x08, 0x40, 0x80, 0x100, 0x200, 0x400, 0x800, 0x1000, 0x2000},
+    "v4": set(FLAG_LABELS),
+}
+NAMED_FLAGS["v3"] = NAMED_FLAGS["v3-created"]
 FLAG_NAT_OUT = 0x01
 FLAG_DSR_FWD = 0x02
 FLAG_BA = 0x100
@@ -243,22 +253,34 @@ def pack_nat_fwd(layout: str, family: int, *, ts0: int, last_seen: int, flags: i
 
 
 def full_flags(value: bytes, layout: str) -> int:
-    """The flags word a decoder should report for ``layout``: v2 and v3-created have only
-    flags | flags2<<8 (bytes 18–19 were padding); v3 and v4 have the full 32-bit word."""
+    """The flags word a decoder should report for ``layout``: v2, v3-created and v3 (ct2/ct3
+    maps) have only flags | flags2<<8 (bytes 18–19 are padding there; Calico's v3
+    ``Value.Flags()`` is 16 bits); v4 has the full 32-bit word (v3.32 ``Value.Flags()``)."""
     w = value[17] | value[23] << 8
-    if layout in ("v3", "v4"):
+    if layout == "v4":
         w |= value[18] << 16 | value[19] << 24
     return w
 
 
-def flag_names(word: int) -> list[str]:
-    """Calico labels in bit order; bits without a label as lowercase hex strings ("0x10")."""
+def flag_names(word: int, layout: str = "v4") -> list[str]:
+    """Calico labels in bit order, as ``layout``'s Calico reader names them; other bits as
+    lowercase hex strings ("0x10")."""
     out = []
     for i in range(32):
         bit = 1 << i
         if word & bit:
-            out.append(FLAG_LABELS.get(bit, hex(bit)))
+            out.append(FLAG_LABELS[bit] if bit in NAMED_FLAGS[layout] else hex(bit))
     return out
+
+
+def is_tcp(proto: int) -> bool:
+    """Calico's ``Key.Proto()`` is the low byte of the u32 protocol: 0x106 is TCP."""
+    return proto & 0xFF == TCP
+
+
+def has_workload(layout: str) -> bool:
+    """The leg's bit 6 ``workload`` is a field from Calico v3.30 (layouts v3, v4) only."""
+    return layout in ("v3", "v4")
 
 
 def tcp_state(flags: int, a2b: Leg, b2a: Leg) -> str:

@@ -16,6 +16,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -48,13 +49,17 @@ class BpfNamespace:
             self.close()
             skip_or_fail(f"cannot make a private mount namespace with a bpffs (unshare -m): {err.strip() or line}")
         self.root = f"/proc/{self.holder.pid}/root"
+        # ctscope's per-pin write locks, private to this namespace (its pins have the same
+        # paths as every other test namespace's, and as other checkouts' tests running now).
+        self.lockdir = tempfile.mkdtemp(prefix="ctscope-locks-")
+        self.env = {"CTSCOPE_LOCK_DIR": self.lockdir}
 
     def host(self, path: str) -> str:
         """The namespace's `path` as seen from this (the test's) process."""
         return self.root + path
 
     def run(self, *args: str, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
-        full_env = dict(os.environ, **(env or {}))
+        full_env = dict(os.environ, **self.env, **(env or {}))
         # Entering a mount namespace resets the working directory to its root: set it again.
         wd = f"--wd={cwd or os.getcwd()}"
         return subprocess.run(["nsenter", "-t", str(self.holder.pid), "-m", wd, "--", *args], capture_output=True,
@@ -67,6 +72,7 @@ class BpfNamespace:
         if self.holder.poll() is None:
             self.holder.kill()
         self.holder.wait()
+        shutil.rmtree(getattr(self, "lockdir", ""), ignore_errors=True)
         # The namespace, its bpffs and every map pinned only there go away with the holder.
 
 
@@ -753,7 +759,7 @@ def test_rerun_removes_partial_backups_left_by_a_kill(ns, tmp_path):
 
     proc = subprocess.Popen(["nsenter", "-t", str(holder), "-m", f"--wd={tmp_path}", "--", sys.executable, "-m",
                              "ctscope", "resize", PIN, "--max-entries", "600000", "--yes"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ, **ns.env))
     killed = None
     while proc.poll() is None:
         found = list(tmp_path.glob(f".ctscope-backup-cali_v4_ct4-*.arrow.{proc.pid}.partial"))

@@ -156,6 +156,9 @@ def build_entries(family: int) -> list[Entry]:
         Entry("address-text", Key(cb.UDP, a["t1"], 1, a["t2"], 2), flags=0, ts0=NOW - 3 * S,
               last_seen=NOW - 2 * S, a2b=Leg(bytes=1, packets=1, opener=True),
               tun_ip=a["t3"], orig_ip=a["t4"], orig_port=2, orig_sport=1, orig_sip=a["t2"]),
+        # Calico's Key.Proto() is the u32's low byte: 0x106 is TCP for proto and tcp_state alike.
+        Entry("proto-0x106", Key(0x106, a["pod"], 7, a["client"], 8), flags=0, ts0=NOW - 3 * S,
+              last_seen=NOW - 2 * S, a2b=Leg(syn=True, ack=True, opener=True), b2a=Leg(syn=True, ack=True)),
         Entry("extremes", Key(cb.TCP, a["hi"], 65535, a["pod"], 65534), flags=0xFFFFFFFF & ~0x02,
               ts0=NOW, last_seen=NOW,
               a2b=Leg(bytes=2**64 - 1, packets=2**32 - 1, seqno=0xFFFFFFFF, syn=True, ack=True, approved=True,
@@ -167,30 +170,32 @@ def build_entries(family: int) -> list[Entry]:
 # ----------------------------------------------------------------------------------------- oracle
 def expected_row(e: Entry, layout: str, now_ns: int) -> dict:
     """Every public column for entry ``e`` decoded as ``layout`` (from the facts file and the brief)."""
-    full = layout in ("v3", "v4")
-    word = e.flags if full else e.flags & 0xFFFF
+    full = layout in ("v3", "v4")  # offset 0 is rst_seen (else created)
+    word = e.flags if layout == "v4" else e.flags & 0xFFFF  # flags3/flags4 exist in v4 only
     k = e.key
     ba = bool(word & cb.FLAG_BA)
     row = {
-        "proto": k.proto,
+        "proto": k.proto & 0xFF,
         "addr_a": cb.canon(k.addr_a), "port_a": k.port_a,
         "addr_b": cb.canon(k.addr_b), "port_b": k.port_b,
         "src": cb.canon(k.addr_b if ba else k.addr_a), "sport": k.port_b if ba else k.port_a,
         "dst": cb.canon(k.addr_a if ba else k.addr_b), "dport": k.port_a if ba else k.port_b,
         "type": TYPE_NAMES.get(e.type_, f"unknown({e.type_})"),
         "flags": word,
-        "flag_names": cb.flag_names(word),
+        "flag_names": cb.flag_names(word, layout),
         "last_seen_ns": e.last_seen,
         "rst_seen_ns": e.ts0 if full else None,
         "created_ns": None if full else e.ts0,
         "idle_s": (now_ns - e.last_seen) / 1e9,
     }
     has_legs = e.type_ in (cb.NORMAL, cb.NAT_REV)
-    row["tcp_state"] = cb.tcp_state(word, e.a2b, e.b2a) if (has_legs and k.proto == cb.TCP) else None
+    row["tcp_state"] = cb.tcp_state(word, e.a2b, e.b2a) if (has_legs and cb.is_tcp(k.proto)) else None
     for d, leg in (("a2b", e.a2b), ("b2a", e.b2a)):
         for f in LEG_FIELDS:
             val = getattr(leg, f) if has_legs else None
-            if layout == "v2" and f in ("bytes", "packets", "workload"):
+            if layout == "v2" and f in ("bytes", "packets"):
+                val = None
+            if f == "workload" and not cb.has_workload(layout):
                 val = None
             row[f"{d}_{f}"] = val
     zero = "0.0.0.0" if k.family == 4 else "::"
@@ -201,7 +206,7 @@ def expected_row(e: Entry, layout: str, now_ns: int) -> dict:
         row.update(dict.fromkeys(NAT_COLS))
     if e.type_ == cb.NAT_FWD:
         r = e.rev_key
-        row.update(rev_proto=r.proto, rev_addr_a=cb.canon(r.addr_a), rev_port_a=r.port_a,
+        row.update(rev_proto=r.proto & 0xFF, rev_addr_a=cb.canon(r.addr_a), rev_port_a=r.port_a,
                    rev_addr_b=cb.canon(r.addr_b), rev_port_b=r.port_b, nat_sport=e.nat_sport)
     else:
         row.update(dict.fromkeys(REV_COLS))
@@ -256,7 +261,7 @@ def test_every_column(make_ct_map, layout, family):
     assert len({k for k, _ in pairs}) == len(pairs), "test entries must have distinct keys"
     for (k, v), e in zip(pairs, entries):
         # the flags word in the bytes is what the oracle says a decoder of this layout sees
-        assert cb.full_flags(v, layout) == (e.flags if layout in ("v3", "v4") else e.flags & 0xFFFF)
+        assert cb.full_flags(v, layout) == (e.flags if layout == "v4" else e.flags & 0xFFFF)
     assert m.fill(pairs) == len(pairs)
     assert len(m.items()) == len(pairs)
 
@@ -438,25 +443,113 @@ def test_raw_layout(make_map, mtype, ks, vs, name):
     assert dict(zip(df2["key"].to_list(), df2["value"].to_list())) == pairs
 
 
-def test_flags_padding_ignored_for_old_layouts(make_ct_map):
-    """Bytes 18–19 were padding before v3.32: v3-created must not report them; v3 must."""
-    m = make_ct_map("v3-created", 4)
+def _ct_map(make_map, layout: str, family: int):
+    """A Calico-shaped CT map pinned under a name of its own (several ct3 maps in one test)."""
+    name, mtype, ks, vs, flags = __import__("conftest").ct_map_params(layout, family)
+    return make_map(name, mtype, ks, vs, 64, flags, pin_name=f"{name}-{layout}")
+
+
+def test_flags_padding_ignored_for_ct3_layouts(make_map, make_ct_map):
+    """Bytes 18–19 are padding in ct3 maps (Calico ≤ v3.30: v3 `Value.Flags()` reads bytes 17 and 23
+    only): v3-created and v3 must not report them (no `maglev`/`send-rst`); only v4 (v3.32's
+    32-bit `Value.Flags()`) reads flags3/flags4."""
     a = addrs(4)
-    e = Entry("pad", Key(cb.UDP, a["pod"], 5, a["pod2"], 6), flags=0x00FF0001 | 0x0100, ts0=NOW - 9 * S,
-              last_seen=NOW - 8 * S)
-    v = e.value("v3-created", 4)
-    assert v[18] == 0xFF and v[19] == 0x00 and v[17] == 0x01 and v[23] == 0x01
-    m.update(e.key.pack(), v)
-    old = ctscope.open_map(m.path, layout="v3-created").to_polars(now_ns=NOW)
-    new = ctscope.open_map(m.path, layout="v3").to_polars(now_ns=NOW)
-    assert old["flags"].to_list() == [0x0101]
-    assert old["flag_names"].to_list() == [["nat-out", "B-A"]]
-    assert new["flags"].to_list() == [0x00FF0101]
-    assert new["flag_names"].to_list() == [cb.flag_names(0x00FF0101)]
-    assert old["created_ns"].to_list() == [NOW - 9 * S] and old["rst_seen_ns"].to_list() == [None]
+    e = Entry("pad", Key(cb.UDP, a["pod"], 5, a["pod2"], 6), flags=0x00030001 | 0x0100 | 0x80000000,
+              ts0=NOW - 9 * S, last_seen=NOW - 8 * S)
+    for layout in ("v3-created", "v3"):
+        m = _ct_map(make_map, layout, 4)
+        v = e.value(layout, 4)
+        assert v[18] == 0x03 and v[19] == 0x80 and v[17] == 0x01 and v[23] == 0x01
+        m.update(e.key.pack(), v)
+        df = ctscope.open_map(m.path, layout=layout).to_polars(now_ns=NOW)
+        assert df["flags"].to_list() == [0x0101], layout
+        assert df["flag_names"].to_list() == [["nat-out", "B-A"]], layout
+        # B-A comes from the 16-bit word: src/dst are swapped the same way
+        assert (df["src"][0], df["sport"][0]) == (a["pod2"], 6)
+    m = make_ct_map("v4", 4)
+    m.update(e.key.pack(), e.value("v4", 4))
+    new = ctscope.open_map(m.path, layout="v4").to_polars(now_ns=NOW)
+    assert new["flags"].to_list() == [0x80030101]
+    assert new["flag_names"].to_list() == [["nat-out", "B-A", "maglev", "send-rst", "0x80000000"]]
     assert new["rst_seen_ns"].to_list() == [NOW - 9 * S] and new["created_ns"].to_list() == [None]
-    # same bytes, same struct everywhere else
-    assert struct.unpack_from("<Q", v, 8)[0] == NOW - 8 * S
+
+
+def test_v3_created_leg_has_no_workload(make_map):
+    """The leg's `workload` bit is a field from Calico v3.30 (v3.29's `Leg` has no Workload; the
+    `workload:1` bitfield arrived in v3.30's conntrack_types.h): null for v3-created as for v2,
+    a boolean for v3 and v4."""
+    a = addrs(6)
+    e = Entry("wl", Key(cb.TCP, a["pod"], 1, a["pod2"], 2), ts0=NOW - 9 * S, last_seen=NOW - 8 * S,
+              a2b=Leg(syn=True, ack=True, opener=True, workload=True), b2a=Leg(syn=True, ack=True))
+    for layout, want in (("v3-created", None), ("v3", True), ("v4", True)):
+        m = _ct_map(make_map, layout, 6)
+        v = e.value(layout, 6)
+        assert struct.unpack_from("<I", v, 24 + 16)[0] & cb.LEG_WORKLOAD  # the bit is in the bytes
+        m.update(e.key.pack(), v)
+        df = ctscope.open_map(m.path, layout=layout).to_polars(now_ns=NOW)
+        assert df["a2b_workload"].to_list() == [want], layout
+        assert df["b2a_workload"].to_list() == [None if want is None else False], layout
+        assert df["a2b_opener"].to_list() == [True] and df["tcp_state"].to_list() == ["ESTABLISHED"]
+
+
+@pytest.mark.parametrize("layout", ["v2", "v3-created", "v3", "v4"])
+def test_tcp_state_judges_the_protocols_low_byte(make_ct_map, layout):
+    """Calico's `Key.Proto()` is `uint8(u32)` and its TCP state is shown when that is 6: a key
+    with protocol 0x106 is TCP for `tcp_state` as it is for `proto`."""
+    a = addrs(4)
+    legs = dict(a2b=Leg(syn=True, ack=True, opener=True), b2a=Leg(syn=True, ack=True))
+    tcp = Entry("0x106", Key(0x106, a["pod"], 1, a["pod2"], 2), last_seen=NOW - S, **legs)
+    udp = Entry("0x111", Key(0x111, a["pod"], 3, a["pod2"], 4), last_seen=NOW - S, **legs)
+    m = make_ct_map(layout, 4)
+    m.fill((x.key.pack(), x.value(layout, 4)) for x in (tcp, udp))
+    df = ctscope.open_map(m.path, layout=layout).to_polars(now_ns=NOW).sort("port_a")
+    assert df["proto"].to_list() == [6, 17]
+    assert df["tcp_state"].to_list() == ["ESTABLISHED", None]
+
+
+@pytest.mark.parametrize(("layout", "names"), [
+    ("v2", ["nat-out", "B-A", "0x200", "0x2000", "0x4000", "0x8000"]),
+    ("v3-created", ["nat-out", "B-A", "host-psnat", "no-dsr", "0x4000", "0x8000"]),
+    ("v3", ["nat-out", "B-A", "host-psnat", "no-dsr", "0x4000", "0x8000"]),
+    ("v4", ["nat-out", "B-A", "host-psnat", "no-dsr", "no-redir-peer", "dscp"]),
+])
+def test_flag_labels_are_the_layouts_releases(make_ct_map, layout, names):
+    """A flag bit is named only as the Calico release that wrote the layout names it (v2: v3.24+
+    v2/map.go up to B-A; ct3: v3.26–v3.30 v3/map.go up to no-dsr; ct4: v3.31+): a bit the release
+    never defined is shown in hex, not with a later release's meaning."""
+    a = addrs(4)
+    e = Entry("f", Key(cb.UDP, a["pod"], 1, a["pod2"], 2), flags=0x01 | 0x100 | 0x200 | 0x2000 | 0x4000 | 0x8000,
+              last_seen=NOW - S)
+    m = make_ct_map(layout, 4)
+    m.update(e.key.pack(), e.value(layout, 4))
+    df = ctscope.open_map(m.path, layout=layout).to_polars(now_ns=NOW)
+    assert df["flags"].to_list() == [0xE301]
+    assert df["flag_names"].to_list() == [names]
+    assert names == cb.flag_names(0xE301, layout)
+
+
+def test_maps_all_gives_no_version_to_other_map_types(make_map, make_ct_map, pin_dir):
+    """Calico makes CT maps as HASH (ct2, ct3) or LRU_HASH (ct4) only: a (LRU_)PERCPU_HASH of
+    CT sizes, even under a Calico name, is no CT version in `maps --all` or the API."""
+    import json
+    import subprocess
+    import sys
+
+    make_map("other", bpfkernel.PERCPU_HASH, 16, 88, 16)
+    make_map("cali_v4_ct3", bpfkernel.PERCPU_HASH, 16, 88, 16, pin_name="percpu_named_ct3")
+    make_map("cali_v6_ct4", bpfkernel.PERCPU_HASH, 40, 128, 16, pin_name="percpu_named_ct4")
+    make_map("lru_percpu", 10, 16, 88, 16)  # BPF_MAP_TYPE_LRU_PERCPU_HASH
+    ct3 = make_ct_map("v3", 4)
+    ct4 = make_ct_map("v4", 6)
+    p = subprocess.run([sys.executable, "-m", "ctscope", "maps", "--bpffs", str(pin_dir), "--all", "--json"],
+                       capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    rows = {os.path.basename(r["path"]): r for r in json.loads(p.stdout)}
+    for name in ("other", "percpu_named_ct3", "percpu_named_ct4", "lru_percpu"):
+        assert rows[name]["version"] is None and rows[name]["family"] is None, rows[name]
+    assert (rows[ct3.path.name]["version"], rows[ct3.path.name]["family"]) == (3, 4)
+    assert (rows[ct4.path.name]["version"], rows[ct4.path.name]["family"]) == (4, 6)
+    assert ctscope.open_map(pin_dir / "percpu_named_ct3").info.version is None
 
 
 # ------------------------------------------------------------------------------ property test

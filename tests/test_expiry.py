@@ -346,3 +346,38 @@ def test_felix_configuration_errors(tmp_path):
         felix_config_timeouts(f)
     with pytest.raises(FileNotFoundError):
         felix_config_timeouts(tmp_path / "missing.yaml")
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("layout", ["v3-created", "v4"])
+def test_entries_of_unknown_type_are_kept(make_ct_map, layout):
+    """Felix's LivenessScanner only warns about an unknown `type` byte ("Unknown conntrack entry
+    type!", cleanup.go v3.24–v3.32; v3.30's BPF cleanup has no case for it): never expired."""
+    m = make_ct_map(layout, 4)
+    odd = Key(cb.UDP, "10.0.0.1", 1000, "10.0.0.2", 53)
+    normal = Key(cb.UDP, "10.0.0.3", 1000, "10.0.0.2", 53)
+    for k, t in ((odd, 7), (normal, cb.NORMAL)):
+        m.update(k.pack(), cb.pack_value(layout, 4, ts0=NOW - 3 * H, last_seen=NOW - 2 * H, type_=t, a2b=APPROVED))
+    got = verdicts(ctscope.expired(str(m.path), all=True, now_ns=NOW, layout=layout))
+    assert got[key_tuple(odd)] == (False, None)
+    assert got[key_tuple(normal)] == (True, expiry.R_UDP)
+
+
+@pytest.mark.kernel
+def test_nat_fwd_grace_is_its_rev_entrys(make_ct_map):
+    """Felix ≤ 3.29 judges a NAT fwd entry with `EntryExpired(revEntry)`, whose creation grace
+    reads the rev entry's `created`; a fwd entry without a rev entry is deleted at once."""
+    m = make_ct_map("v3-created", 4)
+    fwd = Key(cb.UDP, "10.0.0.1", 40000, "10.96.0.10", 53)
+    rev = Key(cb.UDP, "10.0.0.1", 40000, "10.65.0.7", 53)
+    orphan = Key(cb.UDP, "10.0.0.5", 40000, "10.96.0.10", 53)
+    young, old = NOW - 2 * S, NOW - 3 * H
+    m.update(fwd.pack(), cb.pack_nat_fwd("v3-created", 4, ts0=young, last_seen=NOW - 2 * H, rev_key=rev))
+    m.update(rev.pack(), cb.pack_value("v3-created", 4, ts0=old, last_seen=NOW - 2 * H, type_=cb.NAT_REV,
+                                       a2b=APPROVED, orig_ip="10.96.0.10", orig_port=53))
+    m.update(orphan.pack(), cb.pack_nat_fwd("v3-created", 4, ts0=young, last_seen=young,
+                                            rev_key=Key(cb.UDP, "10.0.0.5", 40000, "10.65.0.9", 53)))
+    got = verdicts(ctscope.expired(str(m.path), all=True, now_ns=NOW, layout="v3-created"))
+    assert got[key_tuple(rev)] == (True, expiry.R_UDP)
+    assert got[key_tuple(fwd)] == (True, expiry.REV_PREFIX + expiry.R_UDP)
+    assert got[key_tuple(orphan)] == (True, expiry.R_NO_REV)

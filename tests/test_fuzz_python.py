@@ -29,7 +29,7 @@ SHAPES = {
     (40, 128): ["v3-created", "v3", "v4", "raw", "auto"],
 }
 READS = [("batch", 1, None), ("batch", 2, None), ("batch", 2, 3), ("next_key", 1, None)]
-HIGH_FLAGS = {"v3", "v4"}  # value bytes 18-19 are flags3/flags4 only in these
+HIGH_FLAGS = {"v4"}  # value bytes 18-19 are flags3/flags4 only in ct4 (padding in ct3 maps)
 _names = itertools.count()
 
 

@@ -12,7 +12,10 @@ Order (each step leaves a state a rerun, or Felix, can finish or undo):
   pin-new    the twin pinned at a hidden swap name beside `<pin>`
   swap       rename(2) of the swap pin over `<pin>`: one atomic step, so a loader
              always finds a map at `<pin>`
-  delta      entries changed in the old map since the snapshot, copied again
+  delta      entries changed in the old map since the snapshot, copied again by the
+             freshness rule (a value the new map already holds with a newer or equal
+             last_seen is kept: a writer that reopened the pin wrote it), decided per key
+             at the moment of writing
   remove-old `<pin>_old` unlinked (unless --keep-old)
 
 Recovery is Felix's rule (`PinnedMap.EnsureExists`): if `<pin>_old` exists the migration
@@ -26,10 +29,20 @@ unless forced.
 Which entry is fresher: Calico's CT values carry last_seen (u64 at value offset 8 in every
 version, facts §4), so between two maps the entry with the newer last_seen wins; for other
 maps only Felix's rule (the value differs) is available.
+
+Every acting run (resize, --delta, --recover, `check --recover`) holds the pin's write lock
+(`ctscope.pinlock`) from before it looks at the pins until it is done, so two runs never
+interleave and a run never "recovers" a migration another run is in the middle of.
+
+What stays racy: a process or program still holding the old map writes there after the
+delta snapshot; those writes are not in the new map (a later --delta copies them while
+`<pin>_old` is kept). The plan and the final notes name them (programs_using_map,
+map_holders).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import os
 import re
@@ -40,11 +53,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ctscope._native import LiveMap, on_bpffs, programs_using_map, raw_read, read_backup, rename_pin, swap_pin_name
+from ctscope._native import (LiveMap, map_holders, on_bpffs, programs_using_map, raw_read, read_backup, rename_pin,
+                             swap_pin_name)
 from ctscope.check import LAYOUTS, RELEASES, looks_like
-from ctscope.errors import BadArgument, CtscopeError, NotACtMap, PinNotFound
+from ctscope.errors import BadArgument, CtscopeError, NotACtMap, PermissionDenied, PinNotFound
+from ctscope.pinlock import pin_lock
 from ctscope.pins import ct_pin_version
 
+PAUSE_ENV = "CTSCOPE_TEST_PAUSE_AFTER"
 PHASES = ("plan", "backup", "create", "copy", "verify", "pin-old", "pin-new", "swap", "delta", "remove-old")
 CRASH_ENV = "CTSCOPE_TEST_CRASH_AFTER"
 
@@ -62,6 +78,10 @@ def crash_point(phase: str) -> None:
     after that phase, as an OOM kill or a node reboot would (no cleanup runs)."""
     if os.environ.get(CRASH_ENV) == phase:
         os.kill(os.getpid(), signal.SIGKILL)
+    if os.environ.get(PAUSE_ENV) == phase:
+        # Test hook: stop (SIGSTOP) right after that phase until a SIGCONT, so a test can
+        # start a second command while this one is mid-migration, without timing guesses.
+        os.kill(os.getpid(), signal.SIGSTOP)
 
 
 def canonical_pin(pin: str | os.PathLike[str]) -> Path:
@@ -119,6 +139,10 @@ def recover(pin: Path, say: Say, *, force: bool = False) -> list[str]:
             users = programs_using_map(cur_id)
             if users:
                 done.append(f"note: {_prog_list(users)} use the discarded map id {cur_id}; they keep it until reloaded")
+            holders = map_holders(cur_id)
+            if holders:
+                done.append(f"note: {_holder_list(holders)} hold the discarded map id {cur_id} open; what they write "
+                            "to it from now on is lost (restart them)")
         rename_pin(str(old), str(pin))
         what = ("was the same map" if cur_id == old_id else
                 "was missing" if cur_id is None else f"held map id {cur_id}, now discarded")
@@ -127,6 +151,23 @@ def recover(pin: Path, say: Say, *, force: bool = False) -> list[str]:
     for line in done:
         say(line)
     return done
+
+
+def _locked(pin: Path, command: str, act: bool, wait: float):
+    """The pin's write lock for an acting run (nothing for a plan, which changes nothing)."""
+    if wait < 0:
+        raise BadArgument(f"--wait {wait:g}: expected seconds >= 0")
+    return pin_lock(pin, command, wait=wait) if act else contextlib.nullcontext()
+
+
+def recover_locked(pin: Path, say: Say, *, force: bool = False, wait: float = 0.0,
+                   command: str = "resize --recover") -> list[str] | None:
+    """`recover` under the pin's write lock; None when, once the lock is held, there is
+    nothing to recover (another run finished meanwhile)."""
+    with _locked(pin, command, True, wait):
+        if not needs_recovery(pin):
+            return None
+        return recover(pin, say, force=force)
 
 
 def recovery_plan(pin: Path) -> str:
@@ -188,12 +229,16 @@ def _carry_back(pin: Path, cur: LiveMap, oldm: LiveMap, *, force: bool) -> list[
             f"ctscope resize {pin} --recover --force --yes")
     dst = LiveMap(str(old), writable=True)
     batches = [sel.update, sel.add.newest(sel.add.count - lost)]  # add is newest first: --force keeps those
-    written = 0
+    written = added = updated = 0
     for b in batches:
         if not b.count:
             continue
         try:
-            written += dst.write(b)
+            # Decided per key when written: a program still using the old map may have made
+            # an entry newer since the selection.
+            w = dst.write_fresher(b, by_last_seen=ct)
+            added, updated = added + w["added"], updated + w["updated"]
+            written = added + updated
         except CtscopeError as e:
             raise CtscopeError(f"{pin}: carrying {pin.name}'s entries into {old.name} failed ({e}); nothing was "
                                f"repinned, {pin.name} still holds them all; finish the migration instead: "
@@ -209,8 +254,8 @@ def _carry_back(pin: Path, cur: LiveMap, oldm: LiveMap, *, force: bool) -> list[
                            f"(evicted?); nothing was repinned, {pin.name} still holds everything; finish the migration "
                            f"instead: ctscope resize {pin} --delta --yes")
     out = [f"carried and verified {written:,} entries of {pin.name} (map id {cur.id}) into {old.name} (map id "
-           f"{oldm.id}) before discarding {pin.name}: {max(0, written - sel.update.count):,} new keys, "
-           f"{sel.update.count:,} newer values (rule: {rule}"
+           f"{oldm.id}) before discarding {pin.name}: {added:,} new keys, "
+           f"{updated:,} newer values (rule: {rule}"
            + (f"; {sel.kept:,} entries newer or as new in {old.name} kept" if sel.kept else "") + ")"]
     if lost or evicted:
         out.append(f"--force: {lost:,} entries of {pin.name} did not fit {old.name} and are lost"
@@ -220,6 +265,10 @@ def _carry_back(pin: Path, cur: LiveMap, oldm: LiveMap, *, force: bool) -> list[
 
 def _prog_list(progs: list[dict[str, Any]]) -> str:
     return ", ".join(f"prog {p['id']} {p['name'] or '(no name)'}" for p in progs)
+
+
+def _holder_list(holders: list[dict[str, Any]]) -> str:
+    return ", ".join(f"pid {h['pid']} ({h['comm'] or '?'}, fd {','.join(map(str, h['fds']))})" for h in holders)
 
 
 def check_layout(pin: Path, params: dict[str, Any]) -> None:
@@ -290,13 +339,28 @@ def stale_partial_backups(bpath: Path, map_name: str) -> list[tuple[Path, int]]:
 
 
 def default_backup_path(name: str, directory: str | os.PathLike[str] = ".") -> Path:
+    """The default backup name (a free one when planned; the write claims the first free
+    `-N` of it atomically, so two runs in the same second get two files)."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     path = Path(directory) / f"ctscope-backup-{name}-{stamp}.arrow"
     n = 1
-    while path.exists():  # a rerun within the same second: backups are never overwritten
+    while os.path.lexists(path):  # a rerun within the same second: backups are never overwritten
         n += 1
         path = Path(directory) / f"ctscope-backup-{name}-{stamp}-{n}.arrow"
     return path
+
+
+def check_backup_target(bpath: Path, explicit: bool) -> None:
+    """Refuse, before anything changes, a backup that could not be written: an explicit
+    name that exists (backups are never overwritten), a missing or unwritable directory."""
+    if explicit and os.path.lexists(bpath):
+        raise BadArgument(f"--backup {bpath}: already exists; a backup is never overwritten: name a new file")
+    d = bpath.parent if str(bpath.parent) else Path(".")
+    if not d.is_dir():
+        raise BadArgument(f"--backup {bpath}: directory {d} does not exist")
+    if not os.access(d, os.W_OK | os.X_OK):
+        raise PermissionDenied(f"{bpath}: cannot write the backup: directory {os.path.abspath(d)} is not writable "
+                               "(read-only or no permission); choose another with --backup")
 
 
 @dataclass
@@ -337,6 +401,8 @@ class Result:
     old_id: int | None = None
     new_id: int | None = None
     programs: list[dict[str, Any]] = field(default_factory=list)
+    holders: list[dict[str, Any]] = field(default_factory=list)
+    kept_newer: int = 0
     timings: dict[str, float] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
 
@@ -353,11 +419,18 @@ class _Timer:
 
 
 def resize(pin: str | os.PathLike[str], max_entries: int, *, backup: str | None = None, keep_old: bool = False,
-           force: bool = False, yes: bool = False, say: Say = print) -> Result:
-    """Resize `pin` to `max_entries`. Without `yes` it only prints the plan."""
+           force: bool = False, yes: bool = False, wait: float = 0.0, say: Say = print) -> Result:
+    """Resize `pin` to `max_entries`. Without `yes` it only prints the plan. With `yes` it
+    holds the pin's write lock for the whole run (LockBusy after `wait` seconds)."""
     if max_entries <= 0 or max_entries > 0xFFFFFFFF:
         raise BadArgument(f"--max-entries {max_entries}: expected 1 .. 4294967295")
     pin = canonical_pin(pin)
+    with _locked(pin, "resize", yes, wait):
+        return _resize(pin, max_entries, backup=backup, keep_old=keep_old, force=force, yes=yes, say=say)
+
+
+def _resize(pin: Path, max_entries: int, *, backup: str | None, keep_old: bool, force: bool, yes: bool,
+            say: Say) -> Result:
     res = Result(pin=str(pin))
     timer = _Timer(res)
     old = old_pin(pin)
@@ -366,6 +439,12 @@ def resize(pin: str | os.PathLike[str], max_entries: int, *, backup: str | None 
         res.plan.append(f"recover first: {old.name} exists (interrupted migration): " + recovery_plan(pin) + ", then resize")
         if not os.path.lexists(pin):
             return _show_plan(res, say)
+    if not os.path.lexists(pin) and not pending:
+        raise PinNotFound(f"{pin}: no such pin")
+    # Refused before anything changes (recovery included): a backup that cannot be written.
+    bpath = Path(backup) if backup else None
+    if bpath is not None:
+        check_backup_target(bpath, explicit=True)
     if pending and yes:
         res.recovered = recover(pin, say, force=force)
     if not os.path.lexists(pin):
@@ -389,7 +468,10 @@ def resize(pin: str | os.PathLike[str], max_entries: int, *, backup: str | None 
             f"{pin}: holds {n:,} entries, more than --max-entries {max_entries:,}: an LRU map would evict and a HASH "
             "map would refuse the rest; use --force to keep the newest by last_seen (the backup keeps them all)")
     res.programs = programs_using_map(live.id)
-    bpath = Path(backup) if backup else default_backup_path(params["name"])
+    res.holders = map_holders(live.id)
+    if bpath is None:
+        bpath = default_backup_path(params["name"])
+        check_backup_target(bpath, explicit=False)
     res.backup = str(bpath)
     stale = stale_partial_backups(bpath, params["name"])
     if stale:
@@ -410,11 +492,15 @@ def resize(pin: str | os.PathLike[str], max_entries: int, *, backup: str | None 
         f"create {params['name']} with max_entries {max_entries:,} (same type, sizes, flags), {copy_desc}",
         "verify the new map holds exactly the copied key->value set",
         f"pin the live map also at {old.name}, then swap the new map in at {pin.name} by an atomic rename",
-        f"copy the entries changed in the old map meanwhile, then {'keep' if keep_old else 'remove'} {old.name}",
+        f"copy the entries changed in the old map meanwhile, except where the new map already holds the key with a "
+        f"newer or equal last_seen (a writer that reopened the pin), then {'keep' if keep_old else 'remove'} {old.name}",
     ]
     if res.programs:
         res.plan.append(f"{_prog_list(res.programs)}: loaded program(s) referencing the current map (id {live.id}); "
                         "they keep using it until reloaded, so entries they write after the swap stay in the old map")
+    if res.holders:
+        res.plan.append(f"{_holder_list(res.holders)}: process(es) holding the current map (id {live.id}) open; "
+                        + _holder_fate(keep_old, old.name, pin, "writes after the delta snapshot"))
     if n <= max_entries and n > keep:
         res.plan.append("note: an LRU map evicts before it is full: this copy may lose entries, in which case "
                         "verification fails and nothing is repinned; choose a larger --max-entries")
@@ -429,7 +515,10 @@ def resize(pin: str | os.PathLike[str], max_entries: int, *, backup: str | None 
             continue
         res.removed_partials.append(str(q))
         say(f"removed {q}: a partial backup left by a killed run (pid {pid} is gone)")
-    snap.write(str(bpath))
+    # The final name is claimed atomically: an explicit one that appeared meanwhile is
+    # refused, a default one taken by a concurrent run gets the next number.
+    bpath = Path(snap.write_new(str(bpath), numbered=backup is None))
+    res.backup = str(bpath)
     say(f"backup: {snap.count:,} entries -> {bpath}")
     timer.mark("backup")
 
@@ -459,21 +548,29 @@ def resize(pin: str | os.PathLike[str], max_entries: int, *, backup: str | None 
     timer.mark("swap")
 
     # Programs still write to the old map until reloaded: carry over what changed since
-    # the snapshot (Felix's delta copy), then check that nothing of the old map is missing.
+    # the snapshot (Felix's delta copy) by the freshness rule, decided per key when written:
+    # a writer that reopened the pin may already have put a newer value into the new map.
     current = live.snapshot()
     changed = current.changed_since(snap)
     if force and res.dropped:
         changed = changed.newest(max(0, keep - to_copy.count))
-    res.delta = new.fill(changed) if changed.count else 0
-    # Everything else was verified byte for byte above; check what the delta wrote.
-    final = new.lookup_compare(changed)
+    ct = is_ct_layout(params)
+    w = new.write_fresher(changed, by_last_seen=ct, overwrite_differing=True) if changed.count else {}
+    res.delta = w.get("added", 0) + w.get("updated", 0)
+    res.kept_newer = w.get("kept", 0)
+    # Everything else was verified byte for byte above; check what the delta wrote, by the
+    # same rule: an entry the new map holds with a newer or equal last_seen is fine.
+    final = new.lookup_compare(changed, newer_ok=ct)
     if final["missing"] or final["different"]:
         raise CtscopeError(
-            f"{pin}: after the delta copy the new map lacks {final['missing']:,} and differs on {final['different']:,} "
-            f"of {changed.count:,} entries changed in the old map; {old.name} is kept: rerun "
+            f"{pin}: after the delta copy the new map lacks {final['missing']:,} and holds older values for "
+            f"{final['different']:,} of {changed.count:,} entries changed in the old map; {old.name} is kept: rerun "
             f"`ctscope resize {pin} --delta --backup {bpath} --yes`")
-    if res.delta:
-        say(f"delta: copied and verified {res.delta:,} entries changed in the old map during the resize")
+    if changed.count:
+        say(f"delta: copied and verified {res.delta:,} entries changed in the old map during the resize"
+            + (f"; {res.kept_newer:,} the new map already held with a newer or equal last_seen (written there "
+               "since the swap) kept" if res.kept_newer else "")
+            + (" (rule: newer last_seen wins)" if ct else " (rule: value differs)"))
     if res.dropped:
         # Report what the new map really holds: an LRU map keeps fewer than max_entries.
         kept = current.compare(new.snapshot())
@@ -498,10 +595,22 @@ def resize(pin: str | os.PathLike[str], max_entries: int, *, backup: str | None 
     if res.programs:
         res.notes.append(f"{_prog_list(res.programs)} still use the old map id {live.id} until reloaded (e.g. "
                          "restart calico-node); entries they write meanwhile are not in the new map")
+    holders = map_holders(live.id)
+    if holders:
+        res.notes.append(f"{_holder_list(holders)} still hold the old map id {live.id} open: "
+                         + _holder_fate(keep_old, old.name, pin, "wrote after the delta snapshot or writes from now on"))
     res.done = True
     for line in res.notes:
         say(line)
     return res
+
+
+def _holder_fate(keep_old: bool, old_name: str, pin: Path, what: str) -> str:
+    """What happens to what a process holding the old map's fd writes (said plainly)."""
+    return (f"a process writes to the map its fd names, whatever is pinned, so what it {what} goes to the old map, "
+            "not the new one: " + (f"a later `ctscope resize {pin} --delta --yes` copies it while {old_name} is kept "
+                                   "(restart or reopen the process first)" if keep_old else
+                                   "it is lost (restart the process, or use --keep-old and a later --delta)"))
 
 
 def _show_plan(res: Result, say: Say) -> Result:
@@ -512,12 +621,17 @@ def _show_plan(res: Result, say: Say) -> Result:
 
 
 def finish_delta(pin: str | os.PathLike[str], *, backup: str | None = None, keep_old: bool = False, yes: bool = False,
-                 say: Say = print) -> Result:
+                 wait: float = 0.0, say: Say = print) -> Result:
     """`--delta`: copy into `<pin>` the entries of `<pin>_old` that changed since the first
-    copy (the backup, when given), otherwise those `<pin>` lacks or holds with an older
-    last_seen (CT layouts; for other maps every entry whose value differs, as Felix does),
-    then remove `<pin>_old` unless `keep_old`."""
+    copy (the backup, when given) or that `<pin>` lacks or holds with an older last_seen
+    (CT layouts; for other maps every entry whose value differs, as Felix does), then remove
+    `<pin>_old` unless `keep_old`. With `yes`, under the pin's write lock."""
     pin = canonical_pin(pin)
+    with _locked(pin, "resize --delta", yes, wait):
+        return _finish_delta(pin, backup=backup, keep_old=keep_old, yes=yes, say=say)
+
+
+def _finish_delta(pin: Path, *, backup: str | None, keep_old: bool, yes: bool, say: Say) -> Result:
     old = old_pin(pin)
     res = Result(pin=str(pin))
     if not os.path.lexists(old):
@@ -543,31 +657,39 @@ def finish_delta(pin: str | os.PathLike[str], *, backup: str | None = None, keep
     else:
         res.rule = (f"value differs from {pin.name}'s (Felix's delta copy; not a Calico CT layout, so no last_seen to "
                     "compare)")
+    if backup and ct:
+        res.rule += (f"; an entry {pin.name} holds with a newer or equal last_seen is kept")
     res.plan = [f"copy into {pin.name} (map id {newm.id}) the entries of {old.name} (map id {oldm.id}) by the rule: "
                 f"{res.rule}", f"{'keep' if keep_old else 'remove'} {old.name}"]
     progs = programs_using_map(oldm.id)
     res.programs = progs
     if progs:
         res.plan.append(f"{_prog_list(progs)} still use {old.name}: reload them first, or their later writes are lost")
+    res.holders = map_holders(oldm.id)
+    if res.holders:
+        res.plan.append(f"{_holder_list(res.holders)} hold {old.name} (map id {oldm.id}) open: what they write after "
+                        "this copy goes to the old map and is lost; restart or reopen them first")
     if not yes:
         return _show_plan(res, say)
     cur = oldm.snapshot()
-    if backup or not ct:
-        changed = cur.changed_since(base if backup else newm.snapshot())
-        res.delta = newm.write(changed) if changed.count else 0
-        check = newm.lookup_compare(changed)
-        total, bad = changed.count, check["missing"] + check["different"]
-        kept = 0
+    if backup:
+        batches, kept = [cur.changed_since(base)], 0
     else:
+        # Chosen from a snapshot of <pin>, then decided again per key when written.
+        add, update, kept = cur.fresher_than(newm.snapshot(), by_last_seen=ct, overwrite_differing=not ct)
+        batches = [update, add]
+    res.delta = total = bad = 0
+    for b in batches:
+        if not b.count:
+            continue
         # Fresher wins: a value written to the new map after the resize is not replaced by
         # the old map's older one (Felix's rule, value differs, would replace it).
-        add, update, kept = cur.fresher_than(newm.snapshot(), by_last_seen=True)
-        res.delta, total, bad = 0, add.count + update.count, 0
-        for b in (update, add):
-            if b.count:
-                res.delta += newm.write(b)
-                check = newm.lookup_compare(b, newer_ok=True)
-                bad += check["missing"] + check["different"]
+        w = newm.write_fresher(b, by_last_seen=ct, overwrite_differing=True)
+        res.delta += w["added"] + w["updated"]
+        kept += w["kept"]
+        check = newm.lookup_compare(b, newer_ok=ct)
+        total, bad = total + b.count, bad + check["missing"] + check["different"]
+    res.kept_newer = kept
     if bad:
         raise CtscopeError(f"{pin}: delta verification failed: {bad:,} missing or different of {total:,} copied; "
                            f"{old.name} kept")

@@ -87,8 +87,51 @@ fn bad(path: &Path, what: impl std::fmt::Display) -> CtError {
 
 /// Write `entries` of `source` to `path` atomically. Refuses to overwrite an existing file.
 pub fn write(path: &Path, source: &SourceMap, entries: &Entries, taken_ns: u64) -> Result<u64> {
+    write_new(path, source, entries, taken_ns, false).map(|(_, bytes)| bytes)
+}
+
+/// `path` with `-n` before its extension: `b-20260101T000000Z.arrow` -> `b-20260101T000000Z-2.arrow`.
+fn numbered_name(path: &Path, n: u32) -> PathBuf {
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default();
+    let ext = path.extension().map(|e| format!(".{}", e.to_string_lossy())).unwrap_or_default();
+    path.with_file_name(format!("{stem}-{n}{ext}"))
+}
+
+/// Move `tmp` to `dst` only if `dst` does not exist, in one step (renameat2
+/// RENAME_NOREPLACE; link(2) + unlink on filesystems without that flag). Never replaces a
+/// file, whoever created it and whenever: Ok(false) when `dst` exists.
+fn claim(tmp: &Path, dst: &Path) -> std::io::Result<bool> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = |p: &Path| std::ffi::CString::new(p.as_os_str().as_bytes()).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL));
+    let (ct, cd) = (c(tmp)?, c(dst)?);
+    // SAFETY: two NUL-terminated paths, relative to the working directory.
+    let r = unsafe { libc::renameat2(libc::AT_FDCWD, ct.as_ptr(), libc::AT_FDCWD, cd.as_ptr(), libc::RENAME_NOREPLACE) };
+    if r == 0 {
+        return Ok(true);
+    }
+    let e = std::io::Error::last_os_error();
+    match e.raw_os_error() {
+        Some(libc::EEXIST) => Ok(false),
+        Some(libc::EINVAL) | Some(libc::ENOSYS) => match std::fs::hard_link(tmp, dst) {
+            Ok(()) => {
+                let _ = std::fs::remove_file(tmp);
+                Ok(true)
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Ok(false),
+            Err(e) => Err(e),
+        },
+        _ => Err(e),
+    }
+}
+
+/// Write a backup under `path`, or (with `numbered`, for default names that may collide
+/// with a concurrent run's) under the first of `path`, `path-2`, `path-3`, ... that does
+/// not exist. The complete, fsynced file is claimed under its final name atomically, so a
+/// backup is never overwritten, even by a race. Returns the name used and the size.
+pub fn write_new(path: &Path, source: &SourceMap, entries: &Entries, taken_ns: u64, numbered: bool) -> Result<(PathBuf, u64)> {
     let shown = path.display();
-    if path.exists() {
+    let exists = |p: &Path| std::fs::symlink_metadata(p).is_ok();
+    if !numbered && exists(path) {
         return Err(CtError::BadArgument(format!("{shown}: already exists; a backup is never overwritten")));
     }
     let dir = match path.parent() {
@@ -100,10 +143,25 @@ pub fn write(path: &Path, source: &SourceMap, entries: &Entries, taken_ns: u64) 
     }
     let file_name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
     let tmp = dir.join(format!(".{file_name}.{}.partial", std::process::id()));
-    let res = write_tmp(&tmp, source, entries, taken_ns).and_then(|bytes| {
-        std::fs::rename(&tmp, path).map_err(|e| CtError::os(format!("{shown}: rename into place"), e))?;
+    let res = write_tmp(&tmp, path, &dir, source, entries, taken_ns).and_then(|bytes| {
+        let mut n = 1;
+        let mut dst = path.to_path_buf();
+        loop {
+            let claimed = claim(&tmp, &dst).map_err(|e| CtError::os(format!("{}: moving the backup into place", dst.display()), e))?;
+            if claimed {
+                break;
+            }
+            if !numbered {
+                return Err(CtError::BadArgument(format!("{shown}: already exists; a backup is never overwritten")));
+            }
+            n += 1;
+            if n > 10_000 {
+                return Err(CtError::BadArgument(format!("{shown}: {n} backups of this name exist already")));
+            }
+            dst = numbered_name(path, n);
+        }
         sync_dir(&dir)?;
-        Ok(bytes)
+        Ok((dst, bytes))
     });
     if res.is_err() {
         let _ = std::fs::remove_file(&tmp);
@@ -111,10 +169,20 @@ pub fn write(path: &Path, source: &SourceMap, entries: &Entries, taken_ns: u64) 
     res
 }
 
-fn write_tmp(tmp: &Path, source: &SourceMap, entries: &Entries, taken_ns: u64) -> Result<u64> {
-    let shown = tmp.display();
+/// Write the backup to `tmp` (O_EXCL, 0600) and fsync it. Errors name the backup `path`
+/// and its directory, not the internal temporary name.
+fn write_tmp(tmp: &Path, path: &Path, dir: &Path, source: &SourceMap, entries: &Entries, taken_ns: u64) -> Result<u64> {
+    let shown = path.display();
     let io = |what: &str, e: std::io::Error| CtError::os(format!("{shown}: {what}"), e);
-    let file = OpenOptions::new().write(true).create_new(true).mode(0o600).open(tmp).map_err(|e| io("create", e))?;
+    let file = OpenOptions::new().write(true).create_new(true).mode(0o600).custom_flags(libc::O_NOFOLLOW).open(tmp).map_err(|e| {
+        match e.raw_os_error() {
+            Some(libc::EACCES) | Some(libc::EPERM) | Some(libc::EROFS) => CtError::Permission(format!(
+                "{shown}: cannot write the backup: directory {} is not writable ({e}); choose another with --backup",
+                dir.display()
+            )),
+            _ => io(&format!("creating the backup in {}", dir.display()), e),
+        }
+    })?;
     let ks = i32::try_from(entries.key_size).map_err(|_| bad(tmp, "key size too large"))?;
     let vs = i32::try_from(entries.value_size).map_err(|_| bad(tmp, "value size too large"))?;
     let meta: HashMap<String, String> = [
@@ -269,6 +337,12 @@ mod tests {
         let e = sample(ROWS_PER_BATCH + 17);
         write(&path, &src, &e, 42).unwrap();
         assert!(write(&path, &src, &e, 42).is_err(), "never overwrites");
+        // A default name taken by a concurrent run: the next number, never the same file.
+        let (p2, _) = write_new(&path, &src, &e, 43, true).unwrap();
+        assert_eq!(p2, dir.join("b-2.arrow"));
+        assert_eq!(read(&path).unwrap().taken_ns, 42);
+        std::fs::remove_file(&p2).unwrap();
+        assert!(std::fs::read_dir(&dir).unwrap().all(|f| !f.unwrap().file_name().to_string_lossy().ends_with(".partial")));
         let b = read(&path).unwrap();
         assert_eq!(b.source, src);
         assert_eq!(b.entries.count, e.count);

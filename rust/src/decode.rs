@@ -389,7 +389,7 @@ impl CtDecoder {
             let mut rest = flags;
             while rest != 0 {
                 let bit = rest & rest.wrapping_neg();
-                flag_values.push(layout::flag_label(bit).as_bytes());
+                flag_values.push(layout::flag_label_in(self.layout, bit).as_bytes());
                 rest &= rest - 1;
             }
             flag_offsets.push(flag_values.views.len() as i32);
@@ -406,7 +406,8 @@ impl CtDecoder {
                 let lb = &val[v.b_to_a..];
                 a2b.push(la, &v.leg);
                 b2a.push(lb, &v.leg);
-                if proto_raw == PROTO_TCP {
+                // Calico judges the protocol by the key's low byte (`Key.Proto()`), as `proto` does.
+                if proto_raw & 0xff == PROTO_TCP {
                     let bits = |l: &[u8]| LegBits(u32_at(l, v.leg.bits));
                     state.push(tcp_state(flags, bits(la), bits(lb)).as_bytes());
                     has_state.push(true);
@@ -594,6 +595,48 @@ mod tests {
         assert!(col("rev_proto").is_null(0));
         let idle = col("idle_s");
         assert_eq!(idle.as_primitive::<arrow_array::types::Float64Type>().value(0), 1.0);
+    }
+
+    /// Calico's own readers per layout (issue 9 §6): ct3 flags are 16 bits (bytes 18–19 are
+    /// padding), the leg's workload bit exists from v3.30 only, TCP is the key's low byte.
+    #[test]
+    fn decodes_as_each_calico_release_reads() {
+        let key = key4(0x106, [10, 0, 0, 1], [10, 0, 0, 2], 1, 2);
+        let mut v = vec![0u8; 88];
+        v[17] = 0x01;
+        v[18] = 0x01; // maglev in ct4; padding in ct3
+        v[19] = 0x80;
+        v[23] = 0x20; // no-dsr
+        for leg in [24, 48] {
+            v[leg + 16] = (LEG_SYN | LEG_ACK | LEG_WORKLOAD) as u8;
+        }
+        let names = |b: &RecordBatch| {
+            let l = b.column_by_name("flag_names").unwrap().as_list::<i32>().value(0);
+            (0..l.len()).map(|i| l.as_string_view().value(i).to_string()).collect::<Vec<_>>()
+        };
+        for (lay, flags, workload) in [
+            (Layout::V3Created, 0x2001, None),
+            (Layout::V3, 0x2001, Some(true)),
+            (Layout::V4, 0x8001_2001, Some(true)),
+        ] {
+            let b = CtDecoder::new(lay, Family::V4, 0).unwrap().decode(&key, &v, 1).unwrap();
+            let col = |n: &str| b.column_by_name(n).unwrap().clone();
+            assert_eq!(col("flags").as_primitive::<UInt32Type>().value(0), flags, "{lay:?}");
+            let w = col("a2b_workload");
+            assert_eq!(w.is_valid(0).then(|| w.as_boolean().value(0)), workload, "{lay:?}");
+            assert_eq!(col("proto").as_primitive::<arrow_array::types::UInt8Type>().value(0), 6);
+            assert_eq!(col("tcp_state").as_string_view().value(0), "ESTABLISHED", "{lay:?}");
+            if lay == Layout::V4 {
+                assert_eq!(names(&b), ["nat-out", "no-dsr", "maglev", "0x80000000"]);
+            } else {
+                assert_eq!(names(&b), ["nat-out", "no-dsr"]);
+            }
+        }
+        // ct2's reader names flags up to B-A only: later bits are hex there.
+        let mut v2 = vec![0u8; 64];
+        v2[23] = 0x03; // B-A, host-psnat
+        let b = CtDecoder::new(Layout::V2, Family::V4, 0).unwrap().decode(&key, &v2, 1).unwrap();
+        assert_eq!(names(&b), ["B-A", "0x200"]);
     }
 }
 

@@ -1,7 +1,11 @@
 //! Calico CT byte layouts (facts file §1–§4) and how to pick one for a live map.
 //!
 //! All offsets live here so the decoder, the synthetic writer and the checks agree on one
-//! table. Where the facts file and Calico's `conntrack_types.h` differ, the header wins.
+//! table. Where the facts file and Calico's sources differ, the sources win: each layout reads
+//! what Calico's Go reader of the releases that wrote it reads (`felix/bpf/conntrack/`):
+//! v2 = v3.24+ `v2/map.go` (ct2 was written by ≤ v3.23), v3-created = v3.24–v3.29 `v3/map.go`,
+//! v3 = v3.30 `v3/map.go`, v4 = v3.31+ `v4/map.go` (flags3/flags4 from v3.32), with
+//! `felix/bpf-gpl/conntrack_types.h` at the same tags for what the BPF side writes.
 
 use crate::error::CtError;
 use crate::sys::{BPF_F_NO_PREALLOC, MAP_TYPE_HASH, MAP_TYPE_LRU_HASH};
@@ -10,9 +14,9 @@ use crate::sys::{BPF_F_NO_PREALLOC, MAP_TYPE_HASH, MAP_TYPE_LRU_HASH};
 pub enum Layout {
     /// Calico ≤ v3.23: 64-byte value with 12-byte legs, IPv4 only.
     V2,
-    /// `cali_v*_ct3` written by Calico ≤ v3.29: value offset 0 is `created`.
+    /// `cali_v*_ct3` written by Calico ≤ v3.29: value offset 0 is `created`, no leg `workload`.
     V3Created,
-    /// `cali_v*_ct3` written by v3.30: value offset 0 is `rst_seen`.
+    /// `cali_v*_ct3` written by v3.30: value offset 0 is `rst_seen`; 16-bit flags as in ct2.
     V3,
     /// `cali_v*_ct4` (v3.31+): same bytes as v3, plus flags3/flags4 (v3.32+).
     V4,
@@ -66,10 +70,22 @@ impl Layout {
         matches!(self, Layout::V3 | Layout::V4)
     }
 
-    /// flags3/flags4 (value bytes 18–19) were padding before v3.32; only read them where
-    /// they can carry meaning.
+    /// flags3/flags4 (value bytes 18–19): padding in ct2 and ct3 maps (Calico's v2/v3
+    /// `Value.Flags()` is the 16-bit word of bytes 17 and 23); bytes of the 32-bit word only
+    /// in ct4 (v3.32 `felix/bpf/conntrack/v4/map.go`, zero padding when v3.31 wrote them).
     pub fn has_high_flags(self) -> bool {
-        matches!(self, Layout::V3 | Layout::V4)
+        matches!(self, Layout::V4)
+    }
+
+    /// The flag bits Calico's reader of this layout names (`Value.String()` / `FlagNames`);
+    /// other bits are shown in hex. v2: v3.24+ `conntrack/v2/map.go` (up to B-A); ct3: v3.26–v3.30
+    /// `conntrack/v3/map.go` (up to no-dsr); ct4: every label (v3.32 + master).
+    pub fn named_flags(self) -> u32 {
+        match self {
+            Layout::V2 => 0x1cf,
+            Layout::V3Created | Layout::V3 => 0x3fcf,
+            Layout::V4 | Layout::Raw => u32::MAX,
+        }
     }
 }
 
@@ -161,6 +177,9 @@ pub const OFF_FLAGS2: usize = 23;
 
 const LEG_V3: LegOffsets =
     LegOffsets { bytes: Some(0), packets: Some(8), seqno: 12, bits: 16, ifindex: 20, has_workload: true };
+/// ct3 as written by Calico ≤ v3.29: the same 24 bytes, but bit 6 `workload` is no field yet
+/// (v3.29 `conntrack/v3/map.go` `Leg`; `workload:1` arrived in v3.30's `conntrack_types.h`).
+const LEG_V3_CREATED: LegOffsets = LegOffsets { has_workload: false, ..LEG_V3 };
 const LEG_V2: LegOffsets =
     LegOffsets { bytes: None, packets: None, seqno: 0, bits: 4, ifindex: 8, has_workload: false };
 
@@ -183,7 +202,7 @@ impl ValueOffsets {
             (Layout::V2, Family::V6) | (Layout::Raw, _) => return None,
             (_, Family::V4) => ValueOffsets {
                 size: 88,
-                leg: LEG_V3,
+                leg: if layout == Layout::V3Created { LEG_V3_CREATED } else { LEG_V3 },
                 a_to_b: 24,
                 b_to_a: 48,
                 tun_ip: 72,
@@ -196,7 +215,7 @@ impl ValueOffsets {
             },
             (_, Family::V6) => ValueOffsets {
                 size: 128,
-                leg: LEG_V3,
+                leg: if layout == Layout::V3Created { LEG_V3_CREATED } else { LEG_V3 },
                 a_to_b: 24,
                 b_to_a: 48,
                 tun_ip: 72,
@@ -254,6 +273,15 @@ pub fn flag_label(bit: u32) -> std::borrow::Cow<'static, str> {
     }
 }
 
+/// Label of one flag bit as the layout's Calico release names it: a bit that release
+/// never defined is shown in hex, not with a later release's name.
+pub fn flag_label_in(layout: Layout, bit: u32) -> std::borrow::Cow<'static, str> {
+    if bit & layout.named_flags() == 0 {
+        return std::borrow::Cow::Owned(format!("{bit:#x}"));
+    }
+    flag_label(bit)
+}
+
 /// The kernel's name of a map type, as bpftool prints it.
 pub fn map_type_name(t: u32) -> String {
     const NAMES: &[&str] = &[
@@ -295,13 +323,23 @@ fn version_from_name(name: &str) -> Option<(u8, Option<Family>)> {
 }
 
 /// Decide version and family from the map's own name, type and sizes (never from defaults).
+///
+/// Calico creates CT maps as HASH (ct2, ct3) or LRU_HASH (ct4) only (`MapParams.Type` in
+/// `felix/bpf/conntrack/v{2,3,4}/map.go`): a map of any other type (a PERCPU_HASH of 16/88
+/// bytes, say) is no CT version whatever its name and sizes. Between HASH and LRU_HASH a
+/// Calico name decides, else the type (HASH: ct3, LRU_HASH: ct4), so that `check`/`resize`
+/// can report a ct4 pin holding a HASH map field by field instead of calling it ct3.
 pub fn detect(name: &str, pin_name: &str, map_type: u32, key_size: u32, value_size: u32) -> Detected {
+    const NONE: Detected = Detected { version: None, family: None };
+    if map_type != MAP_TYPE_HASH && map_type != MAP_TYPE_LRU_HASH {
+        return NONE;
+    }
     let family = match (key_size, value_size) {
         (16, 64) | (16, 88) => Some(Family::V4),
         (40, 128) => Some(Family::V6),
         _ => None,
     };
-    let Some(family) = family else { return Detected { version: None, family: None } };
+    let Some(family) = family else { return NONE };
     if value_size == 64 {
         return Detected { version: Some(2), family: Some(family) };
     }
@@ -413,6 +451,19 @@ mod tests {
     }
 
     #[test]
+    fn only_calicos_map_types_have_a_version() {
+        let none = Detected { version: None, family: None };
+        // PERCPU_HASH (5), LRU_PERCPU_HASH (10), ARRAY (2) with CT sizes and names: no version.
+        for t in [2, 5, 10] {
+            assert_eq!(detect("other", "x", t, 16, 88), none, "type {t}");
+            assert_eq!(detect("cali_v4_ct3", "", t, 16, 88), none, "type {t}");
+            assert_eq!(detect("cali_v6_ct4", "", t, 40, 128), none, "type {t}");
+            assert_eq!(detect("cali_v4_ct2", "", t, 16, 64), none, "type {t}");
+        }
+        assert_eq!(detect("cali_v4_ct2", "", 1, 16, 64).version, Some(2));
+    }
+
+    #[test]
     fn layouts_reject_wrong_sizes() {
         assert!(check_fits(Layout::V2, Some(Family::V4), 16, 88).is_err());
         assert!(check_fits(Layout::V4, Some(Family::V4), 16, 88).is_ok());
@@ -450,5 +501,17 @@ mod tests {
         }
         assert_eq!(flag_label(0x100), "B-A");
         assert_eq!(flag_label(0x10), "0x10");
+    }
+
+    #[test]
+    fn fields_exist_from_the_release_that_added_them() {
+        let leg = |l| ValueOffsets::new(l, Family::V4).unwrap().leg.has_workload;
+        assert!(!leg(Layout::V2) && !leg(Layout::V3Created) && leg(Layout::V3) && leg(Layout::V4));
+        assert!(!ValueOffsets::new(Layout::V3Created, Family::V6).unwrap().leg.has_workload);
+        assert!(Layout::V4.has_high_flags() && !Layout::V3.has_high_flags() && !Layout::V3Created.has_high_flags());
+        assert_eq!(flag_label_in(Layout::V3, 0x4000), "0x4000");
+        assert_eq!(flag_label_in(Layout::V4, 0x4000), "no-redir-peer");
+        assert_eq!(flag_label_in(Layout::V2, 0x200), "0x200");
+        assert_eq!(flag_label_in(Layout::V3Created, 0x2000), "no-dsr");
     }
 }

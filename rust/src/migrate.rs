@@ -179,18 +179,89 @@ pub fn fresher(source: &Entries, dest: &Entries, by_last_seen: bool, overwrite_d
     let idx = index(dest);
     let (mut add, mut update) =
         (Entries::new(source.key_size, source.value_size), Entries::new(source.key_size, source.value_size));
-    let by_last_seen = by_last_seen && source.value_size >= 16;
     let mut kept = 0;
     for i in 0..source.count {
         let (k, v) = (source.key(i), source.value(i));
         match idx.get(k) {
             None => add.push(k, v),
             Some(d) if *d == v => {}
-            Some(d) if if by_last_seen { last_seen(v) > last_seen(d) } else { overwrite_differing } => update.push(k, v),
+            Some(d) if replaces(v, d, by_last_seen, overwrite_differing) => update.push(k, v),
             Some(_) => kept += 1,
         }
     }
     Fresher { add, update, kept }
+}
+
+/// The freshness rule, in one place: does `v` replace a destination's differing value `d`?
+/// CT layouts (`by_last_seen`): only when its last_seen is newer (an equal last_seen keeps
+/// `d`); otherwise Felix's delta rule, `overwrite_differing`.
+fn replaces(v: &[u8], d: &[u8], by_last_seen: bool, overwrite_differing: bool) -> bool {
+    if by_last_seen && v.len() >= 16 && d.len() >= 16 { last_seen(v) > last_seen(d) } else { overwrite_differing }
+}
+
+/// What `write_fresher` did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct FreshWrite {
+    /// Keys the map lacked, inserted.
+    pub added: u64,
+    /// Keys whose older value was replaced.
+    pub updated: u64,
+    /// Keys whose differing value the map keeps (as fresh or fresher; or no overwrite rule).
+    pub kept: u64,
+}
+
+/// How often one key is retried when a live writer inserts or deletes it between our
+/// lookup and our write (each retry means the map changed under us: bounded, not a loop).
+const FRESH_RETRIES: u32 = 64;
+
+/// Write each of `candidates` into the live map behind `fd` by the freshness rule
+/// (`replaces`), deciding per key against what the map holds at that moment rather than
+/// against an earlier snapshot: a key the map lacks is inserted with `BPF_NOEXIST` (so a
+/// value a live writer inserted meanwhile is never replaced blindly: the key is looked at
+/// again), a key it holds with an older value is replaced with `BPF_EXIST`. What stays
+/// racy: a writer updating the same key between our lookup and our update (microseconds)
+/// has its value replaced by the older one; the bpf(2) map API has no compare-and-swap.
+pub fn write_fresher(fd: BorrowedFd<'_>, candidates: &Entries, by_last_seen: bool, overwrite_differing: bool) -> Result<FreshWrite> {
+    let mut w = FreshWrite::default();
+    let mut cur = vec![0u8; candidates.value_size];
+    for i in 0..candidates.count {
+        let (k, v) = (candidates.key(i), candidates.value(i));
+        let mut tries = 0;
+        loop {
+            tries += 1;
+            if tries > FRESH_RETRIES {
+                return Err(CtError::Os {
+                    op: format!("writing the delta: key {} changed under us {FRESH_RETRIES} times", hex(k)),
+                    err: std::io::Error::from_raw_os_error(libc::EAGAIN),
+                });
+            }
+            let found = sys::lookup_elem(fd, k, &mut cur).map_err(|e| CtError::os("BPF_MAP_LOOKUP_ELEM", e))?;
+            let (flags, counter) = if !found {
+                (sys::BPF_NOEXIST, &mut w.added)
+            } else if cur == v {
+                break;
+            } else if replaces(v, &cur, by_last_seen, overwrite_differing) {
+                (sys::BPF_EXIST, &mut w.updated)
+            } else {
+                w.kept += 1;
+                break;
+            };
+            match sys::update_elem(fd, k, v, flags) {
+                Ok(()) => {
+                    *counter += 1;
+                    break;
+                }
+                // Inserted (EEXIST) or deleted (ENOENT) by someone else meanwhile: look again.
+                Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST) | Some(libc::ENOENT)) => continue,
+                Err(e) => return Err(CtError::os("BPF_MAP_UPDATE_ELEM", e)),
+            }
+        }
+    }
+    Ok(w)
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 /// The entries whose last_seen (value offset 8, every CT layout) is newest, at most `n`:

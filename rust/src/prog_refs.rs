@@ -1,14 +1,16 @@
-//! Which loaded BPF programs reference a map: a program holds the map object it was
-//! loaded with until it is reloaded, whatever is pinned later (facts §7). Walks program
-//! ids with `BPF_PROG_GET_NEXT_ID` and reads each program's `map_ids` — no feature probes,
-//! nothing loaded.
+//! Who uses a map: the loaded BPF programs that reference it (a program holds the map
+//! object it was loaded with until it is reloaded, whatever is pinned later, facts §7),
+//! and the processes holding a file descriptor of it (a user-space writer keeps writing to
+//! the map its fd names, whatever is pinned later). Programs: `BPF_PROG_GET_NEXT_ID` and
+//! each program's `map_ids`; processes: `/proc/PID/fdinfo/FD`'s `map_id:` line. Nothing
+//! is loaded, no feature probes.
 
 use std::io;
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-
-use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_prog_info};
+use std::os::fd::AsFd;
+use std::path::Path;
 
 use crate::error::{CtError, Result};
+use crate::sys;
 
 /// A loaded program that uses the map.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -18,43 +20,25 @@ pub struct ProgRef {
     pub prog_type: u32,
 }
 
-fn bpf(cmd: bpf_cmd, attr: &mut bpf_attr) -> io::Result<i64> {
-    // SAFETY: attr is a zero-initialised bpf_attr; the kernel reads/writes at most its size.
-    let ret = unsafe {
-        libc::syscall(libc::SYS_bpf, cmd as libc::c_long, attr as *mut bpf_attr, std::mem::size_of::<bpf_attr>())
-    };
-    if ret < 0 { Err(io::Error::last_os_error()) } else { Ok(ret) }
+/// A process (other than this one) holding file descriptors of the map.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Holder {
+    pub pid: u32,
+    pub comm: String,
+    pub fds: Vec<u32>,
 }
 
-fn next_prog_id(start: u32) -> io::Result<Option<u32>> {
-    // SAFETY: all-zero is a valid bpf_attr.
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    attr.__bindgen_anon_6.__bindgen_anon_1.start_id = start;
-    match bpf(bpf_cmd::BPF_PROG_GET_NEXT_ID, &mut attr) {
-        Ok(_) => Ok(Some(unsafe { attr.__bindgen_anon_6.next_id })),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
-        Err(e) => Err(e),
+/// The error for a failed program walk. The kernel allows `BPF_PROG_GET_NEXT_ID` and
+/// `BPF_PROG_GET_FD_BY_ID` with CAP_SYS_ADMIN only: CAP_BPF, enough for the map commands,
+/// is not, so the generic "needs CAP_BPF" message would blame the wrong capability.
+fn walk_error(op: String, err: io::Error) -> CtError {
+    match err.raw_os_error() {
+        Some(libc::EPERM) | Some(libc::EACCES) => CtError::Permission(format!(
+            "{op}: {err}: listing the programs that use a map needs CAP_SYS_ADMIN (CAP_BPF is not enough for \
+             walking program ids)"
+        )),
+        _ => CtError::os(op, err),
     }
-}
-
-fn prog_fd(id: u32) -> io::Result<OwnedFd> {
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    attr.__bindgen_anon_6.__bindgen_anon_1.prog_id = id;
-    let fd = bpf(bpf_cmd::BPF_PROG_GET_FD_BY_ID, &mut attr)?;
-    // SAFETY: a new fd the kernel handed us.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
-}
-
-fn prog_info(fd: &OwnedFd, map_ids: &mut [u32]) -> io::Result<bpf_prog_info> {
-    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
-    info.nr_map_ids = map_ids.len() as u32;
-    info.map_ids = map_ids.as_mut_ptr() as u64;
-    let mut attr: bpf_attr = unsafe { std::mem::zeroed() };
-    attr.info.bpf_fd = fd.as_raw_fd() as u32;
-    attr.info.info_len = std::mem::size_of::<bpf_prog_info>() as u32;
-    attr.info.info = &mut info as *mut _ as u64;
-    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
-    Ok(info)
 }
 
 /// Every loaded program whose map list contains `map_id`.
@@ -62,22 +46,23 @@ pub fn programs_using(map_id: u32) -> Result<Vec<ProgRef>> {
     let mut out = Vec::new();
     let mut id = 0u32;
     loop {
-        id = match next_prog_id(id).map_err(|e| CtError::os("BPF_PROG_GET_NEXT_ID", e))? {
+        id = match sys::prog_get_next_id(id).map_err(|e| walk_error("BPF_PROG_GET_NEXT_ID".into(), e))? {
             Some(next) => next,
             None => break,
         };
-        let fd = match prog_fd(id) {
+        let fd = match sys::prog_get_fd_by_id(id) {
             Ok(fd) => fd,
             // Unloaded between the two calls.
             Err(e) if e.raw_os_error() == Some(libc::ENOENT) => continue,
-            Err(e) => return Err(CtError::os(format!("BPF_PROG_GET_FD_BY_ID {id}"), e)),
+            Err(e) => return Err(walk_error(format!("BPF_PROG_GET_FD_BY_ID {id}"), e)),
         };
-        let first = prog_info(&fd, &mut []).map_err(|e| CtError::os(format!("prog {id}: BPF_OBJ_GET_INFO_BY_FD"), e))?;
+        let info_err = |e| CtError::os(format!("prog {id}: BPF_OBJ_GET_INFO_BY_FD"), e);
+        let first = sys::prog_info(fd.as_fd(), &mut []).map_err(info_err)?;
         if first.nr_map_ids == 0 {
             continue;
         }
         let mut ids = vec![0u32; first.nr_map_ids as usize];
-        let info = prog_info(&fd, &mut ids).map_err(|e| CtError::os(format!("prog {id}: BPF_OBJ_GET_INFO_BY_FD"), e))?;
+        let info = sys::prog_info(fd.as_fd(), &mut ids).map_err(info_err)?;
         ids.truncate(info.nr_map_ids.min(ids.len() as u32) as usize);
         if ids.contains(&map_id) {
             let name: Vec<u8> = info.name.iter().take_while(|&&c| c != 0).map(|&c| c as u8).collect();
@@ -85,4 +70,73 @@ pub fn programs_using(map_id: u32) -> Result<Vec<ProgRef>> {
         }
     }
     Ok(out)
+}
+
+/// The map id a `/proc/PID/fdinfo/FD` text names (`map_id:\t<id>`), if any.
+fn fdinfo_map_id(text: &str) -> Option<u32> {
+    text.lines().find_map(|l| l.strip_prefix("map_id:").and_then(|v| v.trim().parse().ok()))
+}
+
+/// Processes other than this one holding a file descriptor of map `map_id`, by pid. Only
+/// fds whose link reads `anon_inode:bpf-map` have their fdinfo read. Processes that exit
+/// or deny access meanwhile are skipped (root sees them all).
+pub fn map_holders(map_id: u32) -> Result<Vec<Holder>> {
+    holders_in(Path::new("/proc"), map_id)
+}
+
+fn holders_in(proc_root: &Path, map_id: u32) -> Result<Vec<Holder>> {
+    let me = std::process::id();
+    let dir = std::fs::read_dir(proc_root).map_err(|e| CtError::os(format!("{}: list processes", proc_root.display()), e))?;
+    let mut out = Vec::new();
+    for ent in dir.flatten() {
+        let Some(pid) = ent.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+        if pid == me {
+            continue;
+        }
+        let base = ent.path();
+        let Ok(fds) = std::fs::read_dir(base.join("fd")) else { continue };
+        let mut held = Vec::new();
+        for fd in fds.flatten() {
+            let Some(n) = fd.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else { continue };
+            match std::fs::read_link(fd.path()) {
+                Ok(t) if t.as_os_str() == "anon_inode:bpf-map" => {}
+                _ => continue,
+            }
+            let Ok(info) = std::fs::read_to_string(base.join("fdinfo").join(n.to_string())) else { continue };
+            if fdinfo_map_id(&info) == Some(map_id) {
+                held.push(n);
+            }
+        }
+        if !held.is_empty() {
+            held.sort_unstable();
+            let comm = std::fs::read_to_string(base.join("comm")).map(|c| c.trim_end().to_string()).unwrap_or_default();
+            out.push(Holder { pid, comm, fds: held });
+        }
+    }
+    out.sort_by_key(|h| h.pid);
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_program_walk_blames_cap_sys_admin() {
+        let e = walk_error("BPF_PROG_GET_NEXT_ID".into(), io::Error::from_raw_os_error(libc::EPERM));
+        let msg = e.to_string();
+        assert!(matches!(e, CtError::Permission(_)));
+        assert!(msg.contains("CAP_SYS_ADMIN") && msg.contains("CAP_BPF is not enough"), "{msg}");
+        assert!(!msg.contains("needs root or CAP_BPF"), "{msg}");
+        // Other errors keep the generic mapping.
+        assert!(matches!(walk_error("x".into(), io::Error::from_raw_os_error(libc::EINVAL)), CtError::Os { .. }));
+    }
+
+    #[test]
+    fn reads_the_map_id_of_an_fdinfo() {
+        let text = "pos:\t0\nflags:\t02000002\nmnt_id:\t15\nino:\t1057\nmap_type:\t9\nkey_size:\t16\n\
+                    value_size:\t88\nmax_entries:\t512000\nmap_flags:\t0x0\nmap_extra:\t0x0\nmemlock:\t1\nmap_id:\t42\n";
+        assert_eq!(fdinfo_map_id(text), Some(42));
+        assert_eq!(fdinfo_map_id("pos:\t0\nflags:\t0\n"), None);
+    }
 }

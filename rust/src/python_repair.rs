@@ -75,6 +75,15 @@ impl Snapshot {
         Ok(py.detach(|| backup::write(&path, &self.source, &self.entries, self.taken_ns))?)
     }
 
+    /// Write as a backup file under `path`, or with `numbered` (a default name a concurrent
+    /// run may take too) under the first free `path`, `path-2`, ...; the final name is
+    /// claimed atomically, never overwriting. Returns the path written.
+    #[pyo3(signature = (path, numbered=false))]
+    fn write_new(&self, py: Python<'_>, path: PathBuf, numbered: bool) -> PyResult<PathBuf> {
+        let (p, _) = py.detach(|| backup::write_new(&path, &self.source, &self.entries, self.taken_ns, numbered))?;
+        Ok(p)
+    }
+
     /// The newest `n` entries by last_seen (what `--force` keeps when shrinking).
     fn newest(&self, py: Python<'_>, n: usize) -> Snapshot {
         let e = py.detach(|| migrate::newest(&self.entries, n));
@@ -135,6 +144,14 @@ fn comparison_dict<'py>(py: Python<'py>, c: &Comparison) -> PyResult<Bound<'py, 
     d.set_item("different", c.different)?;
     d.set_item("extra", c.extra)?;
     d.set_item("identical", c.identical())?;
+    Ok(d)
+}
+
+fn fresh_dict<'py>(py: Python<'py>, w: &migrate::FreshWrite) -> PyResult<Bound<'py, PyDict>> {
+    let d = PyDict::new(py);
+    d.set_item("added", w.added)?;
+    d.set_item("updated", w.updated)?;
+    d.set_item("kept", w.kept)?;
     Ok(d)
 }
 
@@ -211,6 +228,17 @@ impl LiveMap {
         }
         Ok(py.detach(|| migrate::write_into(self.inner.fd(), &snap.entries))?)
     }
+
+    /// Write `snap`'s entries by the freshness rule, decided per key against the map's
+    /// value at that moment (migrate::write_fresher): {added, updated, kept}.
+    #[pyo3(signature = (snap, by_last_seen, overwrite_differing=false))]
+    fn write_fresher<'py>(&self, py: Python<'py>, snap: &Snapshot, by_last_seen: bool, overwrite_differing: bool) -> PyResult<Bound<'py, PyDict>> {
+        if !self.inner.writable {
+            return Err(CtError::BadArgument("map was opened read-only".into()).into());
+        }
+        let w = py.detach(|| migrate::write_fresher(self.inner.fd(), &snap.entries, by_last_seen, overwrite_differing))?;
+        fresh_dict(py, &w)
+    }
 }
 
 /// A map ctscope created; unpinned until `pin_replace`, so it vanishes if we die first.
@@ -245,9 +273,18 @@ impl NewMap {
     }
 
     /// Look up each entry of `snap` here: {expected, equal, missing, different, ...}.
-    fn lookup_compare<'py>(&self, py: Python<'py>, snap: &Snapshot) -> PyResult<Bound<'py, PyDict>> {
-        let c = py.detach(|| migrate::lookup_compare(self.fd.as_fd(), &snap.entries, false))?;
+    /// `newer_ok`: a CT entry as new or newer by last_seen counts as equal.
+    #[pyo3(signature = (snap, newer_ok=false))]
+    fn lookup_compare<'py>(&self, py: Python<'py>, snap: &Snapshot, newer_ok: bool) -> PyResult<Bound<'py, PyDict>> {
+        let c = py.detach(|| migrate::lookup_compare(self.fd.as_fd(), &snap.entries, newer_ok))?;
         comparison_dict(py, &c)
+    }
+
+    /// Write `snap`'s entries by the freshness rule (see `LiveMap.write_fresher`).
+    #[pyo3(signature = (snap, by_last_seen, overwrite_differing=false))]
+    fn write_fresher<'py>(&self, py: Python<'py>, snap: &Snapshot, by_last_seen: bool, overwrite_differing: bool) -> PyResult<Bound<'py, PyDict>> {
+        let w = py.detach(|| migrate::write_fresher(self.fd.as_fd(), &snap.entries, by_last_seen, overwrite_differing))?;
+        fresh_dict(py, &w)
     }
 
     /// Read every entry back.
@@ -299,6 +336,22 @@ fn programs_using_map<'py>(py: Python<'py>, map_id: u32) -> PyResult<Bound<'py, 
     Ok(out)
 }
 
+/// Processes other than this one holding a file descriptor of map `map_id`:
+/// [{pid, comm, fds}] (from /proc/PID/fdinfo).
+#[pyfunction]
+fn map_holders<'py>(py: Python<'py>, map_id: u32) -> PyResult<Bound<'py, PyList>> {
+    let holders = py.detach(|| prog_refs::map_holders(map_id))?;
+    let out = PyList::empty(py);
+    for h in holders {
+        let d = PyDict::new(py);
+        d.set_item("pid", h.pid)?;
+        d.set_item("comm", h.comm)?;
+        d.set_item("fds", h.fds)?;
+        out.append(d)?;
+    }
+    Ok(out)
+}
+
 /// Atomically rename one pin over another (same bpffs directory tree).
 #[pyfunction]
 fn rename_pin(py: Python<'_>, src: PathBuf, dst: PathBuf) -> PyResult<()> {
@@ -324,6 +377,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(read_backup, m)?)?;
     m.add_function(wrap_pyfunction!(object_maps, m)?)?;
     m.add_function(wrap_pyfunction!(programs_using_map, m)?)?;
+    m.add_function(wrap_pyfunction!(map_holders, m)?)?;
     m.add_function(wrap_pyfunction!(rename_pin, m)?)?;
     m.add_function(wrap_pyfunction!(swap_pin_name, m)?)?;
     m.add_function(wrap_pyfunction!(on_bpffs, m)?)?;

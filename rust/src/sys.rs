@@ -10,12 +10,13 @@ use std::os::fd::{AsRawFd, BorrowedFd, FromRawFd, OwnedFd};
 use std::os::unix::ffi::OsStrExt;
 use std::path::Path;
 
-use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_info};
+use aya_obj::generated::{bpf_attr, bpf_cmd, bpf_map_info, bpf_prog_info};
 
 pub const BPF_F_NO_PREALLOC: u32 = 1;
 pub const BPF_F_RDONLY: u32 = 8;
 pub const BPF_ANY: u64 = 0;
 pub const BPF_NOEXIST: u64 = 1;
+pub const BPF_EXIST: u64 = 2;
 /// The kernel's internal ENOTSUPP, returned by maps without batch ops.
 pub const ENOTSUPP: i32 = 524;
 /// statfs(2) magic of a bpffs mount.
@@ -106,14 +107,18 @@ pub fn map_create(p: &CreateParams) -> io::Result<OwnedFd> {
 pub fn map_info(fd: BorrowedFd<'_>) -> io::Result<bpf_map_info> {
     // SAFETY: plain C struct, zero is a valid value.
     let mut info: bpf_map_info = unsafe { std::mem::zeroed() };
-    let mut attr = zeroed_attr();
-    {
-        attr.info.bpf_fd = fd.as_raw_fd() as u32;
-        attr.info.info_len = std::mem::size_of::<bpf_map_info>() as u32;
-        attr.info.info = &mut info as *mut _ as u64;
-    }
-    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr)?;
+    obj_info(fd, &mut info)?;
     Ok(info)
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` into `info` (a kernel `bpf_*_info` struct, whose pointer
+/// fields, if any, the caller has set).
+fn obj_info<T>(fd: BorrowedFd<'_>, info: &mut T) -> io::Result<()> {
+    let mut attr = zeroed_attr();
+    attr.info.bpf_fd = fd.as_raw_fd() as u32;
+    attr.info.info_len = std::mem::size_of::<T>() as u32;
+    attr.info.info = info as *mut T as u64;
+    bpf(bpf_cmd::BPF_OBJ_GET_INFO_BY_FD, &mut attr).map(|_| ())
 }
 
 /// Outcome of one `BPF_MAP_LOOKUP_BATCH` call.
@@ -269,4 +274,37 @@ pub fn fs_type(path: &Path) -> io::Result<i64> {
         return Err(io::Error::last_os_error());
     }
     Ok(st.f_type as i64)
+}
+
+/// `BPF_PROG_GET_NEXT_ID`: the next loaded program id after `start`, None at the end.
+/// The kernel allows it with CAP_SYS_ADMIN only (CAP_BPF is not enough).
+pub fn prog_get_next_id(start: u32) -> io::Result<Option<u32>> {
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_6.__bindgen_anon_1.start_id = start;
+    match bpf(bpf_cmd::BPF_PROG_GET_NEXT_ID, &mut attr) {
+        // SAFETY: the kernel filled next_id.
+        Ok(_) => Ok(Some(unsafe { attr.__bindgen_anon_6.next_id })),
+        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+/// `BPF_PROG_GET_FD_BY_ID` (CAP_SYS_ADMIN, like `prog_get_next_id`).
+pub fn prog_get_fd_by_id(id: u32) -> io::Result<OwnedFd> {
+    let mut attr = zeroed_attr();
+    attr.__bindgen_anon_6.__bindgen_anon_1.prog_id = id;
+    let fd = bpf(bpf_cmd::BPF_PROG_GET_FD_BY_ID, &mut attr)?;
+    // SAFETY: a new fd the kernel handed us.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// `BPF_OBJ_GET_INFO_BY_FD` on a program, filling up to `map_ids.len()` map ids
+/// (`nr_map_ids` in the answer is the program's full count).
+pub fn prog_info(fd: BorrowedFd<'_>, map_ids: &mut [u32]) -> io::Result<bpf_prog_info> {
+    // SAFETY: plain C struct, zero is a valid value.
+    let mut info: bpf_prog_info = unsafe { std::mem::zeroed() };
+    info.nr_map_ids = map_ids.len() as u32;
+    info.map_ids = map_ids.as_mut_ptr() as u64;
+    obj_info(fd, &mut info)?;
+    Ok(info)
 }

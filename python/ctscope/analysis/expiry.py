@@ -12,7 +12,11 @@ Adds two columns: `expired` (bool) and `expire_reason` (Felix's reason text, nul
   whose rev key leads to another fwd stub (Felix would read that stub's bytes as legs).
 * Its reason is the rev entry's, prefixed "reverse entry: ".
 * Entries of layouts that record `created` (v2, v3 up to Calico 3.29) younger than
-  CreationGracePeriod are kept, as those Felix versions did.
+  CreationGracePeriod are kept, as those Felix versions did; a NAT fwd entry by its rev
+  entry's `created` (v3.29 cleanup.go checks the entry it judges), and one without a rev
+  entry is expired whatever its age.
+* Entries of unknown type are kept: Felix only warns about them (cleanup.go
+  `LivenessScanner.Check`, every release), and v3.30's BPF cleanup program has no case for them.
 """
 
 from __future__ import annotations
@@ -114,29 +118,35 @@ def with_expiry(frame: pl.LazyFrame | pl.DataFrame, timeouts: Timeouts | str | N
     is_fwd = pl.col("type") == "nat_fwd"
     t = timeouts
     proto = pl.col("proto")
-    # Felix checks the scanned entry's own `created` first (layouts that have it).
-    in_grace = ((now - pl.col("created_ns").cast(pl.Int64)) < t["CreationGracePeriod"]).fill_null(False)
+    # Felix ≤ 3.29 checks the judged entry's `created` first (layouts that have it): for a NAT
+    # fwd entry that is its rev entry's (`EntryExpired(revEntry)`); a fwd without rev goes at once.
+    def in_grace(col) -> pl.Expr:
+        return ((now - col("created_ns").cast(pl.Int64)) < t["CreationGracePeriod"]).fill_null(False)
 
     def graced(code: pl.Expr) -> pl.Expr:
-        return pl.when(in_grace).then(pl.lit(0, pl.UInt8)).otherwise(code).alias(_CODE)
+        return pl.when(in_grace(pl.col)).then(pl.lit(0, pl.UInt8)).otherwise(code).alias(_CODE)
 
-    own = lf.filter(~is_fwd).with_columns(graced(_rule_code(pl.col, proto, now, t))).select(*cols, _CODE)
+    # Felix keeps entries of unknown type ("Unknown conntrack entry type!"; BPF cleanup: no case).
+    known = pl.col("type").is_in(["normal", "nat_rev"])
+    own = lf.filter(~is_fwd).with_columns(graced(
+        pl.when(known).then(_rule_code(pl.col, proto, now, t)).otherwise(pl.lit(0, pl.UInt8)))).select(*cols, _CODE)
 
     # The rev entry of every fwd entry: keys are unique within a map (and a snapshot), so the
     # left join never duplicates rows.
     rev = lf.filter(~is_fwd).select(
         *[pl.col(k).alias(r) for k, r in zip(KEY, REV_KEY)],
         *[pl.col(c) for c in group],
-        *[pl.col(c).alias(_R + c) for c in JUDGED],
+        *[pl.col(c).alias(_R + c) for c in [*JUDGED, "created_ns"]],
     )
     by_rev = _rule_code(lambda c: pl.col(_R + c), proto, now, t)
     fwd = (
         lf.filter(is_fwd)
         .join(rev, on=REV_KEY + group, how="left", nulls_equal=False)
-        .with_columns(graced(
+        .with_columns(
             pl.when(pl.col(_R + "last_seen_ns").is_null()).then(pl.lit(NO_REV_CODE, pl.UInt8))
+            .when(in_grace(lambda c: pl.col(_R + c))).then(pl.lit(0, pl.UInt8))
             .when(by_rev > 0).then(by_rev + REV_OFFSET)
-            .otherwise(pl.lit(0, pl.UInt8))))
+            .otherwise(pl.lit(0, pl.UInt8)).alias(_CODE))
         .select(*cols, _CODE)
     )
     judged = pl.concat([own, fwd], how="vertical").with_columns((pl.col(_CODE) != 0).alias("expired"))

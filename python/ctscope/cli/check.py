@@ -29,6 +29,7 @@ def check_cmd(
     no_count: bool = typer.Option(False, "--no-count", help="Skip counting entries (fill ratio)."),
     recover: bool = typer.Option(False, "--recover", help="Also recover interrupted migrations (Felix's rule; needs --yes)."),
     yes: bool = typer.Option(False, "--yes", help="Allow --recover to act."),
+    wait: float = typer.Option(0.0, "--wait", metavar="SECONDS", help="With --recover: wait up to SECONDS for another ctscope write command holding the pin's lock (default 0: refuse at once, exit 5)."),
 ) -> None:
     """Compare pinned CT maps with what their loader expects, on libbpf's six fields."""
     if loader not in ("plain", "calico"):
@@ -45,7 +46,7 @@ def check_cmd(
     for pin in targets:
         recovered: list[str] = []
         if recover:
-            recovered = _recover(pin, yes, out)
+            recovered = _recover(pin, yes, out, wait)
         rep = checks.check_pin(pin, objects=objects or [], configured=configured, max_entries=max_entries,
                                loader=loader, count=not no_count)
         rep.recovered = "; ".join(recovered) or None
@@ -65,7 +66,7 @@ def check_cmd(
     raise typer.Exit(0 if all(r.compatible for r in reports) else 1)
 
 
-def _recover(pin: str, yes: bool, out: Console) -> list[str]:
+def _recover(pin: str, yes: bool, out: Console, wait: float) -> list[str]:
     from ctscope import resize
 
     p = resize.canonical_pin(pin)
@@ -74,7 +75,9 @@ def _recover(pin: str, yes: bool, out: Console) -> list[str]:
     if not yes:
         out.print(f"{pin}: would recover the interrupted migration (Felix's rule); add --yes")
         return []
-    return resize.recover(p, lambda s: out.print(f"{pin}: {s}"))
+    # Under the pin's write lock: a migration another run is in the middle of is refused
+    # (exit 5), not "recovered".
+    return resize.recover_locked(p, lambda s: out.print(f"{pin}: {s}"), wait=wait, command="check --recover") or []
 
 
 def _print(con: Console, rep: checks.MapReport) -> None:

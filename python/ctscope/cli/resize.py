@@ -24,6 +24,7 @@ def resize_cmd(
     force: bool = typer.Option(False, "--force", help="Shrink below the entry count: keep the newest entries by last_seen; when recovering, put <pin>_old back even if entries of <pin> do not fit it."),
     recover: bool = typer.Option(False, "--recover", help="Only recover an interrupted migration (Felix's rule: <pin>_old back to <pin>, after carrying into it the newer entries of <pin>)."),
     yes: bool = typer.Option(False, "--yes", help="Act. Without it the plan is printed and nothing changes."),
+    wait: float = typer.Option(0.0, "--wait", metavar="SECONDS", help="When another ctscope write command holds the pin's lock, wait up to SECONDS for it (default 0: refuse at once, exit 5)."),
     as_json: bool = typer.Option(False, "--json", help="Print the result as JSON."),
 ) -> None:
     """Resize a pinned CT map: backup, copy into a new map, verify, swap pins atomically."""
@@ -38,13 +39,17 @@ def resize_cmd(
             say(f"plan (nothing done; add --yes): {migration.recovery_plan(p)}")
             res = migration.Result(pin=str(p))
         else:
-            res = migration.Result(pin=str(p), done=True, recovered=migration.recover(p, say, force=force))
+            done = migration.recover_locked(p, say, force=force, wait=wait)
+            if done is None:
+                say(f"{p}: no interrupted migration any more (another run finished it): nothing to recover")
+            res = migration.Result(pin=str(p), done=True, recovered=done or [])
     elif delta:
-        res = migration.finish_delta(pin, backup=backup, keep_old=keep_old, yes=act, say=say)
+        res = migration.finish_delta(pin, backup=backup, keep_old=keep_old, yes=act, wait=wait, say=say)
     else:
         if max_entries is None:
             raise BadArgument("resize needs --max-entries N (or --delta / --recover)")
-        res = migration.resize(pin, max_entries, backup=backup, keep_old=keep_old, force=force, yes=act, say=say)
+        res = migration.resize(pin, max_entries, backup=backup, keep_old=keep_old, force=force, yes=act, wait=wait,
+                               say=say)
     if as_json:
         print(json.dumps(asdict(res), indent=2))
 
