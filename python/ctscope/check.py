@@ -467,10 +467,10 @@ def _assumed_size(rep: MapReport, info: dict[str, Any], size: ConfiguredSize) ->
             r.source += "; Felix loads at least this many"  # a certain mismatch: max(configured, file)
         else:
             r.assumed = True
-            rep.notes.append(f"max_entries NOT checked: the pin has {pinned:,} and {size.source} says "
-                             f"{size.value:,}, but without --felix-config or --max-entries ctscope cannot tell which "
-                             "size this cluster configures (the difference that makes libbpf refuse the pin, Calico "
-                             "issue 9651): pass one of them")
+            rep.notes.append(f"max_entries NOT checked: the pin has {pinned:,}, {size.source} is {size.value:,}, "
+                             "and without --felix-config or --max-entries ctscope cannot tell which size this cluster "
+                             "configures (the difference that makes libbpf refuse the pin, Calico issue 9651): pass "
+                             "one of them")
 
 
 def discover_pins(bpffs: str) -> list[Path]:
