@@ -570,7 +570,9 @@ def test_felix_configuration_sizes(tmp_path):
     assert s.value == 2_097_152 and "auto-grow" in s.source
     size_file.write_text("1000\n")  # smaller: the configuration wins
     assert check.felix_size(str(yaml_cfg), str(size_file)).value == 1_048_576
-    assert check.felix_size(None, None) is None
+    # Without a FelixConfiguration: Calico's default (felix/config/config_params.go), as an assumption.
+    s = check.felix_size(None, None)
+    assert (s.value, s.assumed, s.floor) == (512_000, True, None) and "default" in s.source
     from ctscope.errors import BadArgument
 
     with pytest.raises(BadArgument):

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from ctscope._native import object_maps
-from ctscope import felixconfig
+from ctscope import felixconfig, fill
 from ctscope.errors import BadArgument, CtscopeError
 from ctscope.pins import GLOBALS, ct_pin_version, globals_dir, is_ct_pin_name
 
@@ -27,10 +27,8 @@ CALICO_DEFAULT_SIZE = 512_000
 DEFAULT_SIZE_FILE = "/var/lib/calico/bpf_ct_map_size"
 POSSIBLE_CPUS = "/sys/devices/system/cpu/possible"
 
-# Felix's auto-grow (bpfMapSizeConntrackScaling: DoubleIfFull): doubles after a sweep
-# above 0.90 full, or above 0.85 for 3 sweeps in a row while shrinking.
-GROW_AT = 0.90
-WATCH_AT = 0.85
+# What `ctscope resize --max-entries` accepts (resize.resize): a u32, at least 1.
+RESIZE_MAX = 0xFFFFFFFF
 
 # Calico's CT maps by (version, family): type, key, value, flags (facts §1).
 LAYOUTS: dict[tuple[int, int], dict[str, Any]] = {
@@ -94,17 +92,25 @@ def _int_field(spec: dict[str, Any], key: str, path: str) -> int | None:
 class ConfiguredSize:
     value: int
     source: str
+    # No FelixConfiguration was given: `value` is Calico's default (or the node's auto-grow
+    # size file), which holds only if the cluster configures no other size.
+    assumed: bool = False
+    # The node's auto-grow size file: Felix loads at least this many (max(configured, file)).
+    floor: int | None = None
 
 
-def felix_size(config_path: str | None, size_file: str | None, cpus_path: str = POSSIBLE_CPUS) -> ConfiguredSize | None:
+def felix_size(config_path: str | None, size_file: str | None, cpus_path: str = POSSIBLE_CPUS) -> ConfiguredSize:
     """Felix's effective CT size: bpfMapSizeConntrack, or bpfMapSizePerCPUConntrack x
-    possible CPUs when that is > 0, or a larger number in the auto-grow size file."""
-    if config_path is None and size_file is None:
-        return None
+    possible CPUs when that is > 0, or a larger number in the auto-grow size file
+    (felix/dataplane/linux/int_dataplane.go). Without a FelixConfiguration the base is
+    Calico's default bpfMapSizeConntrack (512000, felix/config/config_params.go) and the
+    result is marked `assumed`: the cluster may configure another size."""
     spec = load_felix_config(config_path) if config_path else {}
     where = config_path or "defaults"
     base = _int_field(spec, "bpfMapSizeConntrack", where)
-    size, source = (base, f"{where}: bpfMapSizeConntrack") if base else (CALICO_DEFAULT_SIZE, "Calico default bpfMapSizeConntrack")
+    size, source = ((base, f"{where}: bpfMapSizeConntrack") if base else
+                    (CALICO_DEFAULT_SIZE, f"Calico's default bpfMapSizeConntrack {CALICO_DEFAULT_SIZE:,}"
+                     + ("" if config_path else " (assumed: no --felix-config)")))
     per_cpu = _int_field(spec, "bpfMapSizePerCPUConntrack", where) or 0
     if per_cpu > 0:
         cpus = possible_cpus(cpus_path)
@@ -125,7 +131,10 @@ def felix_size(config_path: str | None, size_file: str | None, cpus_path: str = 
             raise BadArgument(f"{sf}: holds {text[:40]!r}, expected a number of entries") from None
         if grown > size:
             size, source = grown, f"{sf} (auto-grow size, larger than {source})"
-    return ConfiguredSize(size, source)
+        floor = grown if grown > 0 else None
+    else:
+        floor = None
+    return ConfiguredSize(size, source, assumed=config_path is None, floor=floor)
 
 
 # --- the comparison ----------------------------------------------------------------------------
@@ -137,6 +146,9 @@ class Row:
     expected: Any
     source: str
     ok: bool
+    # The expectation is an assumption (Calico's default size, no configuration given): a
+    # difference is reported but is not a mismatch.
+    assumed: bool = False
 
 
 @dataclass
@@ -171,11 +183,23 @@ class MapReport:
 
     @property
     def compatible(self) -> bool:
-        return self.error is None and all(r.ok for r in self.rows) and self.interrupted is None
+        return self.error is None and all(r.ok or r.assumed for r in self.rows) and self.interrupted is None
+
+    @property
+    def max_entries_check(self) -> str:
+        """How max_entries was judged: checked (against a given or certain size), assumed
+        (equal to Calico's default, the configuration unknown), not checked."""
+        rows = [r for r in self.rows if r.field == "max_entries"]
+        if any(not r.assumed for r in rows):
+            return "checked"
+        if rows and all(r.ok for r in rows):
+            return "assumed"
+        return "not checked"
 
     def as_dict(self) -> dict[str, Any]:
         d = asdict(self)
         d["compatible"] = self.compatible
+        d["max_entries_check"] = self.max_entries_check
         return d
 
 
@@ -272,12 +296,19 @@ def check_pin(pin: str | os.PathLike[str], *, objects: list[str] = (), configure
     else:
         if max_entries is not None:
             expectations.append(("--max-entries", {"max_entries": max_entries}))
-        if configured is not None:
+        if configured is None and max_entries is None:
+            # Nothing says what this cluster configures: compare with what the node says (the
+            # auto-grow size file) or Calico's default, as an assumption (judged last).
+            configured = felix_size(None, None)
+        if configured is not None and not configured.assumed:
             expectations.append((configured.source, {"max_entries": configured.value}))
-    loader_size = configured or (ConfiguredSize(max_entries, "--max-entries") if max_entries is not None else None)
+    explicit = configured if configured is not None and not configured.assumed else None
+    loader_size = explicit or (ConfiguredSize(max_entries, "--max-entries") if max_entries is not None else None)
     views, obj_exp = _object_views(pin, info, list(objects), loader_size, loader)
     rep.objects = views
     expectations.extend(obj_exp)
+    if configured is not None and configured.assumed and max_entries is None and not rep.superseded_by:
+        expectations.append((configured.source, {"max_entries": configured.value}))
     if objects and not views:
         rep.notes.append(f"no map named {pin.name!r} in {', '.join(objects)}: libbpf would not touch this pin")
 
@@ -285,6 +316,8 @@ def check_pin(pin: str | os.PathLike[str], *, objects: list[str] = (), configure
         for fld in FIELDS:
             if fld in exp:
                 rep.rows.append(Row(fld, info[fld], exp[fld], source, info[fld] == exp[fld]))
+    if configured is not None and configured.assumed:
+        _assumed_size(rep, info, configured)
 
     _explain(rep, pin, info, views, {label for label, _ in obj_exp})
     _interrupted(rep, pin, info)
@@ -309,7 +342,7 @@ def _newer_pin(pin: Path, info: dict[str, Any]) -> str | None:
 
 
 def _explain(rep: MapReport, pin: Path, info: dict[str, Any], views: list[ObjectView], object_sources: set[str]) -> None:
-    bad = [r for r in rep.rows if not r.ok]
+    bad = [r for r in rep.rows if not r.ok and not r.assumed]
     if not bad:
         return
     name = views[0].name if views else pin.name
@@ -342,11 +375,16 @@ def _explain(rep: MapReport, pin: Path, info: dict[str, Any], views: list[Object
     targets = sorted({r.expected for r in bad})
     for t in targets:
         srcs = ", ".join(r.source for r in bad if r.expected == t)
+        if not isinstance(t, int) or not 0 < t <= RESIZE_MAX:
+            rep.remedy.append(f"{srcs} expects max_entries {fmt_value('max_entries', t)}, which no BPF map can have "
+                              f"(max_entries is a u32: 1 .. {RESIZE_MAX:,}; `ctscope resize` accepts no more): fix "
+                              "that setting rather than the map")
+            continue
         rep.remedy.append(f"ctscope resize {pin} --max-entries {t} --yes    # max_entries {info['max_entries']:,} -> "
                           f"{t:,}, as {srcs} expects")
     # An object that matches the pin today would stop matching after such a resize.
     for r in rep.rows:
-        if r.ok and r.field == "max_entries" and r.source in object_sources:
+        if r.ok and r.field == "max_entries" and r.source in object_sources and targets:
             rep.remedy.append(f"but {r.source} expects max_entries {r.expected:,}, as the pin is now: after the resize "
                               "that load would fail; resize only if the loader you run sets the configured size")
     if len(targets) > 1:
@@ -396,17 +434,43 @@ def _fill(rep: MapReport, m, info: dict[str, Any]) -> None:
     except CtscopeError as e:
         rep.notes.append(f"could not count entries: {e}")
         return
+    f = fill.judge(n, info["max_entries"])
     rep.entries = n
-    rep.fill = n / info["max_entries"] if info["max_entries"] else None
-    if rep.fill is None:
+    rep.fill = f.ratio
+    if f.ratio is None:
         return
+    if f.warning():
+        rep.notes.append(f.warning())
     # Felix judges the fill after its sweep has deleted expired entries; this count includes
     # them, so it can only say that growth is possible (`ctscope stats` gives the verdict).
-    if rep.fill > WATCH_AT:
-        rep.notes.append(f"fill {rep.fill:.1%}, expired entries included: if more than {GROW_AT:.0%} is still live "
-                         f"after Felix's next sweep (more than {WATCH_AT:.0%} for 3 sweeps in a row), DoubleIfFull "
-                         f"auto-grow doubles the map and restarts Felix; `ctscope stats {rep.pin}` shows the fill "
-                         "after that sweep")
+    if fill.level(f.ratio):
+        rep.notes.append(f"fill {f.text()}, expired entries included: if more than {fill.GROW_AT:.0%} is still live "
+                         f"after Felix's next sweep (more than {fill.GROW_SUSTAINED_AT:.0%} for 3 sweeps in a row), "
+                         f"DoubleIfFull auto-grow doubles the map and restarts Felix; `ctscope stats {rep.pin}` shows "
+                         "the fill after that sweep")
+
+
+def _assumed_size(rep: MapReport, info: dict[str, Any], size: ConfiguredSize) -> None:
+    """Judge max_entries against a size that was not configured but assumed (Calico's
+    default, or the node's auto-grow size file): equal is consistent; smaller than the size
+    file is a certain mismatch (Felix loads at least that); anything else is unknown."""
+    pinned = info["max_entries"]
+    for r in rep.rows:
+        if r.field != "max_entries" or r.source != size.source:
+            continue
+        if r.ok:
+            r.assumed = True
+            rep.notes.append(f"max_entries {pinned:,} equals {size.source}: compatible only if FelixConfiguration "
+                             "sets no other bpfMapSizeConntrack/bpfMapSizePerCPUConntrack (check with --felix-config "
+                             "FILE or --max-entries N)")
+        elif size.floor is not None and pinned < size.floor:
+            r.source += "; Felix loads at least this many"  # a certain mismatch: max(configured, file)
+        else:
+            r.assumed = True
+            rep.notes.append(f"max_entries NOT checked: the pin has {pinned:,}, {size.source} is {size.value:,}, "
+                             "and without --felix-config or --max-entries ctscope cannot tell which size this cluster "
+                             "configures (the difference that makes libbpf refuse the pin, Calico issue 9651): pass "
+                             "one of them")
 
 
 def discover_pins(bpffs: str) -> list[Path]:

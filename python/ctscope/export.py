@@ -143,16 +143,21 @@ def _text_frame(df: pl.DataFrame, fmt: str) -> pl.DataFrame:
     return df
 
 
-def write_text(frames: Iterator[pl.DataFrame], fmt: str, out: IO[str]) -> int:
-    """Stream frames as table/json/ndjson/csv; returns rows written."""
+def write_text(frames: Iterator[pl.DataFrame], fmt: str, out: IO[str], schema: pl.Schema | None = None,
+               columns: list[str] | None = None) -> int:
+    """Stream frames as table/json/ndjson/csv; returns rows written. `schema`: what an empty
+    CSV's header names when no frame arrives; `columns`: the table's columns (default: dump's
+    compact view). Every command's table formats values alike (`idle_s` to 0.1 s)."""
     rows = 0
     first = True
     if fmt == "json":
         out.write("[")
     widths: dict[str, int] | None = None
     for df in frames:
+        if fmt == "table" and df.height == 0:
+            continue  # the header comes with the first rows; no rows at all: "(no entries)"
         if fmt == "table":
-            cols = [c for c in TABLE_COLUMNS if c in df.columns] or df.columns
+            cols = [c for c in (columns or TABLE_COLUMNS) if c in df.columns] or df.columns
             text_df = df.select(cols).with_columns(
                 [pl.col(c).list.join(",") for c in cols if df.schema[c] == pl.List(pl.String)]
                 + [pl.col(c).round(1) for c in cols if df.schema[c] == pl.Float64]
@@ -178,6 +183,8 @@ def write_text(frames: Iterator[pl.DataFrame], fmt: str, out: IO[str]) -> int:
             out.write(_text_frame(df, fmt).write_csv(include_header=rows == 0 and first))
             first = False
         rows += df.height
+    if fmt == "csv" and first and schema is not None:
+        out.write(_text_frame(pl.DataFrame(schema=schema), fmt).write_csv(include_header=True))
     if fmt == "json":
         out.write("\n]\n" if not first else "]\n")
     if fmt == "table" and widths is None:
@@ -250,7 +257,7 @@ def _provisional(meta: dict[str, str]) -> dict[str, str]:
     if "ctscope" not in meta:
         return meta
     m = json.loads(meta["ctscope"])
-    m.update(entries=None, dump_end_wall_ns=None)
+    m.update(entries=None, dump_end_wall_ns=None, walk=None)
     return {**meta, "ctscope": json.dumps(m)}
 
 
@@ -282,8 +289,50 @@ def snapshot_metadata(dump, info, entries: int, end_wall_ns: int) -> dict[str, s
         "ctscope_version": __version__,
         # What Felix's "Auto" timeouts read on this node, so offline expiry matches live.
         "nf_conntrack_sysctls": _nf_sysctls(),
+        "walk": walk_record(dump, info, end_wall_ns),
     }
     return {"ctscope": json.dumps(meta)}
+
+
+def walk_record(dump, info, end_wall_ns: int) -> dict:
+    """How the map was read, and whether it changed while it was: no dump is atomic. A walk
+    that read more rows than max_entries, restarted (its cursor key was deleted) or was
+    handed keys deleted before their value was read saw a changing map: its rows are keys
+    seen during the walk, not one state of the map."""
+    st = dump.stats
+    rows = int(st.get("entries", 0))
+    restarts, vanished = int(st.get("restarts", 0)), int(st.get("vanished", 0))
+    return {
+        "method": dump.method,
+        "rows_read": rows,
+        "rows_above_max_entries": max(rows - info.max_entries, 0),
+        "restarts": restarts,
+        "vanished": vanished,
+        "duplicates_dropped": int(st.get("duplicates_dropped", 0)),
+        "visits": int(st.get("visits", 0)),  # keys the per-key walk visited (0 for batch reads)
+        "seconds": round((end_wall_ns - dump.wall_ns) / 1e9, 3),
+        "finished": bool(dump.finished),
+        "changed": rows > info.max_entries or restarts > 0 or vanished > 0,
+    }
+
+
+def walk_changed(walk) -> bool:
+    return isinstance(walk, dict) and bool(walk.get("changed"))
+
+
+def walk_text(walk: dict, max_entries) -> str:
+    """What a snapshot's metadata says about a dump the map changed under."""
+    rows = walk.get("rows_read")
+    parts = [f"{rows:,} rows read" if isinstance(rows, int) else None]
+    if isinstance(rows, int) and isinstance(max_entries, int) and rows > max_entries > 0:
+        parts[0] += f", {rows - max_entries:,} more than max_entries"
+    for k in ("restarts", "vanished"):
+        if isinstance(walk.get(k), int) and walk[k]:
+            parts.append(f"{walk[k]:,} {k}")
+    if isinstance(walk.get("seconds"), (int, float)):
+        parts.append(f"in {walk['seconds']:.1f} s")
+    return ("the map changed during the dump (" + ", ".join(p for p in parts if p)
+            + "): the rows are keys seen during the walk, not one state of the map")
 
 
 def _nf_sysctls() -> dict[str, int]:

@@ -54,7 +54,19 @@ pub struct ReadStats {
     pub entries: u64,
     /// Keys the per-key walk saw twice after a restart and dropped.
     pub duplicates_dropped: u64,
+    /// Times GET_NEXT_KEY restarted the per-key walk (its cursor key had been deleted).
+    pub restarts: u64,
+    /// Keys the per-key walk was handed that were deleted before their value was read.
+    pub vanished: u64,
+    /// Keys the per-key walk visited (new, duplicate or vanished).
+    pub visits: u64,
 }
+
+/// The per-key walk gives up after visiting this many times max_entries keys. Calico's
+/// own iterator allows 10 x (felix/bpf/maps/syscall.go): its sweep only has to visit every
+/// entry, whereas a dump claims to show the map. A walk that has visited three times what
+/// the map can hold is reporting mostly keys inserted (and often gone again) while it ran.
+pub const WALK_BOUND: u64 = 3;
 
 enum State {
     Batch { cursor: Option<Vec<u8>>, count: u32 },
@@ -65,6 +77,9 @@ enum State {
         trail: VecDeque<Box<[u8]>>,
         visits: u64,
         limit: u64,
+        /// The previous visit was a duplicate (one restart yields a run of them).
+        in_restart: bool,
+        started: std::time::Instant,
     },
     Done,
 }
@@ -107,9 +122,17 @@ impl MapReader {
     }
 
     fn next_key_state(&self) -> State {
-        // Calico's bound: a walk that restarts under churn may never end otherwise.
-        let limit = (self.max_entries as u64).saturating_mul(10).max(1000);
-        State::NextKey { last: None, seen: HashSet::new(), trail: VecDeque::new(), visits: 0, limit }
+        // A walk that restarts (or keeps meeting new keys) under churn may never end otherwise.
+        let limit = (self.max_entries as u64).saturating_mul(WALK_BOUND).saturating_add(1000);
+        State::NextKey {
+            last: None,
+            seen: HashSet::new(),
+            trail: VecDeque::new(),
+            visits: 0,
+            limit,
+            in_restart: false,
+            started: std::time::Instant::now(),
+        }
     }
 
     /// The next chunk of entries, or None at the end of the map.
@@ -190,7 +213,10 @@ impl MapReader {
         let (ks, vs) = (self.key_size, self.value_size);
         let want = self.chunk as usize;
         let fd = self.fd.clone();
-        let State::NextKey { last, seen, trail, visits, limit } = &mut self.state else { unreachable!() };
+        let max_entries = self.max_entries;
+        let State::NextKey { last, seen, trail, visits, limit, in_restart, started } = &mut self.state else {
+            unreachable!()
+        };
         let mut keys = Vec::with_capacity(want * ks);
         let mut values = Vec::with_capacity(want * vs);
         let mut next = vec![0u8; ks];
@@ -206,9 +232,15 @@ impl MapReader {
                 break;
             }
             *visits += 1;
+            self.stats.visits = *visits;
             if *visits > *limit {
+                let s = &self.stats;
                 return Err(CtError::IterationLimit(format!(
-                    "key-by-key walk visited {visits} keys (10 x max_entries) without reaching the end: the map is churning too fast; retry, or use --method batch"
+                    "key-by-key walk stopped after visiting {visits} keys ({WALK_BOUND} x max_entries {max_entries} + 1000) in {:.1} s without reaching the end: {} distinct keys read, {} restarts, {} vanished; the map changes faster than the walk can follow, so no dump of it would be a state of the map; retry when it is quieter, or use --method batch",
+                    started.elapsed().as_secs_f64(),
+                    s.entries + count as u64,
+                    s.restarts,
+                    s.vanished
                 )));
             }
             let cur: Box<[u8]> = next.clone().into_boxed_slice();
@@ -220,17 +252,23 @@ impl MapReader {
             // head), so resuming there skips nothing that existed all along.
             if seen.contains(&cur) {
                 self.stats.duplicates_dropped += 1;
+                if !*in_restart {
+                    self.stats.restarts += 1;
+                    *in_restart = true;
+                }
                 *last = Some(next.clone());
                 if let Some(resume) = resume_point(&fd, trail, seen, &mut next, &mut value, &mut self.stats)? {
                     *last = Some(resume);
                 }
                 continue;
             }
+            *in_restart = false;
             *last = Some(next.clone());
             self.stats.syscalls += 1;
             let present =
                 sys::lookup_elem(fd.as_fd(), &next, &mut value).map_err(|e| CtError::os("BPF_MAP_LOOKUP_ELEM", e))?;
             if !present {
+                self.stats.vanished += 1;
                 continue; // deleted between the two calls
             }
             if trail.len() == RESUME_TRAIL {

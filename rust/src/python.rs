@@ -273,7 +273,8 @@ impl Dump {
         self.status.lock().unwrap().finished
     }
 
-    /// Reader counters: entries, syscalls, enospc_retries, duplicates_dropped.
+    /// Reader counters: entries, syscalls, enospc_retries, duplicates_dropped, and for the
+    /// per-key walk restarts, vanished (deleted before their value was read) and visits.
     #[getter]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let s = self.status.lock().unwrap().stats;
@@ -282,6 +283,9 @@ impl Dump {
         d.set_item("syscalls", s.syscalls)?;
         d.set_item("enospc_retries", s.enospc_retries)?;
         d.set_item("duplicates_dropped", s.duplicates_dropped)?;
+        d.set_item("restarts", s.restarts)?;
+        d.set_item("vanished", s.vanished)?;
+        d.set_item("visits", s.visits)?;
         Ok(d)
     }
 

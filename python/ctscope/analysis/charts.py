@@ -13,11 +13,18 @@ OK, WARN, BAD, TRACK = "#3a9d5d", "#e0a030", "#c8423b", "#e5e7eb"
 
 
 def _fmt(n: float) -> str:
+    """3 significant digits and a unit: 999, 1k (999,500 rounds up to it, never `1e+03k`), 12.3M."""
     n = float(n)
-    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
-        if abs(n) >= size:
-            return f"{n / size:.3g}{unit}"
-    return f"{n:.0f}" if n == int(n) else f"{n:.3g}"
+    if not math.isfinite(n):
+        return str(n)
+    if abs(n) < 1000 and n == int(n):
+        return f"{n:.0f}"
+    # The unit is chosen after rounding: a value that rounds to 1000 of one unit is 1 of the next.
+    for unit, size in (("", 1.0), ("k", 1e3), ("M", 1e6), ("G", 1e9), ("T", 1e12), ("P", 1e15)):
+        text = f"{n / size:.3g}"
+        if abs(float(text)) < 1000:
+            return text + unit
+    return f"{n:.3g}"
 
 
 def _svg(name: str, w: int, h: int, body: str, title: str) -> str:
@@ -35,30 +42,38 @@ def _arc(cx: float, cy: float, r: float, a0: float, a1: float) -> str:
     return f"M{x0:.2f},{y0:.2f} A{r},{r} 0 {large} 1 {x1:.2f},{y1:.2f}"
 
 
-def gauge(fill: float | None, after_sweep: float | None, marks: tuple[float, float] = (0.85, 0.90)) -> str:
-    """A half-ring gauge of the fill ratio, with Felix's auto-grow thresholds as ticks."""
+def gauge(now, after_sweep: float | None, sweep_verdict: str = "ok") -> str:
+    """A half-ring gauge of the fill now (a `ctscope.fill.Fill`), with Felix's auto-grow
+    thresholds as ticks. Its colour is the worse of the fill now (high, full) and Felix's
+    verdict on the fill after its next sweep."""
+    from ctscope import fill as fills
+
     w, h, cx, cy, r = 320, 200, 160, 160, 120
-    value = max(0.0, min(1.0, fill or 0.0))
-    color = BAD if (after_sweep or 0) > marks[1] else WARN if (after_sweep or 0) > marks[0] else OK
+    value = max(0.0, min(1.0, now.ratio or 0.0))
+    verdict = fills.worst(now.verdict, sweep_verdict)
+    color = BAD if verdict in ("high", "grow", "full") else WARN if verdict == "warning" else OK
     start = math.pi
     body = [f'<path d="{_arc(cx, cy, r, start, 2 * math.pi)}" stroke="{TRACK}" stroke-width="28" fill="none"/>']
     if value > 0:
         end = start + math.pi * max(value, 0.004)
         body.append(f'<path class="mark" d="{_arc(cx, cy, r, start, end)}" stroke="{color}" stroke-width="28" '
-                    f'fill="none"><title>{value:.1%} full</title></path>')
+                    f'fill="none"><title>{escape(now.text())} full now</title></path>')
     if after_sweep is not None and 0 < after_sweep < value:
         a = start + math.pi * after_sweep
         body.append(f'<path d="{_arc(cx, cy, r - 20, start, a)}" stroke="#6b7280" stroke-width="5" fill="none">'
                     f"<title>{after_sweep:.1%} after Felix's next sweep</title></path>")
-    for m in marks:
+    for m in (fills.GROW_SUSTAINED_AT, fills.GROW_AT):
         a = start + math.pi * m
         x0, y0 = cx + (r - 18) * math.cos(a), cy + (r - 18) * math.sin(a)
         x1, y1 = cx + (r + 18) * math.cos(a), cy + (r + 18) * math.sin(a)
         body.append(f'<line x1="{x0:.1f}" y1="{y0:.1f}" x2="{x1:.1f}" y2="{y1:.1f}" stroke="#111" stroke-width="2"/>')
         body.append(f'<text x="{x1 + 4:.1f}" y="{y1 - 2:.1f}" font-size="11">{m:.0%}</text>')
-    label = f"{fill:.1%}" if fill is not None else "n/a"
-    body.append(f'<text x="{cx}" y="{cy - 20}" text-anchor="middle" font-size="30" font-weight="600">{label}</text>')
+    label = ("≥100%" if now.seen_over else f"{now.ratio:.1%}") if now.ratio is not None else "n/a"
+    body.append(f'<text x="{cx}" y="{cy - 20}" text-anchor="middle" font-size="30" font-weight="600" '
+                f'fill="{color if now.verdict in ("high", "full") else "#111"}">{label}</text>')
     sub = f"{after_sweep:.1%} after sweep" if after_sweep is not None else ""
+    if now.verdict in ("high", "full"):
+        sub = f"{now.verdict.upper()} now" + (f" · {sub}" if sub else "")
     body.append(f'<text x="{cx}" y="{cy + 8}" text-anchor="middle" font-size="13" fill="#444">{sub}</text>')
     return _svg("fill-gauge", w, h, "".join(body), "Conntrack map fill ratio")
 

@@ -13,6 +13,7 @@ import math
 
 from ctscope.analysis.expiry import R_NO_REV
 from ctscope.analysis.stats import IDLE_EDGES, TCP_STATES, stats
+from ctscope.fill import GROW_AT
 
 PREFIX = "ctscope_conntrack_"
 
@@ -101,7 +102,7 @@ def families(st: dict, e: Exposition | None = None) -> Exposition:
         if s["fill_ratio"] is not None:
             e.add("fill_ratio", "gauge", "Entries divided by max_entries.", base, s["fill_ratio"])
             e.add("fill_after_sweep_ratio", "gauge",
-                  "Entries Felix's next sweep keeps, divided by max_entries (Felix auto-grows above 0.90).",
+                  f"Entries Felix's next sweep keeps, divided by max_entries (Felix auto-grows above {GROW_AT:.2f}).",
                   base, s["fill_ratio_after_sweep"])
         e.add("connections", "gauge", "Connections as calico-node counts them (entries that are not NAT forward stubs).",
               base, s["total_connections"])

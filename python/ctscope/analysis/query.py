@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import polars as pl
 
 from ctscope.analysis.expiry import annotate
@@ -27,4 +29,9 @@ def query(sql: str, source=None, *, where: str | None = None, timeouts=None, fel
     except Exception as e:  # polars raises SQL/column errors of several types
         raise BadArgument(f"SQL {sql!r}: {polars_gist(e)}") from None
     with src.reading():
-        return result.collect(engine="streaming")
+        df = result.collect(engine="streaming")
+    # polars names an unaliased count(*) `len`; call it `count`, as SQL engines do (unless
+    # the SQL itself says `len`, or already has a `count` column).
+    if "len" in df.columns and "count" not in df.columns and not re.search(r"\blen\b", sql, re.IGNORECASE):
+        df = df.rename({"len": "count"})
+    return df

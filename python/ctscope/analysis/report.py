@@ -12,8 +12,11 @@ from html import escape
 
 from ctscope.analysis import charts
 from ctscope.analysis.sources import Source, open_source
-from ctscope.analysis.stats import GROW_AT, GROW_SUSTAINED_AT, stats
+from ctscope import fill
+from ctscope.analysis.stats import stats
+from ctscope.fill import GROW_AT, GROW_SUSTAINED_AT
 from ctscope.analysis.top import top
+from ctscope.export import walk_changed, walk_text
 
 CHECK_SCRIPT = """
 document.addEventListener("DOMContentLoaded", () => {
@@ -45,6 +48,10 @@ td.n, th.n { text-align: right; font-variant-numeric: tabular-nums; }
 .small { font-size: 12px; color: #555; }
 footer { color: #777; margin-top: 18px; font-size: 12px; }
 """
+
+
+def _css(verdict: str) -> str:
+    return {"high": "grow", "full": "grow"}.get(verdict, verdict)
 
 
 def _n(v) -> str:
@@ -84,10 +91,11 @@ def render(st: dict, talkers, services) -> str:
         nodes = sorted({s["node"] for s in snaps})
         where = f"{len(snaps)} snapshots from {len(nodes)} node(s)"
     verdict = st["autogrow"]["verdict"]
+    now = fill.judge(st["total_entries"], st["map_size"])
     kpis = [
         ("entries", f"{st['total_entries']:,}"),
         ("max_entries", f"{st['map_size']:,}"),
-        ("fill", f"{st['fill_ratio']:.1%}" if st["fill_ratio"] is not None else "n/a"),
+        ("fill", escape(now.text())),
         ("expired (next sweep)", f"{st['expired']:,}"),
         ("connections", f"{st['total_connections']:,}"),
         ("NAT connections", f"{st['nat_connections']:,}"),
@@ -108,7 +116,7 @@ def render(st: dict, talkers, services) -> str:
         rows = "".join(
             f"<tr><td>{escape(s['node'])}</td><td>{escape(s['map_name'])}</td><td>{escape(s['dump_start'] or '')}</td>"
             f"<td class=n>{s['total_entries']:,}</td><td class=n>{s['map_size']:,}</td>"
-            f"<td class=n>{(s['fill_ratio'] or 0):.1%}</td><td class=n>{s['expired']:,}</td>"
+            f"<td class=n>{escape(fill.judge(s['total_entries'], s['map_size']).text())}</td><td class=n>{s['expired']:,}</td>"
             f"<td class='{s['autogrow']['verdict']}'>{s['autogrow']['verdict']}</td></tr>" for s in snaps)
         per_snapshot = (
             "<div class='card' style='margin-top:16px'><h2>Snapshots</h2><table><tr><th>node</th><th>map</th>"
@@ -124,8 +132,10 @@ def render(st: dict, talkers, services) -> str:
 <div class="sub">{where} · source <code>{escape(st['source'])}</code>{' · where <code>' + escape(st['where']) + '</code>' if st.get('where') else ''}</div>
 <div class="kpis">{''.join(f'<div class="kpi"><b>{v}</b><span>{escape(k)}</span></div>' for k, v in kpis)}</div>
 <div class="grid">
-<div class="card"><h2>Fill ratio <small class="{verdict}">auto-grow: {verdict}</small></h2>
-{charts.gauge(st['fill_ratio'], st['fill_ratio_after_sweep'], (GROW_SUSTAINED_AT, GROW_AT))}
+<div class="card"><h2>Fill ratio <small class="{_css(now.verdict)}">now: {now.verdict}</small> <small class="{verdict}">auto-grow: {verdict}</small></h2>
+{charts.gauge(now, st['fill_ratio_after_sweep'], verdict)}
+{f'<p class="grow"><b>{escape(now.warning())}</b></p>' if now.warning() else ''}
+{''.join(f'<p class="small">{escape(walk_text(s["walk"], s.get("map_size")))}{" (" + escape(str(s["node"])) + ")" if len(snaps) > 1 else ""}</p>' for s in snaps if walk_changed(s.get("walk")))}
 <p>Felix (bpfMapSizeConntrackScaling DoubleIfFull) doubles the map when, after a sweep, more than
 {GROW_AT:.0%} of it is live, or more than {GROW_SUSTAINED_AT:.0%} for 3 rising sweeps.</p></div>
 <div class="card"><h2>Idle time</h2>

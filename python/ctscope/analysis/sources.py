@@ -84,6 +84,7 @@ class Snapshot:
             "map_path": self.meta.get("map_path"), "max_entries": self.max_entries, "layout": self.meta.get("layout"),
             "now_ns": self.now_ns, "dump_start": _iso(self.wall_ns), "dump_start_wall_ns": self.wall_ns or None,
             "dump_seconds": self.dump_seconds,
+            **({"walk": self.meta["walk"]} if isinstance(self.meta.get("walk"), dict) else {}),
             **({"partitions": self.partitions} if self.partitions else {}),
         }
 

@@ -2,9 +2,9 @@
 
 Calico's command (felix/cmd/calico-bpf/commands/conntrack.go) counts NAT_FWD entries as
 "NAT connections" and everything else as "connections"; TCP states are counted over TCP
-connections with Calico's display rule. On top: fill ratio against Felix's auto-grow
-thresholds, counts by type, protocol and state, an idle-time histogram and the number of
-entries Felix's next sweep would delete.
+connections with Calico's display rule. On top: the fill now and after Felix's next sweep
+(judged by ctscope.fill: a full map, Felix's auto-grow thresholds), counts by type, protocol
+and state, an idle-time histogram and the number of entries Felix's next sweep would delete.
 
 One pass over the rows: they are grouped by (snapshot, proto, type, tcp_state,
 expire_reason, idle bucket) into a small "cube", and every figure is read off the cube.
@@ -16,13 +16,10 @@ import math
 
 import polars as pl
 
+from ctscope import fill
 from ctscope.analysis.expiry import _CODE, REASON_OF_CODE, judged_parts
 from ctscope.analysis.sources import SNAP, Source, open_source
-
-# Felix's DoubleIfFull auto-grow (felix/bpf/conntrack/scanner.go): after a sweep,
-# live/max > 0.90 -> grow; > 0.85 while growing for 3 sweeps in a row -> grow.
-GROW_AT = 0.90
-GROW_SUSTAINED_AT = 0.85
+from ctscope.fill import GROW_AT, GROW_SUSTAINED_AT
 
 # Idle-time histogram edges (seconds), at Felix's default timeouts: ICMP 5 s, SYN-SENT 20 s,
 # UDP 60 s, generic 10 min, established 1 h.
@@ -96,15 +93,17 @@ def summarize(c: pl.DataFrame, max_entries: int) -> dict:
     }
     for state, key in TCP_STATES.items():
         out[key] = n(conns & (pl.col("proto") == 6) & (pl.col("tcp_state") == state))
-    fill = total / max_entries if max_entries else None
-    after = (total - expired) / max_entries if max_entries else None
+    # Fill now and after Felix's sweep; a walk that read more entries than the map holds
+    # (it changed under the dump) is capped at 1.0 and flagged, never shown as > 100 %.
+    now = fill.judge(total, max_entries)
+    after = fill.judge(total - expired, max_entries)
     out.update({
         "expired": expired,
-        "fill_ratio": fill,
-        "fill_ratio_after_sweep": after,
+        **now.as_dict(),
+        "fill_ratio_after_sweep": after.ratio,
         "autogrow": {
             "grow_at": GROW_AT, "grow_sustained_at": GROW_SUSTAINED_AT,
-            "verdict": _verdict(after),
+            "verdict": fill.sweep_verdict(after.ratio),
         },
         "by_type": {t: n(pl.col("type") == t) for t in TYPES} | {
             str(t): int(k) for t, k in c.filter(~pl.col("type").is_in(TYPES)).group_by("type").agg(pl.col("n").sum()).iter_rows()
@@ -130,16 +129,6 @@ def _histogram(c: pl.DataFrame) -> list[dict]:
     highs = [*IDLE_EDGES, math.inf]
     return [{"bucket": IDLE_LABELS[i], "ge_s": lows[i], "lt_s": highs[i] if highs[i] != math.inf else None,
              "entries": int(counts.get(i, 0))} for i in range(len(IDLE_LABELS))]
-
-
-def _verdict(after: float | None) -> str:
-    if after is None:
-        return "unknown"
-    if after > GROW_AT:
-        return "grow"  # Felix with DoubleIfFull doubles the map (and restarts) after this sweep
-    if after > GROW_SUSTAINED_AT:
-        return "warning"  # grows if it keeps rising for 3 sweeps
-    return "ok"
 
 
 def stats(source=None, *, timeouts=None, felix_config=None, where: str | None = None, now_ns: int | None = None,

@@ -149,6 +149,10 @@ class Timeouts:
                 values[name] = parse_go_duration(text)
             except ValueError:
                 raise BadArgument(f"{origin}: {name}={text!r}: expected a Go duration (20s, 1h30m) or Auto") from None
+            if values[name] < 0:
+                # Go parses it and Felix would use it: every such entry would be expired at once.
+                raise BadArgument(f"{origin}: {name}={text!r}: a timeout cannot be negative (it would expire every "
+                                  "such entry); expected a duration >= 0 (20s, 1h30m) or Auto")
             origins[name] = origin
         return cls(values, origins)
 

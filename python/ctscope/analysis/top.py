@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import polars as pl
 
 from ctscope.analysis.sources import Source, open_source, where_filter
@@ -24,7 +26,9 @@ METRICS = ("entries", "bytes", "packets")
 def top(source=None, *, by: str = "src", metric: str = "entries", n: int = 10, where: str | None = None,
         now_ns: int | None = None, **source_kw) -> pl.DataFrame:
     """The `n` largest groups of SOURCE's entries by `metric`, with each group's entries, bytes,
-    packets and share of the metric's total (over the rows --where kept)."""
+    packets and share of the metric's total (over the rows --where kept). `pair` counts each
+    connection once, by its normal or NAT rev entry (NAT fwd stubs, which hold no counters,
+    are left out unless --where names `type`)."""
     if by not in BY:
         raise BadArgument(f"--by {by!r}: expected one of {', '.join(BY)}")
     if metric not in METRICS:
@@ -45,6 +49,13 @@ def top(source=None, *, by: str = "src", metric: str = "entries", n: int = 10, w
         lf = lf.filter(cond)
     if by == "service":
         lf = lf.filter(pl.col("type") == "nat_rev")
+    elif by == "pair" and not (where and re.search(r"\btype\b", where, re.IGNORECASE)):
+        # A NAT'd connection has two entries: the NAT rev entry (client -> backend) holds its
+        # counters, the NAT fwd entry is a stub (client -> service IP) with none. Counted as
+        # pairs of their own, stubs rank service pairs by entries that carry 0 bytes and 0
+        # packets: each connection is counted once, by its normal or NAT rev entry (--where
+        # naming `type` decides for itself).
+        lf = lf.filter(pl.col("type") != "nat_fwd")
     keys = BY[by]
     grouped = lf.group_by(keys).agg(
         pl.len().alias("entries"),

@@ -31,10 +31,16 @@ _USAGE = tuple({*(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickE
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors with distinct exit codes (see README), tracebacks
     only with --debug."""
-    debug = "--debug" in (argv if argv is not None else sys.argv[1:])
+    args = list(argv if argv is not None else sys.argv[1:])
+    # The global --debug is accepted anywhere before a `--` (`ctscope dump --debug` too):
+    # take it out here so that no command has to declare it.
+    end = args.index("--") if "--" in args else len(args)
+    debug = "--debug" in args[:end]
+    if debug:
+        args = [a for a in args[:end] if a != "--debug"] + args[end:]
     try:
         try:
-            rv = app(args=argv, standalone_mode=False)
+            rv = app(args=args, standalone_mode=False)
         except SystemExit as e:
             # typer's _main catches EPIPE itself and calls sys.exit(1), even with
             # standalone_mode=False: recognise it by the OSError it was raised under.
@@ -87,7 +93,6 @@ def main(argv: list[str] | None = None) -> None:
             raise
         print(f"ctscope: error: {polars_gist(e)}", file=sys.stderr)
         # An expression the user wrote (--where, query SQL) that failed while running is bad input.
-        args = argv if argv is not None else sys.argv[1:]
         sys.exit(2 if any(a in ("--where", "-w", "query") or a.startswith("--where=") for a in args) else 1)
 
 

@@ -34,8 +34,8 @@ def check_cmd(
     """Compare pinned CT maps with what their loader expects, on libbpf's six fields."""
     if loader not in ("plain", "calico"):
         raise BadArgument(f"--loader {loader!r}: expected plain or calico")
-    if max_entries is not None and not 0 < max_entries <= 0xFFFFFFFF:
-        raise BadArgument(f"--max-entries {max_entries}: expected 1 .. 4294967295")
+    if max_entries is not None and not 0 < max_entries <= checks.RESIZE_MAX:
+        raise BadArgument(f"--max-entries {max_entries}: expected 1 .. {checks.RESIZE_MAX}")
     configured = checks.felix_size(felix_config, size_file)
     targets = pins or [str(p) for p in checks.discover_pins(bpffs)]
     if not targets:
@@ -54,6 +54,7 @@ def check_cmd(
     errors = [r for r in reports if r.error]
     if as_json:
         print(json.dumps({"compatible": all(r.compatible for r in reports),
+                          "max_entries_checked": all(r.max_entries_check == "checked" for r in reports),
                           "maps": [r.as_dict() for r in reports]}, indent=2, default=str))
     else:
         for rep in reports:
@@ -84,6 +85,11 @@ def _print(con: Console, rep: checks.MapReport) -> None:
         print(f"ctscope: error: {rep.error}", file=sys.stderr)
         return
     verdict = "[green]compatible[/]" if rep.compatible else "[red]MISMATCH[/]"
+    if rep.compatible and rep.max_entries_check == "assumed":
+        verdict += " (max_entries as Calico's default, assumed: no --felix-config)"
+    elif rep.compatible and rep.max_entries_check == "not checked":
+        verdict = ("[yellow]compatible on type, sizes and flags; max_entries NOT checked[/]" if not rep.superseded_by
+                   else verdict + " (max_entries not checked: superseded)")
     p = rep.params
     what = ", ".join(x for x in (rep.name, f"map id {p['id']}" if p else "") if x)
     head = f"[bold]{rep.pin}[/]" + (f" ({what})" if what else "") + f": {verdict}"
@@ -96,7 +102,8 @@ def _print(con: Console, rep: checks.MapReport) -> None:
             t.add_column(col, justify="right" if col in ("pinned", "expected") else "left")
         for r in rep.rows:
             t.add_row(r.field, checks.fmt_value(r.field, r.pinned), checks.fmt_value(r.field, r.expected), r.source,
-                      "ok" if r.ok else "[red]MISMATCH[/]")
+                      ("ok (assumed)" if r.ok else "[yellow]differs (assumed)[/]") if r.assumed
+                      else "ok" if r.ok else "[red]MISMATCH[/]")
         con.print(t)
     for v in rep.objects:
         con.print(f"  object {v.object}: map {v.name} compiled max_entries {v.compiled['max_entries']:,}"

@@ -13,6 +13,7 @@ from ctscope import export
 from ctscope._native import realtime_ns
 from ctscope.cli.app import app
 from ctscope.ctmap import iter_batches, open_map
+from ctscope.errors import BadArgument
 from ctscope.pins import DEFAULT_BPFFS, default_ct_pin
 
 
@@ -40,6 +41,11 @@ def dump(
     m = open_map(resolve_pin(pin, bpffs, ipv6), layout=layout)
     d = m.dump(method=method, batch_size=batch_size, now_ns=now_ns, limit=None if where else limit, threads=threads)
     schema = pl.DataFrame(m.dump(layout=d.layout, limit=0)).schema
+    if where and "expire" in where.lower() and not {"expired", "expire_reason"} & set(schema.names()):
+        # Felix's verdict judges a NAT fwd entry by its rev entry: it needs the whole map,
+        # which `expired` builds; dump streams batches and has only the dumped columns.
+        raise BadArgument(f"--where {where!r}: dump has only the dumped columns, not Felix's expired/expire_reason; "
+                          "use `ctscope expired [--all] --where ...` (same formats and -o)")
     expr = export.parse_where(where, schema)
     # A progress line only where it does not mix with the rows: stderr is a terminal and
     # the rows go to a file or a pipe.
@@ -55,11 +61,14 @@ def dump(
                 rows = export.write_binary(frames, schema, fmt, export.stdout_binary(), meta)
         elif output:
             with export.atomic_output(output) as tmp, open(tmp, "w", encoding="utf-8") as f:
-                rows = export.write_text(frames, fmt, f)
+                rows = export.write_text(frames, fmt, f, schema)
         else:
-            rows = export.write_text(frames, fmt, sys.stdout)
+            rows = export.write_text(frames, fmt, sys.stdout, schema)
     if output:
         print(f"ctscope: wrote {rows} entries ({d.layout}, via {d.method}) to {output}", file=sys.stderr)
+    walk = export.walk_record(d, m.info, realtime_ns())
+    if walk["changed"]:
+        print(f"ctscope: note: {export.walk_text(walk, m.info.max_entries)}", file=sys.stderr)
 
 
 class _progress:

@@ -61,9 +61,15 @@ def expired(
 
     meta = src.snapshots[0].meta if src.single else None
     if fmt == "table":
-        df = pl.concat(list(frames()), how="vertical_relaxed")
-        cols = [c for c in TABLE_COLUMNS if c in df.columns and (all_entries or c != "expired")]
-        io.emit_frame(df.select(["node", *cols] if not src.single else cols), fmt, output)
+        # Streamed like dump's table (and formatted alike): a reader that goes away (`| head`)
+        # stops the run at the next snapshot or row, not after every row has been rendered.
+        cols = [c for c in TABLE_COLUMNS if all_entries or c != "expired"]
+        cols = cols if src.single else ["node", *cols]
+        if output is None:
+            export.write_text(frames(), fmt, sys.stdout, schema, cols)
+        else:
+            with export.atomic_output(output) as tmp, open(tmp, "w", encoding="utf-8") as f:
+                export.write_text(frames(), fmt, f, schema, cols)
     elif fmt in ("parquet", "arrow"):
         kv = (lambda _n: {"ctscope": json.dumps(meta)}) if meta else None
         if output is None:
@@ -72,9 +78,9 @@ def expired(
             with export.atomic_output(output) as tmp:
                 export.write_binary(frames(), schema, fmt, tmp, kv)
     elif output is None:
-        export.write_text(frames(), fmt, sys.stdout)
+        export.write_text(frames(), fmt, sys.stdout, schema)
     else:
         with export.atomic_output(output) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            export.write_text(frames(), fmt, f)
+            export.write_text(frames(), fmt, f, schema)
     print(f"ctscope: {counts['expired']:,} of {counts['total']:,} entries expired under Felix's rules ({t.spec()})",
           file=sys.stderr)

@@ -10,6 +10,7 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
+from ctscope import fill
 from ctscope._native import on_bpffs
 from ctscope.cli.app import app
 from ctscope.ctmap import open_map
@@ -28,8 +29,11 @@ def _map_row(path) -> tuple[dict, CtscopeError | None]:
         info = m.info.as_dict()
         if m.info.map_type in ("hash", "lru_hash"):
             n = count_entries(m)
+            f = fill.judge(n, m.info.max_entries)
             info["entries"] = n
-            info["fill"] = round(n / m.info.max_entries, 4) if m.info.max_entries else None
+            info["fill"] = round(f.ratio, 4) if f.ratio is not None else None
+            info["fill_now"] = f.verdict
+            info["fill_seen_over_max"] = f.seen_over
         return info, None
     except CtscopeError as e:
         return {"path": str(path), "error": str(e)}, e
@@ -84,10 +88,22 @@ def maps_cmd(
         if "error" in r:
             t.add_row(r["path"], "", "", "", "", "", "", "", r["error"])
             continue
-        fill = r.get("fill")
         t.add_row(r["path"], str(r["version"] or "-"), str(r["family"] or "-"), r["map_type"],
                   f"{r['key_size']}/{r['value_size']}", f"{r['max_entries']:,}", hex(r["map_flags"]),
-                  f"{r['entries']:,}" if "entries" in r else "-",
-                  f"{fill:.1%}" if fill is not None else "-")
+                  f"{r['entries']:,}" if "entries" in r else "-", _fill_cell(r))
     # Piped output is for scripts and logs: never cut paths to 80 columns (as `check` does).
-    Console(width=None if sys.stdout.isatty() else 1000).print(t)
+    con = Console(width=None if sys.stdout.isatty() else 1000)
+    con.print(t)
+    for r in rows:
+        if "entries" in r and (w := fill.judge(r["entries"], r["max_entries"]).warning()):
+            con.print(f"WARNING: {r['path']}: {w}", highlight=False, markup=False)
+
+
+def _fill_cell(r: dict) -> str:
+    """`40.2%`, `97.7% HIGH`, `100.0% FULL`, `≥100% FULL` (more entries counted than the map holds:
+    it changed while it was counted)."""
+    if "entries" not in r or r.get("fill") is None:
+        return "-"
+    f = fill.judge(r["entries"], r["max_entries"])
+    text = "≥100%" if f.seen_over else f"{f.ratio:.1%}"
+    return text + (f" {f.verdict.upper()}" if f.verdict in ("high", "full") else "")

@@ -8,6 +8,8 @@ from typing import Optional
 
 import typer
 
+from ctscope import fill
+from ctscope.export import walk_changed, walk_text
 from ctscope.analysis.stats import stats as compute_stats
 from ctscope.cli import analysis_io as io
 from ctscope.cli.app import app
@@ -63,10 +65,18 @@ def format_stats(st: dict) -> str:
         "",
     ]
     ag = st["autogrow"]
-    if st["fill_ratio"] is not None:
-        lines.append(f"Fill: {st['fill_ratio']:.1%} of {st['map_size']:,}; after Felix's next sweep "
-                     f"{st['fill_ratio_after_sweep']:.1%} (auto-grow above {ag['grow_at']:.0%}, or "
+    now = fill.judge(st["total_entries"], st["map_size"])
+    after = fill.judge(st["total_entries"] - st["expired"], st["map_size"])
+    if now.ratio is not None:
+        lines.append(f"Fill: {now.text()} of {st['map_size']:,} now: {now.verdict}; after Felix's next sweep "
+                     f"{after.text()} (auto-grow above {ag['grow_at']:.0%}, or "
                      f"{ag['grow_sustained_at']:.0%} for 3 rising sweeps): {ag['verdict']}")
+        if now.warning():
+            lines.append(f"  WARNING: {now.warning()}")
+    for s in snaps:
+        if walk_changed(s.get("walk")):
+            lines.append(f"  note: {walk_text(s['walk'], s.get('map_size') or s.get('max_entries'))}"
+                         + (f" ({s['node']})" if len(snaps) > 1 else ""))
     lines.append(f"Expired (Felix's next sweep deletes): {st['expired']:,}")
     width = max((len(r) for r in st["expired_by_reason"]), default=0)
     for reason, n in st["expired_by_reason"].items():
@@ -91,6 +101,12 @@ def format_stats(st: dict) -> str:
                      f"{'EXPIRED':>10}  AUTO-GROW")
         for s in snaps:
             lines.append(f"{s['node'][:24]:<24} {s['map_name']:<12} {str(s['dump_start']):<24} "
-                         f"{s['total_entries']:>10,} {s['map_size']:>10,} {(s['fill_ratio'] or 0):>6.1%} "
+                         f"{s['total_entries']:>10,} {s['map_size']:>10,} {_fill_cell(s):>6} "
                          f"{s['expired']:>10,}  {s['autogrow']['verdict']}")
     return "\n".join(lines) + "\n"
+
+
+def _fill_cell(s: dict) -> str:
+    f = fill.judge(s["total_entries"], s["map_size"])
+    return "≥100%" if f.seen_over else f"{f.ratio or 0:.1%}"
+

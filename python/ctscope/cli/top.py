@@ -25,7 +25,8 @@ def top(
     ipv6: bool = io.Ipv6,
     layout: str = io.Layout,
 ) -> None:
-    """Top groups of entries by entries, bytes or packets (`service` = NAT'd service IP:port)."""
+    """Top groups of entries by entries, bytes or packets (`service` = NAT'd service IP:port;
+    `pair` leaves out NAT fwd stubs: a NAT'd connection counts once, by its rev entry)."""
     fmt = io.frame_format(fmt, output)
     df = compute_top(source, by=by, metric=metric, n=n, where=where, **io.source_kw(bpffs, ipv6, layout, now_ns))
     io.emit_frame(df, fmt, output)
