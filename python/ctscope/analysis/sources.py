@@ -262,7 +262,7 @@ def _partitions(f: Path, root: Path | None) -> dict[str, str]:
 
 
 def _is_snapshot_file(f: Path) -> bool:
-    # Dot-files are atomic_output's in-progress temporaries.
+    # Dot-files are ctscope.outfile's in-progress temporaries.
     return f.suffix.lower() in SUFFIX_KINDS and not f.name.startswith(".") and f.is_file()
 
 

@@ -12,6 +12,7 @@ import polars as pl
 import typer
 
 from ctscope import export
+from ctscope.outfile import output_file
 from ctscope.errors import BadArgument
 from ctscope.pins import DEFAULT_BPFFS
 
@@ -51,19 +52,20 @@ def emit_frame(df: pl.DataFrame, fmt: str, output: Optional[str], metadata: dict
             target: IO[bytes] | Path = export.stdout_binary()
             _write_binary(df, fmt, target, kv)
         else:
-            with export.atomic_output(output) as tmp:
+            with output_file(output) as tmp:
                 _write_binary(df, fmt, tmp, kv)
         return
     text = render_text(df, fmt, header)
     write_text(text, output)
 
 
-def write_text(text: str, output: Optional[str]) -> None:
+def write_text(text: str, output: Optional[str], private: bool = True) -> None:
+    """`private`: a new file is 0600 (connection data); False: 0644 & ~umask (metrics)."""
     if output is None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    with export.atomic_output(output) as tmp:
+    with output_file(output, private=private) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
 
 

@@ -10,6 +10,7 @@ import polars as pl
 import typer
 
 from ctscope import export
+from ctscope.outfile import output_file
 from ctscope._native import realtime_ns
 from ctscope.cli.app import app
 from ctscope.ctmap import iter_batches, open_map
@@ -49,12 +50,12 @@ def dump(
         if fmt in export.BINARY_FORMATS:
             meta = lambda n: export.snapshot_metadata(d, m.info, n, realtime_ns())  # noqa: E731
             if output:
-                with export.atomic_output(output) as tmp:
+                with output_file(output) as tmp:
                     rows = export.write_binary(frames, schema, fmt, tmp, meta)
             else:
                 rows = export.write_binary(frames, schema, fmt, export.stdout_binary(), meta)
         elif output:
-            with export.atomic_output(output) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            with output_file(output) as tmp, open(tmp, "w", encoding="utf-8") as f:
                 rows = export.write_text(frames, fmt, f)
         else:
             rows = export.write_text(frames, fmt, sys.stdout)
