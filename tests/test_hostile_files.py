@@ -1,0 +1,224 @@
+"""Hostile files (issue 9 §4): crafted backups, snapshots with wrong metadata, a CRC-less
+Arrow snapshot, FelixConfiguration bombs and absurd numbers are one-line errors with exit 2
+— never a traceback, a PanicException or an abort — and control characters from files
+reach the terminal escaped."""
+
+from __future__ import annotations
+
+import json
+import os
+import resource
+import subprocess
+import sys
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.ipc
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from test_bad_input import EXIT_BAD_INPUT, assert_one_line_error, cli, synth
+
+
+@pytest.fixture(scope="module")
+def pin(bpffs):
+    d = bpffs / "hostile"
+    d.mkdir()
+    p = d / "cali_v4_ct4"
+    synth(p, 200, 1024)
+    return p
+
+
+@pytest.fixture(scope="module")
+def backup(pin, tmp_path_factory) -> Path:
+    from ctscope._native import LiveMap
+
+    b = tmp_path_factory.mktemp("bk") / "good.arrow"
+    LiveMap(str(pin)).snapshot().write(str(b))
+    return b
+
+
+def rewrite_backup(src: Path, dst: Path, meta: dict | None = None, drop_value: bool = False,
+                   value_type: pa.DataType | None = None) -> Path:
+    t = pa.ipc.open_file(src).read_all()
+    m = {k.decode(): v.decode() for k, v in (t.schema.metadata or {}).items()}
+    m.update(meta or {})
+    if drop_value:
+        t = t.drop_columns(["value"])
+    if value_type is not None:
+        t = t.set_column(1, "value", t.column("value").cast(value_type))
+    t = t.replace_schema_metadata(m)
+    with pa.ipc.new_file(dst, t.schema) as w:
+        w.write_table(t)
+    return dst
+
+
+def restore(pin: Path, backup: Path, limit_mb: int = 2048) -> subprocess.CompletedProcess:
+    """`restore --from` (plan only: reading the backup is the point) under an address-space
+    limit, so an allocation sized by the file's numbers fails the test instead of the host."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (limit_mb << 20, limit_mb << 20))
+
+    return subprocess.run([sys.executable, "-m", "ctscope", "restore", str(pin), "--from", str(backup)],
+                          capture_output=True, text=True, timeout=120, preexec_fn=limit)
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("case,meta,kw,needle", [
+    ("entries-1e11", {"ctscope.entries": "100000000000"}, {}, "entries"),
+    ("entries-2^60", {"ctscope.entries": str(2**60)}, {}, "entries"),
+    ("key-size-2^32-1", {"ctscope.key_size": str(2**32 - 1)}, {}, "key_size"),
+    ("key-size-2^32+16", {"ctscope.key_size": str(2**32 + 16)}, {}, "key_size"),
+    ("value-size-0", {"ctscope.value_size": "0"}, {}, "value_size"),
+    ("no-value-column", {}, {"drop_value": True}, "columns"),
+    ("value-is-binary", {}, {"value_type": pa.binary()}, "columns"),
+    ("key-size-mismatch", {"ctscope.key_size": "8"}, {}, "key"),
+    ("entries-not-a-number", {"ctscope.entries": "lots"}, {}, "not a number"),
+])
+def test_crafted_backups_are_one_line_exit_2(pin, backup, tmp_path, case, meta, kw, needle):
+    bad = rewrite_backup(backup, tmp_path / f"{case}.arrow", meta, **kw)
+    r = restore(pin, bad)
+    assert "PanicException" not in r.stderr and r.returncode != -6 and r.returncode != 134, r.stderr
+    assert_one_line_error(r, EXIT_BAD_INPUT, str(bad), needle)
+
+
+@pytest.mark.kernel
+def test_good_backup_still_reads(pin, backup):
+    from ctscope._native import read_backup
+
+    assert read_backup(str(backup)).count == 200
+
+
+@pytest.mark.kernel
+@settings(max_examples=60, deadline=None, suppress_health_check=list(HealthCheck))
+@given(data=st.data())
+def test_fuzzed_backups_never_panic(backup, tmp_path_factory, data):
+    """Random byte flips and truncations of a real backup: read_backup either returns or
+    raises a CtscopeError; never a PanicException (BaseException) or an abort."""
+    from ctscope._native import read_backup
+    from ctscope.errors import CtscopeError
+
+    raw = bytearray(backup.read_bytes())
+    for _ in range(data.draw(st.integers(1, 8))):
+        i = data.draw(st.integers(0, len(raw) - 1))
+        raw[i] = data.draw(st.integers(0, 255))
+    if data.draw(st.booleans()):
+        raw = raw[: data.draw(st.integers(0, len(raw)))]
+    f = tmp_path_factory.mktemp("fz") / "b.arrow"
+    f.write_bytes(bytes(raw))
+    try:
+        read_backup(str(f))
+    except CtscopeError:
+        pass
+
+
+# ------------------------------------------------------------------------------ snapshots
+@pytest.fixture(scope="module")
+def snapshot(pin, tmp_path_factory) -> Path:
+    s = tmp_path_factory.mktemp("snap") / "s.parquet"
+    r = cli("snapshot", pin, "-o", s)
+    assert r.returncode == 0, r.stderr
+    return s
+
+
+def with_meta(src: Path, dst: Path, change: dict, drop: tuple = ()) -> Path:
+    import polars as pl
+
+    meta = json.loads(pl.read_parquet_metadata(src)["ctscope"])
+    meta.update(change)
+    df = pl.read_parquet(src).drop(list(drop))
+    df.write_parquet(dst, metadata={"ctscope": json.dumps(meta)})
+    return dst
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("change,needle", [
+    ({"max_entries": "lots"}, "max_entries"),
+    ({"max_entries": -5}, "max_entries"),
+    ({"max_entries": 1e30}, "max_entries"),
+    ({"now_ns": float("inf")}, "now_ns"),
+    ({"now_ns": "soon"}, "now_ns"),
+    ({"dump_start_wall_ns": "yesterday"}, "dump_start_wall_ns"),
+    ({"dump_start_wall_ns": 1e30}, "dump_start_wall_ns"),
+    ({"dump_end_wall_ns": "later"}, "dump_end_wall_ns"),
+    ({"mono_ns": -1}, "mono_ns"),
+])
+def test_snapshot_metadata_of_wrong_type(snapshot, tmp_path, change, needle):
+    bad = with_meta(snapshot, tmp_path / "bad.parquet", change)
+    for cmd in ("stats", "report", "metrics", "expired"):
+        r = cli(cmd, bad, "-o", tmp_path / f"out-{cmd}.txt")
+        assert_one_line_error(r, EXIT_BAD_INPUT, str(bad), needle)
+
+
+@pytest.mark.kernel
+def test_snapshot_missing_a_column(snapshot, tmp_path):
+    bad = with_meta(snapshot, tmp_path / "noproto.parquet", {}, drop=("proto",))
+    for cmd in ("stats", "top", "expired", "metrics"):
+        assert_one_line_error(cli(cmd, bad), EXIT_BAD_INPUT, str(bad), "proto")
+
+
+@pytest.mark.kernel
+def test_arrow_snapshot_without_its_crc_is_refused_unless_asked(pin, tmp_path):
+    """The CRC key removed from the footer: refused (exit 2) unless --unverified."""
+    from ctscope import arrow_ipc
+
+    good = tmp_path / "s.arrow"
+    assert cli("snapshot", pin, "-o", good).returncode == 0
+    data = good.read_bytes()
+    key = arrow_ipc.CRC_KEY.encode()
+    assert data.count(key) == 1
+    # Rename the key in place (same length): the file stays a valid Arrow IPC file.
+    stripped = tmp_path / "nocrc.arrow"
+    stripped.write_bytes(data.replace(key, b"x" * len(key)))
+    assert_one_line_error(cli("stats", stripped), EXIT_BAD_INPUT, str(stripped), "CRC", "--unverified")
+    r = cli("stats", stripped, "--unverified")
+    assert r.returncode == 0, r.stderr
+    assert cli("stats", good).returncode == 0
+
+
+# -------------------------------------------------------------------- FelixConfiguration
+FELIX_BOMB = """\
+a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]
+b: &b [*a,*a,*a,*a,*a,*a,*a,*a,*a]
+c: &c [*b,*b,*b,*b,*b,*b,*b,*b,*b]
+d: &d [*c,*c,*c,*c,*c,*c,*c,*c,*c]
+e: &e [*d,*d,*d,*d,*d,*d,*d,*d,*d]
+f: &f [*e,*e,*e,*e,*e,*e,*e,*e,*e]
+g: &g [*f,*f,*f,*f,*f,*f,*f,*f,*f]
+h: &h [*g,*g,*g,*g,*g,*g,*g,*g,*g]
+i: &i [*h,*h,*h,*h,*h,*h,*h,*h,*h]
+kind: FelixConfiguration
+spec: {bpfMapSizeConntrack: *i}
+"""
+
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("name,text,needle", [
+    ("bomb", FELIX_BOMB, "alias"),
+    ("deep-yaml", "kind: FelixConfiguration\nspec: " + "[" * 100_000 + "]" * 100_000 + "\n", "nest"),
+    ("deep-json", '{"kind": "FelixConfiguration", "spec": ' + "[" * 100_000 + "]" * 100_000 + "}", "nest"),
+    ("metadata-list", "kind: FelixConfiguration\nmetadata: [1]\nspec: {bpfMapSizeConntrack: 1000}\n", "metadata"),
+    ("inf", "kind: FelixConfiguration\nspec: {bpfMapSizeConntrack: .inf}\n", "bpfMapSizeConntrack"),
+    ("big", "kind: FelixConfiguration\nspec: {}\n" + "#" * (20 << 20) + "\n", "MiB"),
+])
+def test_felix_configuration_bombs(pin, tmp_path, name, text, needle):
+    f = tmp_path / f"{name}.yaml"
+    f.write_text(text)
+    for args in (("check", pin, "--felix-config", f), ("expired", pin, "--felix-config", f)):
+        r = subprocess.run([sys.executable, "-m", "ctscope", *map(str, args)], capture_output=True, text=True,
+                           timeout=60, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)))
+        assert_one_line_error(r, EXIT_BAD_INPUT, str(f), needle)
+
+
+# -------------------------------------------------------------------------- numbers
+@pytest.mark.kernel
+def test_top_n_too_large(snapshot):
+    assert_one_line_error(cli("top", snapshot, "-n", "99999999999999999999"), EXIT_BAD_INPUT, "-n")
+
+
+def test_unknown_file_type_says_what_is_accepted(tmp_path):
+    f = tmp_path / "small.csv"
+    f.write_text("a,b\n1,2\n")
+    line = assert_one_line_error(cli("stats", f), EXIT_BAD_INPUT, str(f))
+    assert ".parquet" in line and "pinned" in line and "BPF filesystem" not in line
