@@ -172,7 +172,7 @@ def test_arrow_snapshot_without_its_crc_is_refused_unless_asked(pin, tmp_path):
     stripped = tmp_path / "nocrc.arrow"
     stripped.write_bytes(data.replace(key, b"x" * len(key)))
     assert_one_line_error(cli("stats", stripped), EXIT_BAD_INPUT, str(stripped), "CRC", "--unverified")
-    r = cli("stats", stripped, "--unverified")
+    r = cli("--unverified", "stats", stripped)
     assert r.returncode == 0, r.stderr
     assert cli("stats", good).returncode == 0
 
@@ -205,7 +205,8 @@ spec: {bpfMapSizeConntrack: *i}
 def test_felix_configuration_bombs(pin, tmp_path, name, text, needle):
     f = tmp_path / f"{name}.yaml"
     f.write_text(text)
-    for args in (("check", pin, "--felix-config", f), ("expired", pin, "--felix-config", f)):
+    cmds = (("check", pin, "--felix-config", f), ("expired", pin, "--felix-config", f))
+    for args in cmds[:1] if name == "inf" else cmds:  # `expired` reads only the timeouts
         r = subprocess.run([sys.executable, "-m", "ctscope", *map(str, args)], capture_output=True, text=True,
                            timeout=60, preexec_fn=lambda: resource.setrlimit(resource.RLIMIT_AS, (2 << 30, 2 << 30)))
         assert_one_line_error(r, EXIT_BAD_INPUT, str(f), needle)

@@ -18,6 +18,7 @@ from typing import IO
 import polars as pl
 
 from ctscope.errors import BadArgument, polars_gist
+from ctscope.textsafe import json_controls, printable
 
 TEXT_FORMATS = ("table", "json", "ndjson", "csv")
 BINARY_FORMATS = ("parquet", "arrow")
@@ -102,15 +103,15 @@ def write_text(frames: Iterator[pl.DataFrame], fmt: str, out: IO[str]) -> int:
                 for c in cols:
                     if text_df.height:
                         widths[c] = max(widths[c], int(text_df[c].str.len_chars().max() or 0))
-                out.write("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip() + "\n")
-            for row in text_df.iter_rows():
-                out.write("  ".join(str(v).ljust(widths[c]) for c, v in zip(cols, row)).rstrip() + "\n")
+                out.write(printable("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip()) + "\n")
+            for row in text_df.iter_rows():  # control characters from the map shown escaped
+                out.write(printable("  ".join(str(v).ljust(widths[c]) for c, v in zip(cols, row)).rstrip()) + "\n")
         elif fmt == "ndjson":
             if df.height:
-                out.write(_text_frame(df, fmt).write_ndjson())
+                out.write(json_controls(_text_frame(df, fmt).write_ndjson()))
         elif fmt == "json":
             if df.height:
-                lines = _text_frame(df, fmt).write_ndjson().rstrip("\n").replace("\n", ",\n")
+                lines = json_controls(_text_frame(df, fmt).write_ndjson()).rstrip("\n").replace("\n", ",\n")
                 out.write(("\n" if first else ",\n") + lines)
                 first = False
         elif fmt == "csv":

@@ -31,7 +31,7 @@ def dump(
     layout: str = typer.Option("auto", "--layout", help="auto|v2|v3-created|v3|v4|raw"),
     method: str = typer.Option("auto", "--method", help="auto|batch|next_key"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, max=2**32 - 1, help="Entries per batch syscall."),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", min=0, help="Stop after N entries (after --where)."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", min=0, max=2**63 - 1, help="Stop after N entries (after --where)."),
     where: Optional[str] = typer.Option(None, "--where", "-w", help="SQL predicate, e.g. \"proto = 6 AND dport = 443\"."),
     now_ns: Optional[int] = typer.Option(None, "--now-ns", min=0, max=2**64 - 1, help="Monotonic reference time for idle_s (default: now)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, max=256, help="Bucket-range workers (default: cores; 1 = single reader)."),

@@ -30,7 +30,7 @@ def expired(
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="table|json|ndjson|csv|parquet|arrow (default: from -o suffix, else table)."),
     output: Optional[str] = io.Output,
     where: Optional[str] = io.Where,
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", min=0, help="At most N rows."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", min=0, max=2**63 - 1, help="At most N rows."),
     bpffs: str = io.Bpffs,
     ipv6: bool = io.Ipv6,
     layout: str = io.Layout,

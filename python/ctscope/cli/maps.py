@@ -9,12 +9,14 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ctscope._native import on_bpffs
 from ctscope.cli.app import app
 from ctscope.ctmap import open_map
 from ctscope.errors import CtscopeError, NotACtMap, PinNotFound, exit_code
 from ctscope.pins import DEFAULT_BPFFS, list_pins
+from ctscope.textsafe import printable
 
 
 def map_row(path) -> dict:
@@ -75,19 +77,24 @@ def maps_cmd(
         return
     if failed:
         for r in rows:
-            print(f"ctscope: error: {' '.join(r['error'].split())}", file=sys.stderr)
+            print(f"ctscope: error: {printable(' '.join(r['error'].split()))}", file=sys.stderr)
         raise typer.Exit(failed)
     t = Table(title=f"{'pinned objects' if all_pins else 'CT maps'} under {bpffs}")
     for col in ["path", "ver", "fam", "type", "key/value", "max_entries", "flags", "entries", "fill"]:
         t.add_column(col, justify="right" if col in ("max_entries", "entries", "fill") else "left")
     for r in rows:
         if "error" in r:
-            t.add_row(r["path"], "", "", "", "", "", "", "", r["error"])
+            t.add_row(*map(_cell, (r["path"], "", "", "", "", "", "", "", r["error"])))
             continue
         fill = r.get("fill")
-        t.add_row(r["path"], str(r["version"] or "-"), str(r["family"] or "-"), r["map_type"],
+        t.add_row(*map(_cell, (r["path"], str(r["version"] or "-"), str(r["family"] or "-"), r["map_type"],
                   f"{r['key_size']}/{r['value_size']}", f"{r['max_entries']:,}", hex(r["map_flags"]),
                   f"{r['entries']:,}" if "entries" in r else "-",
-                  f"{fill:.1%}" if fill is not None else "-")
+                  f"{fill:.1%}" if fill is not None else "-")))
     # Piped output is for scripts and logs: never cut paths to 80 columns (as `check` does).
     Console(width=None if sys.stdout.isatty() else 1000).print(t)
+
+
+def _cell(v: object) -> Text:
+    """Names from the bpffs and the kernel: never rich markup, control characters escaped."""
+    return Text(printable(v))

@@ -11,6 +11,7 @@ import typer
 from ctscope.analysis.stats import stats as compute_stats
 from ctscope.cli import analysis_io as io
 from ctscope.cli.app import app
+from ctscope.textsafe import printable
 
 BAR_WIDTH = 40
 
@@ -93,4 +94,4 @@ def format_stats(st: dict) -> str:
             lines.append(f"{s['node'][:24]:<24} {s['map_name']:<12} {str(s['dump_start']):<24} "
                          f"{s['total_entries']:>10,} {s['map_size']:>10,} {(s['fill_ratio'] or 0):>6.1%} "
                          f"{s['expired']:>10,}  {s['autogrow']['verdict']}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(printable(line) for line in lines) + "\n"  # names from files: controls escaped
