@@ -223,3 +223,67 @@ def test_unknown_file_type_says_what_is_accepted(tmp_path):
     f.write_text("a,b\n1,2\n")
     line = assert_one_line_error(cli("stats", f), EXIT_BAD_INPUT, str(f))
     assert ".parquet" in line and "pinned" in line and "BPF filesystem" not in line
+
+
+# ---------------------------------------------------------------------- terminal escapes
+ESC = "\x1b]0;pwned\x07\x1b[2J\u202e\x9b"
+
+
+def no_raw_controls(text: str) -> None:
+    assert not any(c in text for c in "\x1b\x07\x9b\u202e"), repr(text[:400])
+
+
+@pytest.mark.kernel
+def test_control_characters_from_snapshots_are_escaped_on_terminals(snapshot, tmp_path):
+    import polars as pl
+
+    evil = tmp_path / "evil.parquet"
+    meta = json.loads(pl.read_parquet_metadata(snapshot)["ctscope"])
+    meta.update(map_name="cali" + ESC, hostname="node" + ESC)
+    df = pl.read_parquet(snapshot).with_columns(pl.lit("10.9.9.9" + ESC).alias("src"))
+    df.write_parquet(evil, metadata={"ctscope": json.dumps(meta)})
+    for args in (("stats", evil), ("top", evil, "--by", "src"), ("query", evil, "SELECT type, src FROM ct LIMIT 3"),
+                 ("expired", evil, "--all", "-n", "3")):
+        r = cli(*args)
+        assert r.returncode == 0, r.stderr
+        no_raw_controls(r.stdout + r.stderr)
+        assert "\\x1b" in r.stdout, (args[0], r.stdout[:300])
+    # Machine formats keep the data exact (CSV) or JSON-escaped (JSON decodes back to it).
+    r = cli("query", evil, "SELECT src FROM ct LIMIT 1", "-f", "csv")
+    assert r.stdout.split("\n", 1)[1].rstrip("\n").strip('"') == "10.9.9.9" + ESC
+    for fmt in ("json", "ndjson"):
+        r = cli("query", evil, "SELECT src FROM ct LIMIT 1", "-f", fmt)
+        no_raw_controls(r.stdout)
+        rows = json.loads(r.stdout) if fmt == "json" else [json.loads(r.stdout.splitlines()[0])]
+        assert rows[0]["src"] == "10.9.9.9" + ESC
+
+
+def test_dump_table_escapes_and_ndjson_is_exact():
+    import io
+
+    import polars as pl
+
+    from ctscope import export
+
+    df = pl.DataFrame({"proto": [6], "src": ["10.0.0.1" + ESC], "type": ["normal"]})
+    out = io.StringIO()
+    export.write_text(iter([df]), "table", out)
+    no_raw_controls(out.getvalue())
+    assert "\\x1b]0;pwned\\x07" in out.getvalue()
+    out = io.StringIO()
+    export.write_text(iter([df]), "ndjson", out)
+    no_raw_controls(out.getvalue())
+    assert json.loads(out.getvalue())["src"] == "10.0.0.1" + ESC
+
+
+def test_error_lines_escape_control_characters(tmp_path):
+    r = cli("stats", tmp_path / f"missing{ESC}.parquet")
+    no_raw_controls(r.stderr)
+    assert_one_line_error(r, 3, "\\x1b]0;pwned\\x07")
+
+
+@pytest.mark.kernel
+def test_backup_map_name_is_escaped_in_restore_plan(pin, backup, tmp_path):
+    bad = rewrite_backup(backup, tmp_path / "name.arrow", {"ctscope.name": "cali_v4_ct4" + ESC})
+    r = restore(pin, bad)
+    no_raw_controls(r.stdout + r.stderr)
