@@ -287,3 +287,4 @@ def test_backup_map_name_is_escaped_in_restore_plan(pin, backup, tmp_path):
     bad = rewrite_backup(backup, tmp_path / "name.arrow", {"ctscope.name": "cali_v4_ct4" + ESC})
     r = restore(pin, bad)
     no_raw_controls(r.stdout + r.stderr)
+    assert "cali_v4_ct4\\x1b]0;pwned" in r.stdout + r.stderr, r.stdout + r.stderr
