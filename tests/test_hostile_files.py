@@ -288,3 +288,55 @@ def test_backup_map_name_is_escaped_in_restore_plan(pin, backup, tmp_path):
     r = restore(pin, bad)
     no_raw_controls(r.stdout + r.stderr)
     assert "cali_v4_ct4\\x1b]0;pwned" in r.stdout + r.stderr, r.stdout + r.stderr
+
+
+# ------------------------------------------------------------------ cheap in-process fuzzing
+_json = st.recursive(st.none() | st.booleans() | st.integers(-2**70, 2**70) | st.floats() | st.text(max_size=8),
+                     lambda c: st.lists(c, max_size=3) | st.dictionaries(st.text(max_size=6), c, max_size=3),
+                     max_leaves=8)
+_META_KEYS = ["now_ns", "mono_ns", "max_entries", "dump_start_wall_ns", "dump_end_wall_ns", "entries", "map_name",
+              "hostname", "layout", "nf_conntrack_sysctls"]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.dictionaries(st.sampled_from(_META_KEYS), _json, max_size=6))
+def test_fuzzed_snapshot_metadata_is_accepted_whole_or_refused(meta):
+    """Any JSON metadata either passes the check (and then every Snapshot property works)
+    or is a SnapshotError; never another exception."""
+    from ctscope.analysis.sources import Snapshot, _check_meta
+    from ctscope.errors import SnapshotError
+
+    try:
+        _check_meta(Path("x.parquet"), meta)
+    except SnapshotError as e:
+        assert "\n" not in str(e) and "\x1b" not in str(e)
+        return
+    s = Snapshot("x.parquet", "parquet", meta, {}, int(meta.get("now_ns") or 0))
+    assert s.summary()["max_entries"] >= 0
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text())
+def test_printable_leaves_no_control_characters(text):
+    from ctscope.textsafe import json_controls, printable
+
+    out = printable(text)
+    assert not any(ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f or c in "\u202e\u2066" for c in out)
+    if not any(ord(c) < 0x20 or 0x7f <= ord(c) <= 0x9f or c in "\u061c\u200e\u200f" or 0x202a <= ord(c) <= 0x202e
+               or 0x2066 <= ord(c) <= 0x2069 for c in text):
+        assert out == text
+    assert json.loads(json_controls(json.dumps(text, ensure_ascii=False))) == text
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.text(max_size=300))
+def test_fuzzed_felix_configuration_is_parsed_or_refused(tmp_path_factory, text):
+    from ctscope import felixconfig
+    from ctscope.errors import BadArgument
+
+    f = tmp_path_factory.mktemp("fc") / "f.yaml"
+    f.write_text("kind: FelixConfiguration\n" + text)
+    try:
+        felixconfig.spec(f)
+    except BadArgument:
+        pass
