@@ -18,16 +18,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from test_bad_input import EXIT_BAD_INPUT, assert_one_line_error, cli, synth
+from test_bad_input import EXIT_BAD_INPUT, assert_one_line_error, cli
+from test_output_files import module_pin
 
 
 @pytest.fixture(scope="module")
 def pin(bpffs):
-    d = bpffs / "hostile"
-    d.mkdir()
-    p = d / "cali_v4_ct4"
-    synth(p, 200, 1024)
-    return p
+    return module_pin(bpffs, "hostile", 200)
 
 
 @pytest.fixture(scope="module")

@@ -19,13 +19,17 @@ from test_bad_input import EXIT_BAD_INPUT, EXIT_PERMISSION, assert_one_line_erro
 NOBODY = 65534
 
 
+def module_pin(bpffs: Path, directory: str, entries: int) -> Path:
+    """A small synthetic CT map of its own for a test module."""
+    d = bpffs / directory
+    d.mkdir()
+    synth(d / "cali_v4_ct4", entries, 1024)
+    return d / "cali_v4_ct4"
+
+
 @pytest.fixture(scope="module")
 def pin(bpffs):
-    d = bpffs / "outfiles"
-    d.mkdir()
-    p = d / "cali_v4_ct4"
-    synth(p, 300, 1024)
-    return p
+    return module_pin(bpffs, "outfiles", 300)
 
 
 @pytest.fixture(scope="module")
