@@ -404,6 +404,13 @@ fn flag_labels() -> Vec<(u32, &'static str)> {
     layout::FLAG_LABELS.to_vec()
 }
 
+/// The columns every decoded dump has (the non-nullable ones of the CT schema): what a
+/// snapshot file must hold to be analysed.
+#[pyfunction]
+fn ct_required_columns() -> Vec<String> {
+    crate::decode::ct_schema().fields().iter().filter(|f| !f.is_nullable()).map(|f| f.name().clone()).collect()
+}
+
 /// libbpf's six map fields (facts §7), under the same keys wherever a dict describes a map:
 /// a pin's info, a backup's source map, an object's map definition.
 pub(crate) fn set_map_fields(
@@ -443,6 +450,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(monotonic_ns, m)?)?;
     m.add_function(wrap_pyfunction!(realtime_ns, m)?)?;
     m.add_function(wrap_pyfunction!(flag_labels, m)?)?;
+    m.add_function(wrap_pyfunction!(ct_required_columns, m)?)?;
     crate::python_repair::register(m)?;
     Ok(())
 }

@@ -211,25 +211,25 @@ fn spawn_reader(mut reader: MapReader, st: Arc<Mutex<ReaderStatus>>) -> Result<R
         .spawn(move || {
             // A panic here would otherwise hang up the channel, which reads as the map's end.
             let res = crate::error::guard("map reader", || {
-            loop {
-                let next = reader.next_chunk();
-                {
-                    let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
-                    s.method = reader.method();
-                    s.stats = reader.stats;
-                    s.finished = matches!(next, Ok(None));
+                loop {
+                    let next = reader.next_chunk();
+                    {
+                        let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
+                        s.method = reader.method();
+                        s.stats = reader.stats;
+                        s.finished = matches!(next, Ok(None));
+                    }
+                    let (msg, end) = match next {
+                        Ok(Some(c)) => (Ok(Payload::Raw(c)), false),
+                        Ok(None) => break,
+                        Err(e) => (Err(e), true),
+                    };
+                    // A closed receiver means the consumer stopped early: stop reading too.
+                    if tx.send(msg).is_err() || end {
+                        break;
+                    }
                 }
-                let (msg, end) = match next {
-                    Ok(Some(c)) => (Ok(Payload::Raw(c)), false),
-                    Ok(None) => break,
-                    Err(e) => (Err(e), true),
-                };
-                // A closed receiver means the consumer stopped early: stop reading too.
-                if tx.send(msg).is_err() || end {
-                    break;
-                }
-            }
-            Ok(())
+                Ok(())
             });
             if let Err(e) = res {
                 let _ = tx.send(Err(e));
