@@ -82,3 +82,22 @@ pub fn quiet_panics() {
         }
     }));
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_turns_a_panic_into_an_error() {
+        quiet_panics();
+        let r: Result<()> = guard("test", || {
+            let v: Vec<u8> = Vec::new();
+            let i = v.len() + 3;
+            let _ = v[i]; // index out of bounds: a panic
+            Ok(())
+        });
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("test: internal error") && e.contains("index out of bounds"), "{e}");
+        assert_eq!(guard("ok", || Ok(7)).unwrap(), 7);
+    }
+}
