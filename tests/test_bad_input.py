@@ -362,7 +362,7 @@ def test_debug_shows_the_traceback_and_keeps_the_exit_code(tmp_path):
 @pytest.mark.kernel
 def test_raw_layout_and_empty_directories_are_not_analysed(ct_pin, tmp_path):
     for cmd in ("stats", "expired", "top", "metrics", "report"):
-        assert_one_line_error(cli(cmd, ct_pin, "--layout", "raw", "-o", tmp_path / f"x.{cmd}"), EXIT_BAD_INPUT,
+        assert_one_line_error(cli(cmd, ct_pin, "--layout", "raw", "-o", tmp_path / f"x.{cmd}.txt"), EXIT_BAD_INPUT,
                               "--layout raw")
     raw = tmp_path / "raw.parquet"
     assert cli("dump", ct_pin, "--layout", "raw", "-o", raw).returncode == 0

@@ -322,9 +322,10 @@ def write_file(frames: Iterable[pl.DataFrame], schema: pl.Schema, target: str | 
             out.close()
 
 
-def read_metadata(path: str, verify: bool = False) -> dict[str, str]:
+def read_metadata(path: str, verify: bool = False, keep_crc: bool = False) -> dict[str, str]:
     """The footer schema's custom_metadata of an Arrow IPC file (reads only the tail; with
-    `verify`, also the whole file, to check the CRC ctscope's writer records)."""
+    `verify`, also the whole file, to check the CRC ctscope's writer records). The CRC key
+    itself is left in the result only with `keep_crc` (to tell a CRC-less file)."""
     with open(path, "rb") as f:
         head = f.read(6)
         f.seek(0, 2)
@@ -348,7 +349,7 @@ def read_metadata(path: str, verify: bool = False) -> dict[str, str]:
     except (struct.error, IpcFormatError, UnicodeDecodeError) as e:
         raise IpcFormatError(f"corrupt Arrow IPC footer ({e})") from None
     _check_blocks(path, blocks, size - 10 - flen)
-    crc = meta.pop(CRC_KEY, None)
+    crc = meta.get(CRC_KEY) if keep_crc else meta.pop(CRC_KEY, None)
     if verify and crc is not None:
         _check_crc(path, size - 10 - flen, crc)
     return meta

@@ -80,9 +80,12 @@ def _int_field(spec: dict[str, Any], key: str, path: str) -> int | None:
     if v is None:
         return None
     try:
+        if isinstance(v, (bool, list, dict)):
+            raise TypeError
         n = int(v)
-    except (TypeError, ValueError):
-        raise BadArgument(f"{path}: spec.{key} = {v!r}, expected an integer") from None
+    except (TypeError, ValueError, OverflowError):  # .inf is a YAML float
+        shown = repr(v) if isinstance(v, (str, int, float)) else type(v).__name__
+        raise BadArgument(f"{path}: spec.{key} = {shown[:60]}, expected an integer") from None
     if n < 0:
         raise BadArgument(f"{path}: spec.{key} = {n}, expected >= 0")
     return n

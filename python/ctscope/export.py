@@ -1,18 +1,14 @@
 """Writing dumps: text formats stream batch by batch, parquet and Arrow IPC stream
-through polars sinks, so memory stays bounded whatever the map size. Files are written
-under a temporary name in the target directory and renamed only when complete, so an
-interrupted dump never leaves a partial file under the final name."""
+through polars sinks, so memory stays bounded whatever the map size. Output files go
+through ctscope.outfile (temporary name, then rename; links and modes checked)."""
 
 from __future__ import annotations
 
-import errno
 import json
 import os
 import socket
 import sys
 import signal
-import stat
-import tempfile
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -22,6 +18,7 @@ from typing import IO
 import polars as pl
 
 from ctscope.errors import BadArgument, polars_gist
+from ctscope.textsafe import json_controls, printable
 
 TEXT_FORMATS = ("table", "json", "ndjson", "csv")
 BINARY_FORMATS = ("parquet", "arrow")
@@ -39,8 +36,13 @@ def format_from_path(path: str | None, fmt: str | None) -> str:
         return fmt
     if path:
         suffix = Path(path).suffix.lower()
-        return {".parquet": "parquet", ".arrow": "arrow", ".ipc": "arrow", ".feather": "arrow",
-                ".json": "json", ".ndjson": "ndjson", ".jsonl": "ndjson", ".csv": "csv"}.get(suffix, "table")
+        known = {".parquet": "parquet", ".arrow": "arrow", ".ipc": "arrow", ".feather": "arrow", ".json": "json",
+                 ".ndjson": "ndjson", ".jsonl": "ndjson", ".csv": "csv", ".txt": "table", ".table": "table"}
+        if suffix and suffix not in known and not Path(path).name.startswith("."):
+            # `-o x.xlsx` must not silently get a text table under a spreadsheet's name.
+            raise BadArgument(f"{path}: unknown output suffix {suffix!r}; give --format "
+                              f"({', '.join(FORMATS)}) or use one of {', '.join(known)}")
+        return known.get(suffix, "table")
     return "table"
 
 
@@ -71,68 +73,6 @@ def filtered(frames: Iterator[pl.DataFrame], where: pl.Expr | None, limit: int |
             return
         n += df.height
         yield df
-
-
-@contextmanager
-def atomic_output(path: str | os.PathLike[str]):
-    """Yield the path to write `path`'s contents to.
-
-    A regular file (new or existing) is written under a temporary name beside it and
-    renamed over it only on success, so an interrupted run never leaves a partial file
-    under the final name. A symlink to a file keeps the link: its target is replaced.
-    Devices, FIFOs and sockets (`-o /dev/null`, `-o /dev/stdout`, a named pipe) are
-    written in place: renaming over them would destroy them."""
-    target = Path(path)
-    try:
-        st = os.stat(target)  # follows symlinks
-    except FileNotFoundError:
-        st = None
-    except OSError as e:
-        raise _output_error(target, e) from None
-    if st is not None and stat.S_ISDIR(st.st_mode):
-        raise BadArgument(f"{target}: is a directory; expected a file name")
-    if st is not None and not stat.S_ISREG(st.st_mode) or _is_proc_fd(target):
-        yield target
-        return
-    if target.is_symlink():
-        target = Path(os.path.realpath(target))
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise BadArgument(f"{target}: directory {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise PermissionError(13, "output directory is not writable", str(parent))
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=parent)
-    except OSError as e:
-        raise _output_error(target, e) from None
-    # mkstemp makes 0600; give the file the mode a plain open() would (0666 & ~umask).
-    umask = os.umask(0)
-    os.umask(umask)
-    os.fchmod(fd, 0o666 & ~umask)
-    os.close(fd)
-    try:
-        yield Path(tmp)
-        os.replace(tmp, target)
-    except BaseException as e:
-        try:
-            os.unlink(tmp)
-        except FileNotFoundError:
-            pass
-        if isinstance(e, OSError) and e.filename == tmp:
-            raise _output_error(target, e) from None  # name the file the user asked for
-        raise
-
-
-def _is_proc_fd(p: Path) -> bool:
-    """/dev/stdout, /dev/fd/N, /proc/self/fd/N: an already open descriptor, whatever it is."""
-    s = str(p)
-    return s in ("/dev/stdout", "/dev/stderr") or s.startswith(("/dev/fd/", "/proc/self/fd/"))
-
-
-def _output_error(target: Path, e: OSError) -> Exception:
-    if e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
-        return PermissionError(e.errno, f"cannot write here ({e.strerror})", str(target))
-    return BadArgument(f"{target}: cannot write the output file there ({e.strerror})")
 
 
 def _text_frame(df: pl.DataFrame, fmt: str) -> pl.DataFrame:
@@ -168,15 +108,15 @@ def write_text(frames: Iterator[pl.DataFrame], fmt: str, out: IO[str], schema: p
                 for c in cols:
                     if text_df.height:
                         widths[c] = max(widths[c], int(text_df[c].str.len_chars().max() or 0))
-                out.write("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip() + "\n")
-            for row in text_df.iter_rows():
-                out.write("  ".join(str(v).ljust(widths[c]) for c, v in zip(cols, row)).rstrip() + "\n")
+                out.write(printable("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip()) + "\n")
+            for row in text_df.iter_rows():  # control characters from the map shown escaped
+                out.write(printable("  ".join(str(v).ljust(widths[c]) for c, v in zip(cols, row)).rstrip()) + "\n")
         elif fmt == "ndjson":
             if df.height:
-                out.write(_text_frame(df, fmt).write_ndjson())
+                out.write(json_controls(_text_frame(df, fmt).write_ndjson()))
         elif fmt == "json":
             if df.height:
-                lines = _text_frame(df, fmt).write_ndjson().rstrip("\n").replace("\n", ",\n")
+                lines = json_controls(_text_frame(df, fmt).write_ndjson()).rstrip("\n").replace("\n", ",\n")
                 out.write(("\n" if first else ",\n") + lines)
                 first = False
         elif fmt == "csv":

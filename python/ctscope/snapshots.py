@@ -21,7 +21,7 @@ from pathlib import Path
 
 import polars as pl
 
-from ctscope import export
+from ctscope import export, outfile
 from ctscope.errors import BadArgument
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
@@ -63,7 +63,7 @@ def write_snapshot(pin: str | os.PathLike[str] | None = None, *, directory: str 
     expr = export.parse_where(where, schema)
     target = Path(output) if output is not None else partition_path(directory, node or node_name(), d.wall_ns,
                                                                      m.info.name, fmt)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    outfile.make_dirs(target.parent)  # missing directories are made 0700
     frames = export.filtered(iter_batches(d), expr, None)
 
     def metadata(n: int) -> dict[str, str]:
@@ -74,6 +74,6 @@ def write_snapshot(pin: str | os.PathLike[str] | None = None, *, directory: str 
             kv["ctscope"] = json.dumps(meta)
         return kv
 
-    with export.atomic_output(target) as tmp:
+    with outfile.output_file(target) as tmp:
         rows = export.write_binary(frames, schema, fmt, tmp, metadata)
     return target, rows

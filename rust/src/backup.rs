@@ -16,7 +16,9 @@ use std::sync::Arc;
 
 use arrow_array::{Array, FixedSizeBinaryArray, RecordBatch};
 use arrow_buffer::Buffer;
-use arrow_ipc::reader::FileReader;
+use arrow_ipc::convert::try_fb_to_schema;
+use arrow_ipc::reader::{read_footer_length, FileDecoder};
+use arrow_ipc::root_as_footer;
 use arrow_ipc::writer::FileWriter;
 use arrow_schema::{DataType, Field, Schema};
 
@@ -245,15 +247,32 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 }
 
 /// Read a backup, checking its format, sizes, entry count and CRC.
+///
+/// A backup is hostile input like any file: every size in it (footer length, block
+/// offsets and lengths, key/value sizes, entry count) is checked against the file's real
+/// length before anything is allocated or sliced, so a crafted file is a one-line
+/// BadArgument, never an allocation abort or a panic.
 pub fn read(path: &Path) -> Result<Backup> {
     let shown = path.display();
-    let file = File::open(path).map_err(|e| match e.kind() {
+    let data = std::fs::read(path).map_err(|e| match e.kind() {
         std::io::ErrorKind::NotFound => CtError::PinNotFound(format!("{shown}: no such backup file")),
         _ => CtError::os(format!("{shown}: open backup"), e),
     })?;
-    let reader = FileReader::try_new_buffered(file, None)
-        .map_err(|e| bad(path, format!("not a complete ctscope backup (Arrow IPC file): {e}")))?;
-    let schema = reader.schema();
+    let file_len = data.len();
+    let not_ipc = |why: &str| bad(path, format!("not a complete ctscope backup (Arrow IPC file): {why}"));
+    if file_len < 16 || &data[..6] != b"ARROW1" || &data[file_len - 6..] != b"ARROW1" {
+        return Err(not_ipc("no ARROW1 magic at both ends"));
+    }
+    let buffer = Buffer::from_vec(data);
+    let trailer = file_len - 10;
+    let footer_len = read_footer_length(buffer[trailer..].try_into().expect("10 bytes"))
+        .map_err(|e| not_ipc(&e.to_string()))?;
+    if footer_len > trailer.saturating_sub(8) {
+        return Err(not_ipc(&format!("footer length {footer_len} exceeds the file")));
+    }
+    let footer = root_as_footer(&buffer[trailer - footer_len..trailer]).map_err(|e| not_ipc(&format!("footer: {e}")))?;
+    let fb_schema = footer.schema().ok_or_else(|| not_ipc("no schema in the footer"))?;
+    let schema = Arc::new(try_fb_to_schema(fb_schema).map_err(|e| not_ipc(&e.to_string()))?);
     let meta = schema.metadata();
     let get = |k: &str| -> Result<&String> {
         meta.get(&format!("ctscope.{k}")).ok_or_else(|| bad(path, format!("not a ctscope backup (metadata ctscope.{k} missing)")))
@@ -264,39 +283,87 @@ pub fn read(path: &Path) -> Result<Backup> {
     let num = |k: &str| -> Result<u64> {
         get(k)?.parse::<u64>().map_err(|_| bad(path, format!("metadata ctscope.{k} is not a number")))
     };
+    let num32 = |k: &str| -> Result<u32> {
+        u32::try_from(num(k)?).map_err(|_| bad(path, format!("metadata ctscope.{k} is out of range (over 2^32-1)")))
+    };
     let source = SourceMap {
         pin: get("pin")?.clone(),
         name: get("name")?.clone(),
-        id: num("map_id")? as u32,
-        map_type: num("map_type")? as u32,
-        key_size: num("key_size")? as u32,
-        value_size: num("value_size")? as u32,
-        max_entries: num("max_entries")? as u32,
-        map_flags: num("map_flags")? as u32,
+        id: num32("map_id")?,
+        map_type: num32("map_type")?,
+        key_size: num32("key_size")?,
+        value_size: num32("value_size")?,
+        max_entries: num32("max_entries")?,
+        map_flags: num32("map_flags")?,
         map_extra: num("map_extra")?,
     };
-    let expect_count = num("entries")? as usize;
     let expect_crc = u32::from_str_radix(get("crc32")?, 16).map_err(|_| bad(path, "metadata ctscope.crc32 is not hex"))?;
     let taken_ns = num("taken_realtime_ns")?;
     let (ks, vs) = (source.key_size as usize, source.value_size as usize);
+    if ks == 0 || vs == 0 || i32::try_from(ks).is_err() || i32::try_from(vs).is_err() {
+        return Err(bad(path, format!("metadata key_size {ks} / value_size {vs}: expected 1 to 2^31-1 bytes")));
+    }
+    let fields = schema.fields();
+    let column_ok = |i: usize, name: &str, size: usize| {
+        fields.get(i).is_some_and(|f| f.name() == name && f.data_type() == &DataType::FixedSizeBinary(size as i32))
+    };
+    if fields.len() != 2 || !column_ok(0, "key", ks) || !column_ok(1, "value", vs) {
+        let got: Vec<String> = fields.iter().map(|f| format!("{}: {}", f.name(), f.data_type())).collect();
+        return Err(bad(path, format!(
+            "columns [{}], expected [key: FixedSizeBinary({ks}), value: FixedSizeBinary({vs})]",
+            got.join(", ")
+        )));
+    }
+    // The entries' bytes are in the file: an entry count the file cannot hold is a lie.
+    let expect_count = num("entries")?;
+    let room = file_len as u64 / (ks as u64 + vs as u64);
+    if expect_count > room {
+        return Err(bad(path, format!(
+            "metadata says {expect_count} entries of {ks}+{vs} bytes, more than the {file_len}-byte file can hold"
+        )));
+    }
+    let expect_count = expect_count as usize;
+    if footer.dictionaries().is_some_and(|d| !d.is_empty()) {
+        return Err(not_ipc("unexpected dictionary batches"));
+    }
+    let decoder = FileDecoder::new(schema.clone(), footer.version());
     let mut entries = Entries::new(ks, vs);
     entries.keys.reserve(expect_count * ks);
     entries.values.reserve(expect_count * vs);
-    for batch in reader {
-        let batch = batch.map_err(|e| bad(path, format!("corrupt record batch: {e}")))?;
-        let col = |i: usize, size: usize| -> Result<FixedSizeBinaryArray> {
+    for (i, block) in footer.recordBatches().into_iter().flatten().enumerate() {
+        let (off, mlen, blen) = (block.offset(), block.metaDataLength(), block.bodyLength());
+        let end = (off >= 0 && mlen >= 0 && blen >= 0)
+            .then(|| off.checked_add(i64::from(mlen))?.checked_add(blen))
+            .flatten();
+        if end.is_none_or(|e| e as u64 > trailer as u64 - footer_len as u64) {
+            return Err(bad(path, format!("corrupt record batch {i}: offset {off} + {mlen} + {blen} lies outside the file")));
+        }
+        let part = buffer.slice_with_length(off as usize, mlen as usize + blen as usize);
+        // arrow slices buffers with assertions: a buffer outside the block is a panic there.
+        let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| decoder.read_record_batch(block, &part)))
+            .map_err(|_| bad(path, format!("corrupt record batch {i}: a buffer lies outside its block")))?;
+        let batch = decoded
+            .map_err(|e| bad(path, format!("corrupt record batch {i}: {e}")))?
+            .ok_or_else(|| bad(path, format!("corrupt record batch {i}: not a record batch")))?;
+        let col = |c: usize, size: usize| -> Result<FixedSizeBinaryArray> {
             let a = batch
-                .column(i)
+                .column(c)
                 .as_any()
                 .downcast_ref::<FixedSizeBinaryArray>()
                 .ok_or_else(|| bad(path, "columns are not FixedSizeBinary"))?;
-            if a.value_length() as usize != size {
-                return Err(bad(path, format!("column {i} holds {}-byte items, expected {size}", a.value_length())));
+            if a.value_length() as usize != size || a.value_data().len() < a.len() * size {
+                return Err(bad(path, format!("column {c} does not hold {}-byte items", size)));
             }
             Ok(a.clone())
         };
+        if batch.num_columns() != 2 {
+            return Err(bad(path, format!("record batch {i} has {} columns, expected 2", batch.num_columns())));
+        }
         let (k, v) = (col(0, ks)?, col(1, vs)?);
         let n = k.len();
+        if v.len() != n || entries.count + n > expect_count {
+            return Err(bad(path, format!("record batch {i} holds more entries than the metadata's {expect_count}")));
+        }
         // value_data() is the sliced region of this array's buffer.
         entries.keys.extend_from_slice(&k.value_data()[..n * ks]);
         entries.values.extend_from_slice(&v.value_data()[..n * vs]);

@@ -50,3 +50,54 @@ impl fmt::Display for CtError {
 impl std::error::Error for CtError {}
 
 pub type Result<T> = std::result::Result<T, CtError>;
+
+/// Run `f`, turning a panic into an error: no Rust panic may cross into Python (where it
+/// would be a PanicException, or an abort across an FFI callback). Every PyO3 entry point
+/// that does real work, and every reader thread, runs under this.
+pub fn guard<T>(what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(payload) => {
+            let msg = payload
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| payload.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            Err(CtError::Os {
+                op: format!("{what}: internal error (a ctscope bug; please report it)"),
+                err: io::Error::other(msg.split_whitespace().collect::<Vec<_>>().join(" ")),
+            })
+        }
+    }
+}
+
+/// Replace the default panic hook (which prints several lines to stderr) with one that is
+/// silent unless RUST_BACKTRACE or CTSCOPE_DEBUG is set: `guard` reports the panic as one
+/// error line instead.
+pub fn quiet_panics() {
+    let default = std::panic::take_hook();
+    std::panic::set_hook(Box::new(move |info| {
+        if std::env::var_os("RUST_BACKTRACE").is_some() || std::env::var_os("CTSCOPE_DEBUG").is_some() {
+            default(info);
+        }
+    }));
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guard_turns_a_panic_into_an_error() {
+        quiet_panics();
+        let r: Result<()> = guard("test", || {
+            let v: Vec<u8> = Vec::new();
+            let i = v.len() + 3;
+            let _ = v[i]; // index out of bounds: a panic
+            Ok(())
+        });
+        let e = r.unwrap_err().to_string();
+        assert!(e.contains("test: internal error") && e.contains("index out of bounds"), "{e}");
+        assert_eq!(guard("ok", || Ok(7)).unwrap(), 7);
+    }
+}

@@ -41,6 +41,16 @@ impl From<CtError> for PyErr {
     }
 }
 
+/// `py.detach(f)` under `error::guard`: the GIL released and any panic an error.
+pub(crate) fn detached<T: Send>(py: Python<'_>, what: &str, f: impl FnOnce() -> Result<T, CtError> + Send) -> Result<T, CtError> {
+    py.detach(|| crate::error::guard(what, f))
+}
+
+/// A mutex poisoned by a (caught) panic still holds usable data: never panic on it.
+fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
 const STREAM_CAPSULE: &std::ffi::CStr = c"arrow_array_stream";
 
 fn export_stream(py: Python<'_>, reader: Box<dyn arrow_array::RecordBatchReader + Send>) -> PyResult<Bound<'_, PyCapsule>> {
@@ -143,7 +153,7 @@ impl NativeMap {
     #[new]
     #[pyo3(signature = (path, writable=false))]
     fn new(py: Python<'_>, path: PathBuf, writable: bool) -> PyResult<Self> {
-        let inner = py.detach(|| PinnedMap::open(&path, writable))?;
+        let inner = detached(py, "open", || PinnedMap::open(&path, writable))?;
         let info = MapInfo::from_params(&path.to_string_lossy(), &inner.params);
         Ok(NativeMap { inner: Arc::new(inner), info })
     }
@@ -155,7 +165,7 @@ impl NativeMap {
 
     /// Re-read the live parameters (max_entries etc. can change when a pin is replaced).
     fn refresh_info(&mut self, py: Python<'_>) -> PyResult<MapInfo> {
-        let p = py.detach(|| crate::map::read_params(self.inner.fd(), &self.inner.target))?;
+        let p = detached(py, "refresh_info", || crate::map::read_params(self.inner.fd(), &self.inner.target))?;
         self.info = MapInfo::from_params(&self.inner.path.to_string_lossy(), &p);
         Ok(self.info.clone())
     }
@@ -191,7 +201,7 @@ impl NativeMap {
         let opts =
             DumpOptions { layout, method, batch: batch_size.unwrap_or(iter::DEFAULT_BATCH), now_ns: now, limit, threads };
         let path = inner.path.to_string_lossy().into_owned();
-        let stream = py.detach(|| DumpStream::start(inner.fd.clone(), &inner.params, &path, opts))?;
+        let stream = detached(py, "dump", || DumpStream::start(inner.fd.clone(), &inner.params, &path, opts))?;
         Ok(Dump {
             layout: stream.layout.name().to_string(),
             layout_reason: stream.layout_reason.clone(),
@@ -235,8 +245,8 @@ pub struct Dump {
 impl Dump {
     /// The next record batch (as a single-batch Arrow stream object), or None at the end.
     fn next_batch(&self, py: Python<'_>) -> PyResult<Option<Batch>> {
-        let res = py.detach(|| {
-            let mut guard = self.stream.lock().unwrap();
+        let res = detached(py, "next_batch", || {
+            let mut guard = locked(&self.stream);
             match guard.as_mut() {
                 Some(s) => s.next_batch(),
                 None => Ok(None),
@@ -253,10 +263,7 @@ impl Dump {
         requested_schema: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyCapsule>> {
         let _ = requested_schema; // we only offer our own schema
-        let s = self
-            .stream
-            .lock()
-            .unwrap()
+        let s = locked(&self.stream)
             .take()
             .ok_or_else(|| CtscopeError::new_err("this dump was already consumed"))?;
         export_stream(py, Box::new(s))
@@ -265,19 +272,19 @@ impl Dump {
     /// The method that did the reading ("batch" or "next_key", after any fallback).
     #[getter]
     fn method(&self) -> &'static str {
-        self.status.lock().unwrap().method.name()
+        locked(&self.status).method.name()
     }
 
     #[getter]
     fn finished(&self) -> bool {
-        self.status.lock().unwrap().finished
+        locked(&self.status).finished
     }
 
     /// Reader counters: entries, syscalls, enospc_retries, duplicates_dropped, and for the
     /// per-key walk restarts, vanished (deleted before their value was read) and visits.
     #[getter]
     fn stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let s = self.status.lock().unwrap().stats;
+        let s = locked(&self.status).stats;
         let d = PyDict::new(py);
         d.set_item("entries", s.entries)?;
         d.set_item("syscalls", s.syscalls)?;
@@ -320,7 +327,7 @@ impl Batch {
         requested_schema: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyCapsule>> {
         let _ = requested_schema;
-        let b = self.batch.lock().unwrap().take().ok_or_else(|| CtscopeError::new_err("batch already consumed"))?;
+        let b = locked(&self.batch).take().ok_or_else(|| CtscopeError::new_err("batch already consumed"))?;
         let schema = b.schema();
         export_stream(py, Box::new(RecordBatchIterator::new([Ok(b)], schema)))
     }
@@ -353,7 +360,7 @@ fn synth_map<'py>(
         seed,
         now_ns: now_ns.unwrap_or_else(sys::monotonic_ns),
     };
-    let rep = py.detach(|| synth::create_and_fill(&pin, &spec))?;
+    let rep = detached(py, "synth_map", || synth::create_and_fill(&pin, &spec))?;
     let d = PyDict::new(py);
     d.set_item("pin", pin.to_string_lossy())?;
     d.set_item("name", rep.name)?;
@@ -370,7 +377,7 @@ fn synth_map<'py>(
 #[pyo3(signature = (pin, batch_size=4096, method="batch"))]
 fn raw_read(py: Python<'_>, pin: PathBuf, batch_size: u32, method: &str) -> PyResult<(u64, f64)> {
     let method = Method::parse(method)?;
-    py.detach(|| {
+    detached(py, "raw_read", || {
         let m = PinnedMap::open(&pin, false)?;
         m.require_hash()?;
         let p = &m.params;
@@ -401,6 +408,13 @@ fn flag_labels() -> Vec<(u32, &'static str)> {
     layout::FLAG_LABELS.to_vec()
 }
 
+/// The columns every decoded dump has (the non-nullable ones of the CT schema): what a
+/// snapshot file must hold to be analysed.
+#[pyfunction]
+fn ct_required_columns() -> Vec<String> {
+    crate::decode::ct_schema().fields().iter().filter(|f| !f.is_nullable()).map(|f| f.name().clone()).collect()
+}
+
 /// libbpf's six map fields (facts §7), under the same keys wherever a dict describes a map:
 /// a pin's info, a backup's source map, an object's map definition.
 pub(crate) fn set_map_fields(
@@ -424,6 +438,7 @@ pub(crate) fn set_map_fields(
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
+    crate::error::quiet_panics();
     m.add("CtscopeError", py.get_type::<CtscopeError>())?;
     m.add("PinNotFound", py.get_type::<PinNotFound>())?;
     m.add("NotACtMap", py.get_type::<NotACtMap>())?;
@@ -439,6 +454,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(monotonic_ns, m)?)?;
     m.add_function(wrap_pyfunction!(realtime_ns, m)?)?;
     m.add_function(wrap_pyfunction!(flag_labels, m)?)?;
+    m.add_function(wrap_pyfunction!(ct_required_columns, m)?)?;
     crate::python_repair::register(m)?;
     Ok(())
 }

@@ -12,7 +12,7 @@ use pyo3::types::{PyDict, PyList};
 use crate::backup::{self, Entries, SourceMap};
 use crate::error::CtError;
 use crate::map::{MapParams, PinnedMap};
-use crate::python::set_map_fields;
+use crate::python::{detached, set_map_fields};
 use crate::migrate::{self, Comparison};
 use crate::object;
 use crate::prog_refs;
@@ -72,7 +72,7 @@ impl Snapshot {
 
     /// Write as a backup file (atomic, fsynced, never overwrites). Returns its size.
     fn write(&self, py: Python<'_>, path: PathBuf) -> PyResult<u64> {
-        Ok(py.detach(|| backup::write(&path, &self.source, &self.entries, self.taken_ns))?)
+        Ok(detached(py, "backup write", || backup::write(&path, &self.source, &self.entries, self.taken_ns))?)
     }
 
     /// Write as a backup file under `path`, or with `numbered` (a default name a concurrent
@@ -80,20 +80,20 @@ impl Snapshot {
     /// claimed atomically, never overwriting. Returns the path written.
     #[pyo3(signature = (path, numbered=false))]
     fn write_new(&self, py: Python<'_>, path: PathBuf, numbered: bool) -> PyResult<PathBuf> {
-        let (p, _) = py.detach(|| backup::write_new(&path, &self.source, &self.entries, self.taken_ns, numbered))?;
+        let (p, _) = detached(py, "backup write", || backup::write_new(&path, &self.source, &self.entries, self.taken_ns, numbered))?;
         Ok(p)
     }
 
     /// The newest `n` entries by last_seen (what `--force` keeps when shrinking).
-    fn newest(&self, py: Python<'_>, n: usize) -> Snapshot {
-        let e = py.detach(|| migrate::newest(&self.entries, n));
-        Snapshot { entries: Arc::new(e), source: self.source.clone(), taken_ns: self.taken_ns }
+    fn newest(&self, py: Python<'_>, n: usize) -> PyResult<Snapshot> {
+        let e = detached(py, "newest", || Ok(migrate::newest(&self.entries, n)))?;
+        Ok(Snapshot { entries: Arc::new(e), source: self.source.clone(), taken_ns: self.taken_ns })
     }
 
     /// Entries here whose key is absent from `reference` or whose value differs.
-    fn changed_since(&self, py: Python<'_>, reference: &Snapshot) -> Snapshot {
-        let e = py.detach(|| migrate::changed_since(&reference.entries, &self.entries));
-        Snapshot { entries: Arc::new(e), source: self.source.clone(), taken_ns: self.taken_ns }
+    fn changed_since(&self, py: Python<'_>, reference: &Snapshot) -> PyResult<Snapshot> {
+        let e = detached(py, "changed_since", || Ok(migrate::changed_since(&reference.entries, &self.entries)))?;
+        Ok(Snapshot { entries: Arc::new(e), source: self.source.clone(), taken_ns: self.taken_ns })
     }
 
     /// What to write into a map whose content is `dest` so that it loses nothing fresher
@@ -101,20 +101,20 @@ impl Snapshot {
     /// last_seen when `by_last_seen`, else with any other value when `overwrite_differing`;
     /// kept: differing keys left as they are).
     #[pyo3(signature = (dest, by_last_seen, overwrite_differing=false))]
-    fn fresher_than(&self, py: Python<'_>, dest: &Snapshot, by_last_seen: bool, overwrite_differing: bool) -> (Snapshot, Snapshot, u64) {
-        let migrate::Fresher { add, update, kept } = py.detach(|| {
+    fn fresher_than(&self, py: Python<'_>, dest: &Snapshot, by_last_seen: bool, overwrite_differing: bool) -> PyResult<(Snapshot, Snapshot, u64)> {
+        let migrate::Fresher { add, update, kept } = detached(py, "fresher_than", || {
             let f = migrate::fresher(&self.entries, &dest.entries, by_last_seen, overwrite_differing);
             // Newest first: what a caller keeps when not all fit.
-            if by_last_seen { migrate::Fresher { add: migrate::newest(&f.add, f.add.count), ..f } } else { f }
-        });
+            Ok(if by_last_seen { migrate::Fresher { add: migrate::newest(&f.add, f.add.count), ..f } } else { f })
+        })?;
         let wrap = |e| Snapshot { entries: Arc::new(e), source: self.source.clone(), taken_ns: self.taken_ns };
-        (wrap(add), wrap(update), kept)
+        Ok((wrap(add), wrap(update), kept))
     }
 
     /// Exact key→value comparison against what this snapshot expects:
     /// {expected, actual, equal, missing, different, extra, identical}.
     fn compare<'py>(&self, py: Python<'py>, actual: &Snapshot) -> PyResult<Bound<'py, PyDict>> {
-        let c = py.detach(|| migrate::compare(&self.entries, &actual.entries));
+        let c = detached(py, "compare", || Ok(migrate::compare(&self.entries, &actual.entries)))?;
         comparison_dict(py, &c)
     }
 
@@ -158,7 +158,7 @@ fn fresh_dict<'py>(py: Python<'py>, w: &migrate::FreshWrite) -> PyResult<Bound<'
 /// Read a backup file (format, count and CRC checked).
 #[pyfunction]
 fn read_backup(py: Python<'_>, path: PathBuf) -> PyResult<Snapshot> {
-    let b = py.detach(|| backup::read(&path))?;
+    let b = detached(py, "read_backup", || backup::read(&path))?;
     Ok(Snapshot { entries: Arc::new(b.entries), source: b.source, taken_ns: b.taken_ns })
 }
 
@@ -174,7 +174,7 @@ impl LiveMap {
     #[new]
     #[pyo3(signature = (path, writable=false))]
     fn new(py: Python<'_>, path: PathBuf, writable: bool) -> PyResult<Self> {
-        let inner = py.detach(|| {
+        let inner = detached(py, "open", || {
             let m = PinnedMap::open(&path, writable)?;
             m.require_hash()?;
             Ok::<_, CtError>(m)
@@ -194,7 +194,7 @@ impl LiveMap {
 
     /// Read every entry now.
     fn snapshot(&self, py: Python<'_>) -> PyResult<Snapshot> {
-        let e = py.detach(|| migrate::read_all(self.inner.fd.clone(), &self.inner.params))?;
+        let e = detached(py, "snapshot", || migrate::read_all(self.inner.fd.clone(), &self.inner.params))?;
         Ok(Snapshot {
             entries: Arc::new(e),
             source: source_of(&self.inner.path.to_string_lossy(), &self.inner.params),
@@ -204,20 +204,20 @@ impl LiveMap {
 
     /// A new unpinned map like this one with `max_entries`.
     fn create_twin(&self, py: Python<'_>, max_entries: u32) -> PyResult<NewMap> {
-        let fd = py.detach(|| migrate::create_like(&self.inner.params, max_entries))?;
+        let fd = detached(py, "create_twin", || migrate::create_like(&self.inner.params, max_entries))?;
         NewMap::from_fd(py, fd, &self.inner.params)
     }
 
     /// Pin this map (also) at `path`, which must not exist.
     fn pin_at(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        Ok(py.detach(|| migrate::pin_new(self.inner.fd(), &path))?)
+        Ok(detached(py, "pin_at", || migrate::pin_new(self.inner.fd(), &path))?)
     }
 
     /// Look up each entry of `snap` here: {expected, equal, missing, different, ...}.
     /// `newer_ok`: a CT entry made newer since counts as equal.
     #[pyo3(signature = (snap, newer_ok=false))]
     fn lookup_compare<'py>(&self, py: Python<'py>, snap: &Snapshot, newer_ok: bool) -> PyResult<Bound<'py, PyDict>> {
-        let c = py.detach(|| migrate::lookup_compare(self.inner.fd(), &snap.entries, newer_ok))?;
+        let c = detached(py, "lookup_compare", || migrate::lookup_compare(self.inner.fd(), &snap.entries, newer_ok))?;
         comparison_dict(py, &c)
     }
 
@@ -226,7 +226,7 @@ impl LiveMap {
         if !self.inner.writable {
             return Err(CtError::BadArgument("map was opened read-only".into()).into());
         }
-        Ok(py.detach(|| migrate::write_into(self.inner.fd(), &snap.entries))?)
+        Ok(detached(py, "write", || migrate::write_into(self.inner.fd(), &snap.entries))?)
     }
 
     /// Write `snap`'s entries by the freshness rule, decided per key against the map's
@@ -236,7 +236,7 @@ impl LiveMap {
         if !self.inner.writable {
             return Err(CtError::BadArgument("map was opened read-only".into()).into());
         }
-        let w = py.detach(|| migrate::write_fresher(self.inner.fd(), &snap.entries, by_last_seen, overwrite_differing))?;
+        let w = detached(py, "write_fresher", || migrate::write_fresher(self.inner.fd(), &snap.entries, by_last_seen, overwrite_differing))?;
         fresh_dict(py, &w)
     }
 }
@@ -250,7 +250,7 @@ pub struct NewMap {
 
 impl NewMap {
     fn from_fd(py: Python<'_>, fd: OwnedFd, like: &MapParams) -> PyResult<Self> {
-        let p = py.detach(|| crate::map::read_params(fd.as_fd(), std::path::Path::new(&like.name)))?;
+        let p = detached(py, "new map", || crate::map::read_params(fd.as_fd(), std::path::Path::new(&like.name)))?;
         Ok(NewMap { fd, params: p })
     }
 }
@@ -269,46 +269,46 @@ impl NewMap {
 
     /// Copy the snapshot's entries in (`BPF_MAP_UPDATE_BATCH`, per-element fallback).
     fn fill(&self, py: Python<'_>, snap: &Snapshot) -> PyResult<u64> {
-        Ok(py.detach(|| migrate::copy_into(&self.fd, &snap.entries))?)
+        Ok(detached(py, "fill", || migrate::copy_into(&self.fd, &snap.entries))?)
     }
 
     /// Look up each entry of `snap` here: {expected, equal, missing, different, ...}.
     /// `newer_ok`: a CT entry as new or newer by last_seen counts as equal.
     #[pyo3(signature = (snap, newer_ok=false))]
     fn lookup_compare<'py>(&self, py: Python<'py>, snap: &Snapshot, newer_ok: bool) -> PyResult<Bound<'py, PyDict>> {
-        let c = py.detach(|| migrate::lookup_compare(self.fd.as_fd(), &snap.entries, newer_ok))?;
+        let c = detached(py, "lookup_compare", || migrate::lookup_compare(self.fd.as_fd(), &snap.entries, newer_ok))?;
         comparison_dict(py, &c)
     }
 
     /// Write `snap`'s entries by the freshness rule (see `LiveMap.write_fresher`).
     #[pyo3(signature = (snap, by_last_seen, overwrite_differing=false))]
     fn write_fresher<'py>(&self, py: Python<'py>, snap: &Snapshot, by_last_seen: bool, overwrite_differing: bool) -> PyResult<Bound<'py, PyDict>> {
-        let w = py.detach(|| migrate::write_fresher(self.fd.as_fd(), &snap.entries, by_last_seen, overwrite_differing))?;
+        let w = detached(py, "write_fresher", || migrate::write_fresher(self.fd.as_fd(), &snap.entries, by_last_seen, overwrite_differing))?;
         fresh_dict(py, &w)
     }
 
     /// Read every entry back.
     fn snapshot(&self, py: Python<'_>) -> PyResult<Snapshot> {
         let fd = Arc::new(self.fd.try_clone().map_err(|e| CtError::os("dup", e))?);
-        let e = py.detach(|| migrate::read_all(fd, &self.params))?;
+        let e = detached(py, "snapshot", || migrate::read_all(fd, &self.params))?;
         Ok(Snapshot { entries: Arc::new(e), source: source_of("", &self.params), taken_ns: sys::realtime_ns() })
     }
 
     /// Pin at `path`, which must not exist.
     fn pin_at(&self, py: Python<'_>, path: PathBuf) -> PyResult<()> {
-        Ok(py.detach(|| migrate::pin_new(self.fd.as_fd(), &path))?)
+        Ok(detached(py, "pin_at", || migrate::pin_new(self.fd.as_fd(), &path))?)
     }
 
     /// Pin at `pin`, atomically replacing what is there (temp pin + rename).
     fn pin_replace(&self, py: Python<'_>, pin: PathBuf) -> PyResult<()> {
-        Ok(py.detach(|| migrate::pin_replace(self.fd.as_fd(), &pin))?)
+        Ok(detached(py, "pin_replace", || migrate::pin_replace(self.fd.as_fd(), &pin))?)
     }
 }
 
 /// The `.maps`/`maps` definitions of a BPF ELF object, as dicts.
 #[pyfunction]
 fn object_maps<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyList>> {
-    let maps = py.detach(|| object::object_maps(&path))?;
+    let maps = detached(py, "object_maps", || object::object_maps(&path))?;
     let out = PyList::empty(py);
     for m in maps {
         let d = PyDict::new(py);
@@ -324,7 +324,7 @@ fn object_maps<'py>(py: Python<'py>, path: PathBuf) -> PyResult<Bound<'py, PyLis
 /// Loaded programs whose map list contains `map_id`: [{id, name, prog_type}].
 #[pyfunction]
 fn programs_using_map<'py>(py: Python<'py>, map_id: u32) -> PyResult<Bound<'py, PyList>> {
-    let progs = py.detach(|| prog_refs::programs_using(map_id))?;
+    let progs = detached(py, "programs_using_map", || prog_refs::programs_using(map_id))?;
     let out = PyList::empty(py);
     for p in progs {
         let d = PyDict::new(py);
@@ -340,7 +340,7 @@ fn programs_using_map<'py>(py: Python<'py>, map_id: u32) -> PyResult<Bound<'py, 
 /// [{pid, comm, fds}] (from /proc/PID/fdinfo).
 #[pyfunction]
 fn map_holders<'py>(py: Python<'py>, map_id: u32) -> PyResult<Bound<'py, PyList>> {
-    let holders = py.detach(|| prog_refs::map_holders(map_id))?;
+    let holders = detached(py, "map_holders", || prog_refs::map_holders(map_id))?;
     let out = PyList::empty(py);
     for h in holders {
         let d = PyDict::new(py);
@@ -355,7 +355,7 @@ fn map_holders<'py>(py: Python<'py>, map_id: u32) -> PyResult<Bound<'py, PyList>
 /// Atomically rename one pin over another (same bpffs directory tree).
 #[pyfunction]
 fn rename_pin(py: Python<'_>, src: PathBuf, dst: PathBuf) -> PyResult<()> {
-    Ok(py.detach(|| migrate::rename_pin(&src, &dst))?)
+    Ok(detached(py, "rename_pin", || migrate::rename_pin(&src, &dst))?)
 }
 
 /// The hidden temporary name a pin swap uses beside `pin`.

@@ -209,23 +209,30 @@ fn spawn_reader(mut reader: MapReader, st: Arc<Mutex<ReaderStatus>>) -> Result<R
     std::thread::Builder::new()
         .name("ctscope-reader".into())
         .spawn(move || {
-            loop {
-                let next = reader.next_chunk();
-                {
-                    let mut s = st.lock().unwrap();
-                    s.method = reader.method();
-                    s.stats = reader.stats;
-                    s.finished = matches!(next, Ok(None));
+            // A panic here would otherwise hang up the channel, which reads as the map's end.
+            let res = crate::error::guard("map reader", || {
+                loop {
+                    let next = reader.next_chunk();
+                    {
+                        let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
+                        s.method = reader.method();
+                        s.stats = reader.stats;
+                        s.finished = matches!(next, Ok(None));
+                    }
+                    let (msg, end) = match next {
+                        Ok(Some(c)) => (Ok(Payload::Raw(c)), false),
+                        Ok(None) => break,
+                        Err(e) => (Err(e), true),
+                    };
+                    // A closed receiver means the consumer stopped early: stop reading too.
+                    if tx.send(msg).is_err() || end {
+                        break;
+                    }
                 }
-                let (msg, end) = match next {
-                    Ok(Some(c)) => (Ok(Payload::Raw(c)), false),
-                    Ok(None) => break,
-                    Err(e) => (Err(e), true),
-                };
-                // A closed receiver means the consumer stopped early: stop reading too.
-                if tx.send(msg).is_err() || end {
-                    break;
-                }
+                Ok(())
+            });
+            if let Err(e) = res {
+                let _ = tx.send(Err(e));
             }
         })
         .map_err(|e| CtError::os("spawning reader thread", e))?;
@@ -261,16 +268,25 @@ fn spawn_ranges(
         std::thread::Builder::new()
             .name(format!("ctscope-range{i}"))
             .spawn(move || {
-                let stats = parallel::run_range(
-                    job,
-                    move |c: &Chunk| dec.decode(c, c.count),
-                    |b: Result<RecordBatch>| tx.send(b.map(Payload::Batch)).is_ok(),
-                );
-                let mut s = st.lock().unwrap();
+                let res = crate::error::guard("range reader", || {
+                    Ok(parallel::run_range(
+                        job,
+                        move |c: &Chunk| dec.decode(c, c.count),
+                        |b: Result<RecordBatch>| tx.send(b.map(Payload::Batch)).is_ok(),
+                    ))
+                });
+                let stats = match res {
+                    Ok(stats) => stats,
+                    Err(e) => {
+                        let _ = tx.send(Err(e)); // not a silent end of the map
+                        return;
+                    }
+                };
+                let mut s = st.lock().unwrap_or_else(|e| e.into_inner());
                 s.stats.syscalls += stats.syscalls;
                 s.stats.entries += stats.entries;
                 s.stats.enospc_retries += stats.enospc_retries;
-                let mut l = left.lock().unwrap();
+                let mut l = left.lock().unwrap_or_else(|e| e.into_inner());
                 *l -= 1;
                 s.finished = *l == 0;
             })

@@ -133,8 +133,9 @@ class Source:
 
 
 def open_source(source: str | os.PathLike[str] | None = None, *, now_ns: int | None = None, bpffs: str | None = None,
-                ipv6: bool = False, layout: str = "auto") -> Source:
-    """Resolve SOURCE (see module doc). `now_ns` overrides every snapshot's reference time."""
+                ipv6: bool = False, layout: str = "auto", unverified: bool = False) -> Source:
+    """Resolve SOURCE (see module doc). `now_ns` overrides every snapshot's reference time.
+    `unverified` accepts Arrow snapshots without ctscope's CRC (see snapshot_metadata)."""
     from ctscope.pins import DEFAULT_BPFFS, default_ct_pin
 
     if source is None:
@@ -146,23 +147,37 @@ def open_source(source: str | os.PathLike[str] | None = None, *, now_ns: int | N
         files = sorted(f for f in globmod.glob(spec, recursive=True) if _is_snapshot_file(Path(f)))
         if not files:
             raise FileNotFoundError(2, "no snapshot files (*.parquet, *.arrow) match", spec)
-        return _files(spec, [Path(f) for f in files], root, now_ns)
+        return _files(spec, [Path(f) for f in files], root, now_ns, unverified)
     if p.is_dir():
         files = sorted(f for f in p.rglob("*") if _is_snapshot_file(f))
         if not files:
             raise BadArgument(f"{spec}: a directory without snapshot files (*.parquet, *.arrow); expected a pinned "
                               "map, a snapshot file or a directory of snapshots")
-        return _files(spec, files, p, now_ns)
+        return _files(spec, files, p, now_ns, unverified)
     if p.suffix.lower() in SUFFIX_KINDS:
         if not p.exists():
             raise FileNotFoundError(2, "no such snapshot file", spec)
-        return _files(spec, [p], None, now_ns)
+        return _files(spec, [p], None, now_ns, unverified)
+    if p.is_file() and not _on_bpffs(p):
+        raise BadArgument(f"{spec}: not a file ctscope reads; expected a pinned map on a bpffs, a snapshot file "
+                          f"({', '.join(SUFFIX_KINDS)}), or a directory or glob of snapshots")
     return _live(spec, now_ns, layout)
 
 
-def snapshot_metadata(path: str | os.PathLike[str]) -> dict:
+def _on_bpffs(p: Path) -> bool:
+    from ctscope._native import on_bpffs
+
+    try:
+        return on_bpffs(os.path.realpath(p))
+    except Exception:  # noqa: BLE001 - unknown: let the live path say what is wrong
+        return True
+
+
+def snapshot_metadata(path: str | os.PathLike[str], unverified: bool = False) -> dict:
     """The ctscope metadata of one snapshot file (parquet key/value metadata, or the Arrow
-    IPC footer's schema metadata). SnapshotError when it is unreadable or not a snapshot."""
+    IPC footer's schema metadata). SnapshotError when it is unreadable or not a snapshot,
+    when a field has the wrong type or range, or when an Arrow snapshot carries no CRC
+    (ctscope's writer always records one) unless `unverified`."""
     p = Path(path)
     kind = SUFFIX_KINDS.get(p.suffix.lower())
     if kind is None:
@@ -175,10 +190,13 @@ def snapshot_metadata(path: str | os.PathLike[str]) -> dict:
         except Exception as e:  # polars reports a bad footer as several error types
             raise SnapshotError(f"{p}: truncated or not a parquet file ({_one_line(e)})") from None
     else:
-        from ctscope.arrow_ipc import IpcFormatError, read_metadata
+        from ctscope.arrow_ipc import CRC_KEY, IpcFormatError, read_metadata
 
         try:
-            kv = read_metadata(str(p), verify=True)
+            kv = read_metadata(str(p), verify=True, keep_crc=True)
+            if kv.pop(CRC_KEY, None) is None and META_KEY in kv and not unverified:
+                raise IpcFormatError(f"no {CRC_KEY} key in the footer, so its batches cannot be verified (ctscope "
+                                     "records one in every Arrow snapshot); read it anyway with `ctscope --unverified`")
         except IpcFormatError as e:
             raise SnapshotError(f"{p}: {e}") from None
     raw = kv.get(META_KEY)
@@ -188,9 +206,46 @@ def snapshot_metadata(path: str | os.PathLike[str]) -> dict:
     try:
         meta = json.loads(raw)
         int(meta["now_ns"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, OverflowError):
         raise SnapshotError(f"{p}: corrupt ctscope metadata (expected JSON with now_ns)") from None
+    if not isinstance(meta, dict):
+        raise SnapshotError(f"{p}: corrupt ctscope metadata (expected a JSON object)")
+    _check_meta(p, meta)
     return meta
+
+
+# Numeric metadata fields: (range, required). JSON floats, strings, booleans are refused:
+# ctscope writes integers, and a NaN/Infinity/1e30 would surface as nonsense later.
+_META_INTS = {
+    "now_ns": (2**64 - 1, True), "mono_ns": (2**64 - 1, False), "dump_start_wall_ns": (2**63 - 1, False),
+    "dump_end_wall_ns": (2**63 - 1, False), "boot_wall_ns": (2**63 - 1, False), "max_entries": (2**32 - 1, False),
+    "entries": (2**64 - 1, False), "key_size": (2**32 - 1, False), "value_size": (2**32 - 1, False),
+    "map_id": (2**32 - 1, False), "map_flags": (2**32 - 1, False),
+}
+_META_STRS = ("map_name", "map_path", "map_type", "layout", "layout_reason", "method", "hostname", "ctscope_version")
+
+
+def _check_meta(p: Path, meta: dict) -> None:
+    for k, (hi, required) in _META_INTS.items():
+        v = meta.get(k)
+        if v is None and not required:
+            continue
+        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi:
+            raise SnapshotError(f"{p}: ctscope metadata {k} is {_shown(v)}; expected an integer from 0 to {hi}")
+    for k in _META_STRS:
+        if meta.get(k) is not None and not isinstance(meta[k], str):
+            raise SnapshotError(f"{p}: ctscope metadata {k} is {_shown(meta[k])}; expected a string")
+    s = meta.get("nf_conntrack_sysctls")
+    if s is not None and not (isinstance(s, dict) and all(isinstance(v, int) and not isinstance(v, bool)
+                                                          for v in s.values())):
+        raise SnapshotError(f"{p}: ctscope metadata nf_conntrack_sysctls is not a mapping of integers")
+
+
+def _shown(v: object) -> str:
+    from ctscope.textsafe import printable
+
+    text = json.dumps(v) if isinstance(v, (int, float, str, bool, type(None))) else type(v).__name__
+    return printable(text[:60] + ("…" if len(text) > 60 else ""))
 
 
 # ------------------------------------------------------------------------------------------ builders
@@ -216,11 +271,13 @@ def _live(pin: str, now_ns: int | None, layout: str) -> Source:
     return Source(pin, [snap], [frame], files=False)
 
 
-def _files(spec: str, files: list[Path], root: Path | None, now_ns: int | None) -> Source:
+def _files(spec: str, files: list[Path], root: Path | None, now_ns: int | None, unverified: bool = False) -> Source:
+    from ctscope._native import ct_required_columns
+
     snaps: list[Snapshot] = []
     frames: list[pl.LazyFrame] = []
     for i, f in enumerate(files):
-        meta = snapshot_metadata(f)
+        meta = snapshot_metadata(f, unverified)
         if meta.get("layout") == "raw":
             raise BadArgument(f"{f}: a raw-layout dump (key/value bytes); {_RAW}")
         parts = _partitions(f, root)
@@ -228,6 +285,14 @@ def _files(spec: str, files: list[Path], root: Path | None, now_ns: int | None) 
         snap = Snapshot(str(f), kind, meta, parts, int(now_ns if now_ns is not None else meta["now_ns"]))
         snaps.append(snap)
         lf = pl.scan_parquet(f) if kind == "parquet" else pl.scan_ipc(f)
+        try:
+            names = lf.collect_schema().names()
+        except (pl.exceptions.PolarsError, OSError) as e:
+            raise SnapshotError(f"{f}: unreadable snapshot schema ({_one_line(e)})") from None
+        missing = [c for c in ct_required_columns() if c not in names]
+        if missing:
+            raise SnapshotError(f"{f}: no {', '.join(missing)} column{'s' if len(missing) > 1 else ''}; "
+                                "expected a decoded ctscope snapshot")
         if now_ns is not None and now_ns != int(meta["now_ns"]):
             lf = lf.with_columns(((pl.lit(now_ns, pl.Int64) - pl.col("last_seen_ns").cast(pl.Int64)) / 1e9).alias("idle_s"))
         extra = [pl.lit(i, pl.UInt32).alias(SNAP), pl.lit(snap.now_ns, pl.UInt64).alias(NOW)]
@@ -263,7 +328,7 @@ def _partitions(f: Path, root: Path | None) -> dict[str, str]:
 
 
 def _is_snapshot_file(f: Path) -> bool:
-    # Dot-files are atomic_output's in-progress temporaries.
+    # Dot-files are ctscope.outfile's in-progress temporaries.
     return f.suffix.lower() in SUFFIX_KINDS and not f.name.startswith(".") and f.is_file()
 
 

@@ -9,6 +9,7 @@ import typer
 
 from ctscope.cli.app import app, state
 from ctscope.errors import CtscopeError, exit_code, polars_gist
+from ctscope.textsafe import printable
 
 # Importing a module registers its command(s) on `app`.
 from ctscope.cli import bench, check, demo, dump, maps, resize, synth  # noqa: E402,F401
@@ -60,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
         # One line, like every other error; `-h` still shows the whole usage.
         ctx = getattr(e, "ctx", None)
         where = f" (see `{ctx.command_path} -h`)" if ctx is not None else ""
-        print(f"ctscope: error: {' '.join(e.format_message().split())}{where}", file=sys.stderr)
+        print(f"ctscope: error: {printable(' '.join(e.format_message().split()))}{where}", file=sys.stderr)
         sys.exit(2)
     except _ABORT:
         print("ctscope: interrupted", file=sys.stderr)
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
             import traceback
 
             traceback.print_exc()  # the traceback, and still the exit code scripts rely on
-        print(f"ctscope: error: {_one_line(e)}", file=sys.stderr)
+        print(f"ctscope: error: {printable(_one_line(e))}", file=sys.stderr)
         sys.exit(exit_code(e) if isinstance(e, CtscopeError) else _os_exit(e))
     except Exception as e:
         import polars as pl
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(0)
         if debug or state["debug"]:
             raise
-        print(f"ctscope: error: {polars_gist(e)}", file=sys.stderr)
+        print(f"ctscope: error: {printable(polars_gist(e))}", file=sys.stderr)
         # An expression the user wrote (--where, query SQL) that failed while running is bad input.
         sys.exit(2 if any(a in ("--where", "-w", "query") or a.startswith("--where=") for a in args) else 1)
 

@@ -12,6 +12,8 @@ import polars as pl
 import typer
 
 from ctscope import export
+from ctscope.outfile import output_file
+from ctscope.textsafe import json_controls, printable
 from ctscope.errors import BadArgument
 from ctscope.pins import DEFAULT_BPFFS
 
@@ -31,7 +33,9 @@ Output = typer.Option(None, "-o", "--output", help="Write to FILE (atomically) i
 
 
 def source_kw(bpffs: str, ipv6: bool, layout: str, now_ns: Optional[int]) -> dict:
-    return {"bpffs": bpffs, "ipv6": ipv6, "layout": layout, "now_ns": now_ns}
+    from ctscope.cli.app import state
+
+    return {"bpffs": bpffs, "ipv6": ipv6, "layout": layout, "now_ns": now_ns, "unverified": state["unverified"]}
 
 
 def frame_format(fmt: Optional[str], output: Optional[str]) -> str:
@@ -51,19 +55,20 @@ def emit_frame(df: pl.DataFrame, fmt: str, output: Optional[str], metadata: dict
             target: IO[bytes] | Path = export.stdout_binary()
             _write_binary(df, fmt, target, kv)
         else:
-            with export.atomic_output(output) as tmp:
+            with output_file(output) as tmp:
                 _write_binary(df, fmt, tmp, kv)
         return
     text = render_text(df, fmt, header)
     write_text(text, output)
 
 
-def write_text(text: str, output: Optional[str]) -> None:
+def write_text(text: str, output: Optional[str], private: bool = True) -> None:
+    """`private`: a new file is 0600 (connection data); False: 0644 & ~umask (metrics)."""
     if output is None:
         sys.stdout.write(text)
         sys.stdout.flush()
         return
-    with export.atomic_output(output) as tmp:
+    with output_file(output, private=private) as tmp:
         Path(tmp).write_text(text, encoding="utf-8")
 
 
@@ -79,14 +84,14 @@ def _write_binary(df: pl.DataFrame, fmt: str, target, kv: dict | None) -> None:
 def render_text(df: pl.DataFrame, fmt: str, header: str | None = None) -> str:
     if fmt == "table":
         return (header + "\n" if header else "") + table(df)
-    printable = df.with_columns(pl.col(pl.Binary).bin.encode("hex"))
+    shown = df.with_columns(pl.col(pl.Binary).bin.encode("hex"))
     if fmt == "csv":
-        printable = printable.with_columns(
-            [pl.col(c).list.join("|") for c, t in printable.schema.items() if t == pl.List(pl.String)])
-        return printable.write_csv()
+        printable = shown.with_columns(
+            [pl.col(c).list.join("|") for c, t in shown.schema.items() if t == pl.List(pl.String)])
+        return shown.write_csv()
     if fmt == "ndjson":
-        return printable.write_ndjson()
-    return json.dumps(printable.to_dicts(), indent=1, default=str) + "\n"
+        return json_controls(shown.write_ndjson())
+    return json.dumps(shown.to_dicts(), indent=1, default=str) + "\n"
 
 
 def table(df: pl.DataFrame) -> str:
@@ -115,5 +120,5 @@ def table(df: pl.DataFrame) -> str:
     widths = [max(len(c), *(len(r[i]) for r in cells)) for i, c in enumerate(cols)]
     def line(vals, head=False):
         parts = [(v.rjust(w) if num and not head else v.ljust(w)) for v, w, num in zip(vals, widths, numeric)]
-        return "  ".join(parts).rstrip()
+        return printable("  ".join(parts).rstrip())  # control characters from files shown escaped
     return "\n".join([line([c.upper() for c in cols], head=True), *(line(r) for r in cells)]) + "\n"

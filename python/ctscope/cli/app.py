@@ -11,11 +11,14 @@ app = typer.Typer(
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 
-state = {"debug": False}
+state = {"debug": False, "unverified": False}
 
 
 @app.callback()
 def _global(
     debug: bool = typer.Option(False, "--debug", help="Show tracebacks instead of one-line errors."),
+    unverified: bool = typer.Option(False, "--unverified",
+                                    help="Read Arrow snapshots that carry no CRC (not written by ctscope, or stripped)."),
 ) -> None:
     state["debug"] = debug
+    state["unverified"] = unverified

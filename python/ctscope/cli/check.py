@@ -82,7 +82,9 @@ def _recover(pin: str, yes: bool, out: Console, wait: float) -> list[str]:
 
 def _print(con: Console, rep: checks.MapReport) -> None:
     if rep.error:
-        print(f"ctscope: error: {rep.error}", file=sys.stderr)
+        from ctscope.textsafe import printable
+
+        print(f"ctscope: error: {printable(' '.join(str(rep.error).split()))}", file=sys.stderr)
         return
     verdict = "[green]compatible[/]" if rep.compatible else "[red]MISMATCH[/]"
     if rep.compatible and rep.max_entries_check == "assumed":

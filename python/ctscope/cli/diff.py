@@ -20,7 +20,7 @@ def diff(
     where: Optional[str] = io.Where,
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="table|json|ndjson|csv|parquet|arrow"),
     output: Optional[str] = io.Output,
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", min=0, help="At most N flows."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", min=0, max=2**63 - 1, help="At most N flows."),
     layout: str = io.Layout,
 ) -> None:
     """Compare two snapshots: new/gone/changed/recreated flows with byte and packet deltas and rates."""

@@ -10,6 +10,7 @@ import polars as pl
 import typer
 
 from ctscope import export
+from ctscope.outfile import output_file
 from ctscope._native import realtime_ns
 from ctscope.cli.app import app
 from ctscope.ctmap import iter_batches, open_map
@@ -31,7 +32,7 @@ def dump(
     layout: str = typer.Option("auto", "--layout", help="auto|v2|v3-created|v3|v4|raw"),
     method: str = typer.Option("auto", "--method", help="auto|batch|next_key"),
     batch_size: Optional[int] = typer.Option(None, "--batch-size", min=1, max=2**32 - 1, help="Entries per batch syscall."),
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", min=0, help="Stop after N entries (after --where)."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", min=0, max=2**63 - 1, help="Stop after N entries (after --where)."),
     where: Optional[str] = typer.Option(None, "--where", "-w", help="SQL predicate, e.g. \"proto = 6 AND dport = 443\"."),
     now_ns: Optional[int] = typer.Option(None, "--now-ns", min=0, max=2**64 - 1, help="Monotonic reference time for idle_s (default: now)."),
     threads: Optional[int] = typer.Option(None, "--threads", min=1, max=256, help="Bucket-range workers (default: cores; 1 = single reader)."),
@@ -55,12 +56,12 @@ def dump(
         if fmt in export.BINARY_FORMATS:
             meta = lambda n: export.snapshot_metadata(d, m.info, n, realtime_ns())  # noqa: E731
             if output:
-                with export.atomic_output(output) as tmp:
+                with output_file(output) as tmp:
                     rows = export.write_binary(frames, schema, fmt, tmp, meta)
             else:
                 rows = export.write_binary(frames, schema, fmt, export.stdout_binary(), meta)
         elif output:
-            with export.atomic_output(output) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            with output_file(output) as tmp, open(tmp, "w", encoding="utf-8") as f:
                 rows = export.write_text(frames, fmt, f, schema)
         else:
             rows = export.write_text(frames, fmt, sys.stdout, schema)

@@ -11,6 +11,7 @@ import polars as pl
 import typer
 
 from ctscope import export
+from ctscope.outfile import output_file
 from ctscope.analysis.expiry import judged_parts, judged_schema, timeouts_for
 from ctscope.analysis.sources import INTERNAL, open_source
 from ctscope.cli import analysis_io as io
@@ -29,7 +30,7 @@ def expired(
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="table|json|ndjson|csv|parquet|arrow (default: from -o suffix, else table)."),
     output: Optional[str] = io.Output,
     where: Optional[str] = io.Where,
-    limit: Optional[int] = typer.Option(None, "--limit", "-n", min=0, help="At most N rows."),
+    limit: Optional[int] = typer.Option(None, "--limit", "-n", min=0, max=2**63 - 1, help="At most N rows."),
     bpffs: str = io.Bpffs,
     ipv6: bool = io.Ipv6,
     layout: str = io.Layout,
@@ -75,12 +76,12 @@ def expired(
         if output is None:
             export.write_binary(frames(), schema, fmt, export.stdout_binary(), kv)
         else:
-            with export.atomic_output(output) as tmp:
+            with output_file(output) as tmp:
                 export.write_binary(frames(), schema, fmt, tmp, kv)
     elif output is None:
         export.write_text(frames(), fmt, sys.stdout, schema)
     else:
-        with export.atomic_output(output) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        with output_file(output) as tmp, open(tmp, "w", encoding="utf-8") as f:
             export.write_text(frames(), fmt, f, schema)
     print(f"ctscope: {counts['expired']:,} of {counts['total']:,} entries expired under Felix's rules ({t.spec()})",
           file=sys.stderr)

@@ -9,6 +9,7 @@ from pathlib import Path
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from ctscope import fill
 from ctscope._native import on_bpffs
@@ -16,6 +17,7 @@ from ctscope.cli.app import app
 from ctscope.ctmap import open_map
 from ctscope.errors import CtscopeError, NotACtMap, PinNotFound, exit_code
 from ctscope.pins import DEFAULT_BPFFS, list_pins
+from ctscope.textsafe import printable
 
 
 def map_row(path) -> dict:
@@ -79,24 +81,24 @@ def maps_cmd(
         return
     if failed:
         for r in rows:
-            print(f"ctscope: error: {' '.join(r['error'].split())}", file=sys.stderr)
+            print(f"ctscope: error: {printable(' '.join(r['error'].split()))}", file=sys.stderr)
         raise typer.Exit(failed)
     t = Table(title=f"{'pinned objects' if all_pins else 'CT maps'} under {bpffs}")
     for col in ["path", "ver", "fam", "type", "key/value", "max_entries", "flags", "entries", "fill"]:
         t.add_column(col, justify="right" if col in ("max_entries", "entries", "fill") else "left")
     for r in rows:
         if "error" in r:
-            t.add_row(r["path"], "", "", "", "", "", "", "", r["error"])
+            t.add_row(*map(_cell, (r["path"], "", "", "", "", "", "", "", r["error"])))
             continue
-        t.add_row(r["path"], str(r["version"] or "-"), str(r["family"] or "-"), r["map_type"],
+        t.add_row(*map(_cell, (r["path"], str(r["version"] or "-"), str(r["family"] or "-"), r["map_type"],
                   f"{r['key_size']}/{r['value_size']}", f"{r['max_entries']:,}", hex(r["map_flags"]),
-                  f"{r['entries']:,}" if "entries" in r else "-", _fill_cell(r))
+                  f"{r['entries']:,}" if "entries" in r else "-", _fill_cell(r))))
     # Piped output is for scripts and logs: never cut paths to 80 columns (as `check` does).
     con = Console(width=None if sys.stdout.isatty() else 1000)
     con.print(t)
     for r in rows:
         if "entries" in r and (w := fill.judge(r["entries"], r["max_entries"]).warning()):
-            con.print(f"WARNING: {r['path']}: {w}", highlight=False, markup=False)
+            con.print(printable(f"WARNING: {r['path']}: {w}"), highlight=False, markup=False)
 
 
 def _fill_cell(r: dict) -> str:
@@ -107,3 +109,8 @@ def _fill_cell(r: dict) -> str:
     f = fill.judge(r["entries"], r["max_entries"])
     text = "≥100%" if f.seen_over else f"{f.ratio:.1%}"
     return text + (f" {f.verdict.upper()}" if f.verdict in ("high", "full") else "")
+
+
+def _cell(v: object) -> Text:
+    """Names from the bpffs and the kernel: never rich markup, control characters escaped."""
+    return Text(printable(v))

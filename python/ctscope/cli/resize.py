@@ -29,7 +29,7 @@ def resize_cmd(
 ) -> None:
     """Resize a pinned CT map: backup, copy into a new map, verify, swap pins atomically."""
     act = yes and not dry_run
-    say = (lambda s: None) if as_json else typer.echo
+    say = (lambda s: None) if as_json else _say
     if recover:
         p = migration.canonical_pin(pin)
         if not migration.needs_recovery(p):
@@ -61,4 +61,11 @@ def restore_cmd(
     yes: bool = typer.Option(False, "--yes", help="Act. Without it the plan is printed and nothing changes."),
 ) -> None:
     """Write a backup's entries back into a map of the same layout."""
-    migration.restore(pin, source, yes=yes)
+    migration.restore(pin, source, yes=yes, say=_say)
+
+
+def _say(line: str) -> None:
+    """Plans name maps and backups (names from files): control characters shown escaped."""
+    from ctscope.textsafe import printable
+
+    typer.echo(printable(line))

@@ -13,6 +13,7 @@ from ctscope.export import walk_changed, walk_text
 from ctscope.analysis.stats import stats as compute_stats
 from ctscope.cli import analysis_io as io
 from ctscope.cli.app import app
+from ctscope.textsafe import printable
 
 BAR_WIDTH = 40
 
@@ -103,7 +104,7 @@ def format_stats(st: dict) -> str:
             lines.append(f"{s['node'][:24]:<24} {s['map_name']:<12} {str(s['dump_start']):<24} "
                          f"{s['total_entries']:>10,} {s['map_size']:>10,} {_fill_cell(s):>6} "
                          f"{s['expired']:>10,}  {s['autogrow']['verdict']}")
-    return "\n".join(lines) + "\n"
+    return "\n".join(printable(line) for line in lines) + "\n"  # names from files: controls escaped
 
 
 def _fill_cell(s: dict) -> str:

@@ -16,7 +16,7 @@ def top(
     source: Optional[str] = io.Source,
     by: str = typer.Option("src", "--by", help="|".join(BY)),
     metric: str = typer.Option("entries", "--metric", help="|".join(METRICS)),
-    n: int = typer.Option(10, "-n", min=1, help="How many rows."),
+    n: int = typer.Option(10, "-n", min=1, max=2**31 - 1, help="How many rows."),
     where: Optional[str] = io.Where,
     fmt: Optional[str] = typer.Option(None, "--format", "-f", help="table|json|ndjson|csv|parquet|arrow"),
     output: Optional[str] = io.Output,
