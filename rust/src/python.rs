@@ -43,7 +43,7 @@ impl From<CtError> for PyErr {
 
 const STREAM_CAPSULE: &std::ffi::CStr = c"arrow_array_stream";
 
-fn export_stream(py: Python<'_>, reader: Box<dyn arrow_array::RecordBatchReader + Send>) -> PyResult<Bound<'_, PyCapsule>> {
+pub(crate) fn export_stream(py: Python<'_>, reader: Box<dyn arrow_array::RecordBatchReader + Send>) -> PyResult<Bound<'_, PyCapsule>> {
     // The capsule owns the stream; a consumer moves it out (leaving `release` null), and
     // an unconsumed stream is released when the capsule is dropped.
     PyCapsule::new_with_value(py, FFI_ArrowArrayStream::new(reader), STREAM_CAPSULE)
@@ -436,5 +436,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(realtime_ns, m)?)?;
     m.add_function(wrap_pyfunction!(flag_labels, m)?)?;
     crate::python_repair::register(m)?;
+    crate::python_act::register(m)?;
     Ok(())
 }
