@@ -162,6 +162,22 @@ def _crash_point(phase: str) -> None:
     crash_point(phase)
 
 
+HOLD_ENV = "CTSCOPE_TEST_HOLD_AFTER_BACKUP"
+
+
+def _hold_point() -> None:
+    """Test hook: `CTSCOPE_TEST_HOLD_AFTER_BACKUP=<path>` creates `<path>.ready` once the
+    backup is written and waits (at most 120 s) for `<path>.go`: the test then knows the
+    writer it runs has changed entries between the scan and the deletes."""
+    base = os.environ.get(HOLD_ENV)
+    if not base:
+        return
+    Path(base + ".ready").touch()
+    deadline = time.monotonic() + 120
+    while not os.path.exists(base + ".go") and time.monotonic() < deadline:
+        time.sleep(0.01)
+
+
 def _crash_after_deletions() -> int | None:
     v = os.environ.get(CRASH_ENV, "")
     return int(v.split(":", 1)[1]) if v.startswith("delete:") else None
@@ -286,6 +302,7 @@ def _run_locked(res: ActResult, p: Path, select, *, yes: bool, max_delete: int |
     cand.write(str(bpath))
     res.backup = str(bpath)
     _crash_point("backup")
+    _hold_point()
     counts, _removed = _native.remove_entries(live, cand, True, _crash_after_deletions())
     res.details = dict(counts)
     res.deleted = counts["deleted"]

@@ -609,9 +609,11 @@ def restore(pin: str | os.PathLike[str], source: str, *, yes: bool = False, over
         bver, _bfam = detect_ct(s["name"], s["pin"], s["map_type_id"], s["key_size"], s["value_size"])
         ct = is_ct_layout(p)
         why = []
-        if not ct:
+        named = ct_pin_version(pin.name) or ct_pin_version(p["name"])
+        if not ct or not named:
             why.append(f"{pin} ({p['map_type']} {p['name']!r}, {p['key_size']}/{p['value_size']} bytes) is not a Calico "
-                       "CT map, so there is no last_seen to keep newer entries by")
+                       "CT map (" + ("its sizes fit no CT layout" if not ct else "neither it nor its pin has a Calico CT "
+                                     "map name") + "), so its entries are not CT entries to put back")
         elif bver != p["version"]:
             why.append(f"the backup holds ct{bver} entries of {s['name']!r} but {pin.name} is a ct{p['version']} map "
                        f"({p['name']!r}): afterwards auto-detection and Calico would read its entries with the wrong "
