@@ -202,6 +202,7 @@ class ActResult:
     backup: str | None = None
     seconds: float = 0.0
     rule: str = ""
+    timings: dict[str, float] = field(default_factory=dict)
 
     def summary(self) -> str:
         if self.dry_run:
@@ -268,16 +269,26 @@ def _run_locked(res: ActResult, p: Path, select, *, yes: bool, max_delete: int |
         raise NotACtMap(f"{p}: {params['map_type']} map {params['name']!r} with {params['key_size']}/"
                         f"{params['value_size']}-byte entries is not a Calico CT map; {res.command} acts on CT maps "
                         "only (it needs last_seen to delete race-safely)")
+    clock = [time.perf_counter()]
+
+    def mark(phase: str) -> None:
+        t = time.perf_counter()
+        res.timings[phase] = round(t - clock[0], 4)
+        clock[0] = t
+
     now = monotonic_ns()
     snap = live.snapshot()
     res.scanned = snap.count
+    mark("scan")
     if select is None:
         idx = range(snap.count)
         rows = None
     else:
         rows_native, _lay = _native.snapshot_rows(snap, layout, now)
         rows = pl.DataFrame(rows_native).with_row_index("_i")
+        mark("decode")
         idx = select(rows, snap, now)
+        mark("judge")
     res.matched = len(idx)
     partners = _native.nat_partners(snap, idx) if select is not None else []
     res.nat_partners = len(partners)
@@ -301,6 +312,7 @@ def _run_locked(res: ActResult, p: Path, select, *, yes: bool, max_delete: int |
     bpath = new_backup_path(bdir, res.command, params["name"])
     cand.write(str(bpath))
     res.backup = str(bpath)
+    mark("backup")
     _crash_point("backup")
     _hold_point()
     counts, _removed = _native.remove_entries(live, cand, True, _crash_after_deletions())
@@ -309,6 +321,7 @@ def _run_locked(res: ActResult, p: Path, select, *, yes: bool, max_delete: int |
     res.refreshed = counts["refreshed"] + counts["fwd_kept_with_rev"] + counts["repointed"]
     res.gone = counts["gone"]
     res.nat_pairs = counts["pairs"]
+    mark("delete")
     _crash_point("delete")
 
 
