@@ -420,3 +420,52 @@ def test_write_commands_refuse_symlinks_and_busy_lock(make_ct_map, pin_dir):
                      ["delete", str(m.path), "-w", "proto = 6", "--yes"]):
             r = cli(*args)
             assert r.returncode == 5, (args, r.stderr)
+
+
+@pytest.mark.parametrize("fallback", [False, True])
+def test_clean_keeps_entries_changed_after_the_scan(make_ct_map, fallback, tmp_path):
+    """Held after its scan and backup, clean finds some expired entries refreshed (last_seen
+    changed, still expired), some already deleted, and a NAT fwd pointing at another rev:
+    those are kept or counted as gone, the rest deleted; with the fallback for kernels
+    without BPF_MAP_LOOKUP_AND_DELETE_ELEM (lookup + compare + delete) too."""
+    m = make_ct_map("v4", 4)
+    t = now()
+    old = t - 300 * S
+    single = dict(normal("v4", 4, cb.UDP, i, old) for i in range(30))
+    fk, fv, rk, rv = nat_pair("v4", 4, 100, old)
+    m.fill(list(single.items()) + [(fk, fv), (rk, rv)])
+    keys = list(single)
+    hold = str(tmp_path / "hold")
+    env = {"CTSCOPE_TEST_HOLD_AFTER_BACKUP": hold, "CTSCOPE_TEST_NO_LOOKUP_AND_DELETE": "1" if fallback else "0"}
+    p = subprocess.Popen([sys.executable, "-m", "ctscope", "clean", str(m.path), "--yes", "--json"],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env={**os.environ, **env})
+    deadline = time.monotonic() + 120
+    while not os.path.exists(hold + ".ready"):
+        assert p.poll() is None, p.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.01)
+    bumped = {}
+    for k in keys[:5]:  # traffic: last_seen moves (still expired)
+        v = bytearray(single[k])
+        struct.pack_into("<Q", v, 8, old + 1)
+        m.update(k, bytes(v))
+        bumped[k] = bytes(v)
+    for k in keys[5:8]:  # Felix got there first
+        m.delete(k)
+    # The fwd entry now points at another rev (a new NAT decision): the rev goes, the fwd stays.
+    other = cb.unpack_key(calico_key(cb.UDP, addr(4, 100, "a"), 30100, "10.2.9.9", 5353))
+    fv2 = cb.pack_nat_fwd("v4", 4, ts0=0, last_seen=old, rev_key=other)
+    m.update(fk, fv2)
+    Path(hold + ".go").touch()
+    out, err = p.communicate(timeout=120)
+    assert p.returncode == 0, err
+    res = json.loads(out)
+    items = m.items()
+    assert {k: items.get(k) for k in bumped} == bumped
+    assert set(items) == set(bumped) | {fk}
+    assert items[fk] == fv2
+    assert res["deleted"] == 30 - 5 - 3 + 1
+    assert res["gone"] == 3
+    assert res["details"]["refreshed"] == 5
+    assert res["details"]["repointed"] == 1
+    assert res["details"]["method"] == ("lookup+delete" if fallback else "lookup_and_delete")

@@ -163,6 +163,7 @@ def _crash_point(phase: str) -> None:
 
 
 HOLD_ENV = "CTSCOPE_TEST_HOLD_AFTER_BACKUP"
+FALLBACK_ENV = "CTSCOPE_TEST_NO_LOOKUP_AND_DELETE"  # test hook: act as on a kernel without it (< 5.14)
 
 
 def _hold_point() -> None:
@@ -315,7 +316,8 @@ def _run_locked(res: ActResult, p: Path, select, *, yes: bool, max_delete: int |
     mark("backup")
     _crash_point("backup")
     _hold_point()
-    counts, _removed = _native.remove_entries(live, cand, True, _crash_after_deletions())
+    counts, _removed = _native.remove_entries(live, cand, True, _crash_after_deletions(),
+                                              os.environ.get(FALLBACK_ENV) == "1")
     res.details = dict(counts)
     res.deleted = counts["deleted"]
     res.refreshed = counts["refreshed"] + counts["fwd_kept_with_rev"] + counts["repointed"]

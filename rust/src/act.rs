@@ -13,6 +13,7 @@
 
 use std::collections::HashMap;
 use std::os::fd::BorrowedFd;
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::backup::Entries;
 use crate::error::{CtError, Result};
@@ -180,12 +181,13 @@ struct Remover<'a> {
     fd: BorrowedFd<'a>,
     vs: usize,
     fallback: bool,
-    deletions: u64,
+    /// Deletions by all workers (for the crash hook).
+    deletions: &'a AtomicU64,
     crash_after: Option<u64>,
 }
 
 impl Remover<'_> {
-    /// Remove `key` if `keep(value)` is false for the value it holds now.
+    /// Remove `key` if `unchanged(value)` holds for the value it holds now.
     fn take(&mut self, key: &[u8], unchanged: impl Fn(&[u8]) -> bool) -> Result<Taken> {
         let mut value = vec![0u8; self.vs];
         if !self.fallback {
@@ -216,8 +218,8 @@ impl Remover<'_> {
     }
 
     fn counted(&mut self) {
-        self.deletions += 1;
-        if self.crash_after == Some(self.deletions) {
+        let n = self.deletions.fetch_add(1, Ordering::SeqCst) + 1;
+        if self.crash_after == Some(n) {
             // Test hook (CTSCOPE_TEST_CRASH_AFTER=delete:N): die as an OOM kill would.
             unsafe { libc::kill(libc::getpid(), libc::SIGKILL) };
         }
@@ -243,15 +245,32 @@ impl Remover<'_> {
     }
 }
 
+/// One removal: a NAT rev entry with the fwd entries pointing at it, or a single entry.
+enum Unit {
+    Pair(usize, Vec<usize>),
+    Single(usize),
+}
+
+/// Options of a removal pass.
+#[derive(Clone, Copy, Default)]
+pub struct RemoveOptions {
+    /// The values are Calico CT values (last_seen at offset 8, NAT pairs); otherwise an
+    /// entry goes only if its whole value is unchanged.
+    pub ct: bool,
+    /// Test hook: SIGKILL after this many deletions.
+    pub crash_after: Option<u64>,
+    /// Test hook: behave as on a kernel without BPF_MAP_LOOKUP_AND_DELETE_ELEM.
+    pub force_fallback: bool,
+    /// Worker threads (each key is removed by one syscall; pairs stay in one worker).
+    pub threads: usize,
+}
+
 /// Remove the candidates (`cand`: keys and values as the scan saw them) by Felix's rule.
-/// `ct`: the values are Calico CT values (last_seen at offset 8, NAT pairs); otherwise an
-/// entry goes only if its whole value is unchanged.
-pub fn remove_if_unchanged(fd: BorrowedFd<'_>, cand: &Entries, ct: bool, crash_after: Option<u64>) -> Result<Removal> {
-    let (ks, vs) = (cand.key_size, cand.value_size);
-    let ct = ct && vs >= NAT_REV_KEY + ks;
-    let mut rm = Remover { fd, vs, fallback: false, deletions: 0, crash_after };
-    let mut r = Removal { deleted: Entries::new(ks, vs), ..Default::default() };
-    let mut done = vec![false; cand.count];
+pub fn remove_if_unchanged(fd: BorrowedFd<'_>, cand: &Entries, opt: RemoveOptions) -> Result<Removal> {
+    let ks = cand.key_size;
+    let ct = opt.ct && cand.value_size >= NAT_REV_KEY + ks;
+    let mut units = Vec::with_capacity(cand.count);
+    let mut in_pair = vec![false; cand.count];
     if ct {
         // NAT pairs among the candidates: rev index -> fwd indices.
         let index: HashMap<&[u8], usize> = (0..cand.count).map(|i| (cand.key(i), i)).collect();
@@ -264,62 +283,104 @@ pub fn remove_if_unchanged(fd: BorrowedFd<'_>, cand: &Entries, ct: bool, crash_a
                 }
             }
         }
-        let mut revs: Vec<usize> = fwds_of.keys().copied().collect();
-        revs.sort_unstable();
-        for j in revs {
-            let fwds = &fwds_of[&j];
-            let rev_key = cand.key(j);
-            let seen = last_seen(cand.value(j));
-            done[j] = true;
-            match rm.take(rev_key, |v| last_seen(v) == seen)? {
-                Taken::Gone => r.gone += 1,
-                Taken::Changed(v) => {
-                    // The connection is alive: rev back, its fwd entries never touched.
-                    r.refreshed += 1;
-                    r.fwd_kept_with_rev += fwds.len() as u64;
-                    rm.put_back(rev_key, &v, &mut r)?;
-                    for &f in fwds {
-                        done[f] = true;
-                    }
-                    continue;
-                }
-                Taken::Deleted(v) => r.deleted.push(rev_key, &v),
+        let mut revs: Vec<(usize, Vec<usize>)> = fwds_of.into_iter().collect();
+        revs.sort_unstable_by_key(|(j, _)| *j);
+        for (j, fwds) in revs {
+            in_pair[j] = true;
+            for &f in &fwds {
+                in_pair[f] = true;
             }
-            for &f in fwds {
-                done[f] = true;
-                let fkey = cand.key(f);
-                match rm.take(fkey, |v| rev_key_of(v, ks) == Some(rev_key))? {
-                    Taken::Gone => r.gone += 1,
-                    Taken::Changed(v) => {
-                        r.repointed += 1;
-                        rm.put_back(fkey, &v, &mut r)?;
-                    }
-                    Taken::Deleted(v) => {
-                        r.deleted.push(fkey, &v);
-                        r.pairs += 1;
-                    }
-                }
-            }
+            units.push(Unit::Pair(j, fwds));
         }
     }
-    for i in 0..cand.count {
-        if done[i] {
-            continue;
-        }
-        let (key, scanned) = (cand.key(i), cand.value(i));
-        let taken = if ct {
-            let seen = last_seen(scanned);
-            rm.take(key, |v| last_seen(v) == seen)?
-        } else {
-            rm.take(key, |v| v == scanned)?
-        };
-        match taken {
-            Taken::Gone => r.gone += 1,
-            Taken::Changed(v) => {
-                r.refreshed += 1;
-                rm.put_back(key, &v, &mut r)?;
+    units.extend((0..cand.count).filter(|&i| !in_pair[i]).map(Unit::Single));
+    let deletions = AtomicU64::new(0);
+    let threads = opt.threads.clamp(1, 16).min(units.len() / 20_000 + 1);
+    let per = units.len().div_ceil(threads.max(1)).max(1);
+    let parts: Vec<Result<Removal>> = if threads <= 1 {
+        vec![run_units(fd, cand, ct, &units, &deletions, opt)]
+    } else {
+        std::thread::scope(|sc| {
+            let handles: Vec<_> = units
+                .chunks(per)
+                .map(|chunk| {
+                    let d = &deletions;
+                    sc.spawn(move || run_units(fd, cand, ct, chunk, d, opt))
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap_or_else(|_| Err(CtError::BadArgument("removal worker panicked".into())))).collect()
+        })
+    };
+    let mut r = Removal { deleted: Entries::new(ks, cand.value_size), ..Default::default() };
+    for p in parts {
+        let p = p?;
+        r.deleted.keys.extend_from_slice(&p.deleted.keys);
+        r.deleted.values.extend_from_slice(&p.deleted.values);
+        r.deleted.count += p.deleted.count;
+        r.refreshed += p.refreshed;
+        r.fwd_kept_with_rev += p.fwd_kept_with_rev;
+        r.repointed += p.repointed;
+        r.gone += p.gone;
+        r.pairs += p.pairs;
+        r.reinsert_failed += p.reinsert_failed;
+        r.newer_won += p.newer_won;
+        r.fallback |= p.fallback;
+    }
+    Ok(r)
+}
+
+fn run_units(fd: BorrowedFd<'_>, cand: &Entries, ct: bool, units: &[Unit], deletions: &AtomicU64, opt: RemoveOptions) -> Result<Removal> {
+    let (ks, vs) = (cand.key_size, cand.value_size);
+    let mut rm = Remover { fd, vs, fallback: opt.force_fallback, deletions, crash_after: opt.crash_after };
+    let mut r = Removal { deleted: Entries::new(ks, vs), ..Default::default() };
+    for unit in units {
+        match unit {
+            Unit::Pair(j, fwds) => {
+                let rev_key = cand.key(*j);
+                let seen = last_seen(cand.value(*j));
+                match rm.take(rev_key, |v| last_seen(v) == seen)? {
+                    Taken::Gone => r.gone += 1,
+                    Taken::Changed(v) => {
+                        // The connection is alive: rev back, its fwd entries never touched.
+                        r.refreshed += 1;
+                        r.fwd_kept_with_rev += fwds.len() as u64;
+                        rm.put_back(rev_key, &v, &mut r)?;
+                        continue;
+                    }
+                    Taken::Deleted(v) => r.deleted.push(rev_key, &v),
+                }
+                for &f in fwds {
+                    let fkey = cand.key(f);
+                    match rm.take(fkey, |v| rev_key_of(v, ks) == Some(rev_key))? {
+                        Taken::Gone => r.gone += 1,
+                        Taken::Changed(v) => {
+                            r.repointed += 1;
+                            rm.put_back(fkey, &v, &mut r)?;
+                        }
+                        Taken::Deleted(v) => {
+                            r.deleted.push(fkey, &v);
+                            r.pairs += 1;
+                        }
+                    }
+                }
             }
-            Taken::Deleted(v) => r.deleted.push(key, &v),
+            Unit::Single(i) => {
+                let (key, scanned) = (cand.key(*i), cand.value(*i));
+                let taken = if ct {
+                    let seen = last_seen(scanned);
+                    rm.take(key, |v| last_seen(v) == seen)?
+                } else {
+                    rm.take(key, |v| v == scanned)?
+                };
+                match taken {
+                    Taken::Gone => r.gone += 1,
+                    Taken::Changed(v) => {
+                        r.refreshed += 1;
+                        rm.put_back(key, &v, &mut r)?;
+                    }
+                    Taken::Deleted(v) => r.deleted.push(key, &v),
+                }
+            }
         }
     }
     r.fallback = rm.fallback;

@@ -21,7 +21,7 @@ use crate::python_repair::{LiveMap, Snapshot};
 /// Decoded rows (one record batch), importable by polars: `pl.DataFrame(rows)`.
 #[pyclass(module = "ctscope._native")]
 pub struct Rows {
-    batch: Mutex<Option<RecordBatch>>,
+    batches: Mutex<Option<Vec<RecordBatch>>>,
     #[pyo3(get)]
     num_rows: usize,
 }
@@ -31,9 +31,9 @@ impl Rows {
     #[pyo3(signature = (requested_schema=None))]
     fn __arrow_c_stream__<'py>(&self, py: Python<'py>, requested_schema: Option<Bound<'py, PyAny>>) -> PyResult<Bound<'py, PyCapsule>> {
         let _ = requested_schema;
-        let b = self.batch.lock().unwrap().take().ok_or_else(|| CtError::BadArgument("rows already consumed".into()))?;
-        let schema = b.schema();
-        crate::python::export_stream(py, Box::new(RecordBatchIterator::new([Ok(b)], schema)))
+        let b = self.batches.lock().unwrap().take().ok_or_else(|| CtError::BadArgument("rows already consumed".into()))?;
+        let schema = crate::decode::ct_schema();
+        crate::python::export_stream(py, Box::new(RecordBatchIterator::new(b.into_iter().map(Ok), schema)))
     }
 }
 
@@ -67,10 +67,33 @@ fn resolve_layout(requested: &str, version: Option<u8>, family: Option<Family>, 
     Ok((lay, layout::check_fits(lay, family, ks, vs)?))
 }
 
+/// Decode `n` entries, in order, in parallel chunks (one record batch per chunk).
 fn decode_rows(lay: Layout, fam: Family, now_ns: u64, keys: &[u8], values: &[u8], n: usize) -> Result<Rows, CtError> {
+    const CHUNK: usize = 65536;
     let d = CtDecoder::new(lay, fam, now_ns).ok_or_else(|| CtError::BadArgument(format!("layout {} has no IPv{} form", lay.name(), fam.number())))?;
-    let b = d.decode(keys, values, n).map_err(|e| CtError::Os { op: "decoding entries".into(), err: std::io::Error::other(e) })?;
-    Ok(Rows { num_rows: b.num_rows(), batch: Mutex::new(Some(b)) })
+    let (ks, vs) = (d.key_size(), d.value_size());
+    let err = |e| CtError::Os { op: "decoding entries".into(), err: std::io::Error::other(e) };
+    let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+    let threads = cores.min(n / CHUNK + 1).max(1);
+    let per = n.div_ceil(threads).max(1);
+    let batches: Vec<RecordBatch> = if threads <= 1 {
+        vec![d.decode(keys, values, n).map_err(err)?]
+    } else {
+        std::thread::scope(|sc| {
+            let hs: Vec<_> = (0..n)
+                .step_by(per)
+                .map(|start| {
+                    let m = per.min(n - start);
+                    let d = &d;
+                    sc.spawn(move || d.decode(&keys[start * ks..(start + m) * ks], &values[start * vs..(start + m) * vs], m))
+                })
+                .collect();
+            hs.into_iter()
+                .map(|h| h.join().map_err(|_| CtError::BadArgument("decode worker panicked".into()))?.map_err(err))
+                .collect::<Result<Vec<_>, CtError>>()
+        })?
+    };
+    Ok(Rows { num_rows: n, batches: Mutex::new(Some(batches)) })
 }
 
 /// A key in Calico's order (`ordered`) or with A/B as given.
@@ -165,13 +188,15 @@ fn find_keys(py: Python<'_>, snap: &Snapshot, keys: Vec<Vec<u8>>) -> Vec<u64> {
 /// Remove `cand`'s entries from the map by Felix's rule (act::remove_if_unchanged).
 /// Returns (dict of counts, Snapshot of what was removed).
 #[pyfunction]
-#[pyo3(signature = (live, cand, ct, crash_after=None))]
-fn remove_entries<'py>(py: Python<'py>, live: &LiveMap, cand: &Snapshot, ct: bool, crash_after: Option<u64>) -> PyResult<(Bound<'py, PyDict>, Snapshot)> {
+#[pyo3(signature = (live, cand, ct, crash_after=None, force_fallback=false, threads=None))]
+fn remove_entries<'py>(py: Python<'py>, live: &LiveMap, cand: &Snapshot, ct: bool, crash_after: Option<u64>, force_fallback: bool, threads: Option<usize>) -> PyResult<(Bound<'py, PyDict>, Snapshot)> {
     if !live.inner.writable {
         return Err(CtError::BadArgument("map was opened read-only".into()).into());
     }
     let e = cand.entries.clone();
-    let r = py.detach(|| act::remove_if_unchanged(live.inner.fd(), &e, ct, crash_after))?;
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    let opt = act::RemoveOptions { ct, crash_after, force_fallback, threads: threads.unwrap_or(cores) };
+    let r = py.detach(|| act::remove_if_unchanged(live.inner.fd(), &e, opt))?;
     let d = PyDict::new(py);
     d.set_item("deleted", r.deleted.count)?;
     d.set_item("refreshed", r.refreshed)?;
