@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import stat
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -32,7 +31,7 @@ import polars as pl
 from ctscope import _native
 from ctscope._native import LiveMap, monotonic_ns
 from ctscope.errors import BadArgument, CtscopeError, NoEntry, NotACtMap, PinNotFound
-from ctscope.pinlock import pin_lock
+from ctscope.pinlock import ensure_private_dir, pin_lock
 from ctscope.pins import DEFAULT_BPFFS, default_ct_pin
 
 Say = Callable[[str], None]
@@ -132,16 +131,7 @@ def backup_dir(directory: str | os.PathLike[str] | None = None) -> Path:
     /var/lib/ctscope/backups; created 0700; refused if it is a link, or another user's, or
     writable by others (a backup holds connection data)."""
     d = Path(directory or os.environ.get(BACKUP_DIR_ENV) or DEFAULT_BACKUP_DIR)
-    try:
-        d.mkdir(mode=0o700, parents=True, exist_ok=True)
-    except OSError as e:
-        raise CtscopeError(f"backup directory {d}: {e.strerror}") from None
-    st = os.lstat(d)
-    if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise BadArgument(f"backup directory {d}: is not a directory (a symlink?); refusing to write backups there")
-    if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        raise BadArgument(f"backup directory {d}: owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):o}; "
-                          f"expected owned by uid {os.geteuid()} and writable by it alone")
+    ensure_private_dir(d, "backup directory")
     return d
 
 

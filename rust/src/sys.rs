@@ -216,14 +216,19 @@ pub fn get_next_key(fd: BorrowedFd<'_>, key: Option<&[u8]>, next: &mut [u8]) -> 
 
 /// `BPF_MAP_LOOKUP_ELEM`: Ok(false) when the key is absent.
 pub fn lookup_elem(fd: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
+    elem_cmd(bpf_cmd::BPF_MAP_LOOKUP_ELEM, fd, key, value.as_mut_ptr() as u64)
+}
+
+/// One per-key command (`value`: a buffer address, or 0): Ok(false) when the key is absent.
+fn elem_cmd(cmd: bpf_cmd, fd: BorrowedFd<'_>, key: &[u8], value: u64) -> io::Result<bool> {
     let mut attr = zeroed_attr();
     unsafe {
         let u = &mut attr.__bindgen_anon_2;
         u.map_fd = fd.as_raw_fd() as u32;
         u.key = key.as_ptr() as u64;
-        u.__bindgen_anon_1.value = value.as_mut_ptr() as u64;
+        u.__bindgen_anon_1.value = value;
     }
-    match bpf(bpf_cmd::BPF_MAP_LOOKUP_ELEM, &mut attr) {
+    match bpf(cmd, &mut attr) {
         Ok(_) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
@@ -273,35 +278,14 @@ pub fn fs_type(path: &Path) -> io::Result<i64> {
 
 /// `BPF_MAP_DELETE_ELEM`: Ok(false) when the key was absent.
 pub fn delete_elem(fd: BorrowedFd<'_>, key: &[u8]) -> io::Result<bool> {
-    let mut attr = zeroed_attr();
-    unsafe {
-        let u = &mut attr.__bindgen_anon_2;
-        u.map_fd = fd.as_raw_fd() as u32;
-        u.key = key.as_ptr() as u64;
-    }
-    match bpf(bpf_cmd::BPF_MAP_DELETE_ELEM, &mut attr) {
-        Ok(_) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-        Err(e) => Err(e),
-    }
+    elem_cmd(bpf_cmd::BPF_MAP_DELETE_ELEM, fd, key, 0)
 }
 
 /// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (hash maps: kernel >= 5.14): removes the entry and
 /// returns the value it held, in one step. Ok(false) when the key was absent; EINVAL or
 /// ENOTSUPP on kernels/maps without it (callers fall back to lookup + delete).
 pub fn lookup_and_delete_elem(fd: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
-    let mut attr = zeroed_attr();
-    unsafe {
-        let u = &mut attr.__bindgen_anon_2;
-        u.map_fd = fd.as_raw_fd() as u32;
-        u.key = key.as_ptr() as u64;
-        u.__bindgen_anon_1.value = value.as_mut_ptr() as u64;
-    }
-    match bpf(bpf_cmd::BPF_MAP_LOOKUP_AND_DELETE_ELEM, &mut attr) {
-        Ok(_) => Ok(true),
-        Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
-        Err(e) => Err(e),
-    }
+    elem_cmd(bpf_cmd::BPF_MAP_LOOKUP_AND_DELETE_ELEM, fd, key, value.as_mut_ptr() as u64)
 }
 
 /// `BPF_MAP_DELETE_BATCH` of `count` keys; returns how many the kernel deleted, also on
