@@ -95,7 +95,7 @@ def bench_clean(n: int, repeat: int, tmp: Path) -> dict:
             if r < repeat:
                 t = time.perf_counter()
                 res = act.clean(str(pin), yes=True, force=True, backup_directory=str(bdir), say=lambda s: None)
-                runs.append({"total_s": time.perf_counter() - t, "deleted": res.deleted})
+                runs.append({"total_s": time.perf_counter() - t, "deleted": res.deleted, "phases": res.timings})
                 assert res.deleted == n_exp, (res.deleted, n_exp)
             else:
                 t = time.perf_counter()
@@ -108,7 +108,7 @@ def bench_clean(n: int, repeat: int, tmp: Path) -> dict:
     f = min(floors, key=lambda x: x["total_s"])
     best = min(runs, key=lambda x: x["total_s"])
     return {"entries": n, "expired": n // 2, "floor": {k: round(v, 4) for k, v in f.items()},
-            "clean_s": round(best["total_s"], 4), "clean_cli_s": round(cli_s, 4),
+            "clean_s": round(best["total_s"], 4), "clean_phases": best["phases"], "clean_cli_s": round(cli_s, 4),
             "ratio_to_floor": round(best["total_s"] / f["total_s"], 2),
             "ratio_cli_to_floor": round(cli_s / f["total_s"], 2)}
 
@@ -175,6 +175,7 @@ def main() -> int:
               f"BPF_MAP_DELETE_BATCH {c['floor']['delete_batch_s']:.3f} s)")
         print(f"  clean   {c['clean_s']:.3f} s in-process = {c['ratio_to_floor']} x floor; whole command "
               f"{c['clean_cli_s']:.3f} s = {c['ratio_cli_to_floor']} x")
+        print("  phases  " + ", ".join(f"{k} {v:.3f} s" for k, v in c["clean_phases"].items()))
     if "get" in out:
         g = out["get"]
         print(f"get: {g['entries']:,} entries, {g['samples']} connections")

@@ -214,6 +214,8 @@ def test_max_refuses_large_deletions_without_force(make_ct_map):
     m = make_ct_map("v4", 4, 4096)
     t = now()
     m.fill(normal("v4", 4, cb.TCP, i, t) for i in range(100))
+    r = cli("delete", str(m.path), "--where", "proto = 6", "--max", "50")
+    assert r.returncode == 0 and "more than --max 50" in r.stdout
     r = cli("delete", str(m.path), "--where", "proto = 6", "--max", "50", "--yes")
     assert r.returncode == 2 and "--max 50" in r.stderr
     assert len(m.items()) == 100

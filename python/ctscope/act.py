@@ -287,7 +287,11 @@ def _run_locked(res: ActResult, p: Path, select, *, yes: bool, max_delete: int |
         idx = list(idx) + list(partners)
     res.to_delete = len(idx)
     limit = max_delete if max_delete is not None else default_max(snap.count)
-    if res.command != "flush" and res.to_delete > limit and not force:
+    over = res.command != "flush" and res.to_delete > limit and not force
+    if over and not yes:
+        say(f"note: {res.to_delete:,} entries is more than --max {limit:,}: with --yes this refuses unless --max N or "
+            "--force")
+    elif over:
         raise BadArgument(
             f"{p}: would delete {res.to_delete:,} of {snap.count:,} entries, more than --max {limit:,}"
             + ("" if max_delete is not None else f" (default: the larger of {DEFAULT_MAX_FLOOR:,} and "
