@@ -471,3 +471,12 @@ def test_clean_keeps_entries_changed_after_the_scan(make_ct_map, fallback, tmp_p
     assert res["details"]["refreshed"] == 5
     assert res["details"]["repointed"] == 1
     assert res["details"]["method"] == ("lookup+delete" if fallback else "lookup_and_delete")
+
+
+def test_bench_write_measures_clean_against_its_floor(bpffs):
+    r = cli("bench", "--write", "--entries", "20000", "--repeat", "1", "--json")
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout)
+    assert out["entries"] == 20000 and out["expired"] > 0
+    assert out["floor_s"] > 0 and out["ratio_to_floor"] > 0
+    assert cli("bench", "--write", "/sys/fs/bpf/x").returncode == 2
