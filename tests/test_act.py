@@ -480,3 +480,25 @@ def test_bench_write_measures_clean_against_its_floor(bpffs):
     assert out["entries"] == 20000 and out["expired"] > 0
     assert out["floor_s"] > 0 and out["ratio_to_floor"] > 0
     assert cli("bench", "--write", "/sys/fs/bpf/x").returncode == 2
+
+
+def test_clean_deletes_exactly_what_expired_lists(make_ct_map):
+    m = make_ct_map("v4", 4, 4096)
+    t = now()
+    est = (cb.Leg(syn=True, ack=True, opener=True), cb.Leg(syn=True, ack=True))
+    entries = {}
+    entries.update(normal("v4", 4, cb.UDP, i, t - 300 * S) for i in range(20))          # expired: UDP 60 s
+    entries.update(normal("v4", 4, cb.UDP, i, t) for i in range(20, 40))                # fresh
+    entries.update(normal("v4", 4, cb.TCP, i, t - 600 * S, legs=est) for i in range(40, 60))  # established < 1 h
+    entries.update(normal("v4", 4, cb.TCP, i, t - 600 * S) for i in range(60, 80))      # SYN-SENT > 20 s: expired
+    entries.update(normal("v4", 4, cb.ICMP, i, t - 60 * S) for i in range(80, 90))      # ICMP > 5 s: expired
+    fk, fv, rk, rv = nat_pair("v4", 4, 95, t - 300 * S)
+    entries |= {fk: fv, rk: rv}
+    m.fill(entries.items())
+    listed = ctscope.expired(str(m.path))
+    want = {
+        cb.pack_key(r["proto"], r["addr_a"], r["port_a"], r["addr_b"], r["port_b"]) for r in listed.iter_rows(named=True)}
+    assert len(want) == 20 + 20 + 10 + 2
+    res = act.clean(m.path, yes=True, say=lambda s: None)
+    assert res.deleted == len(want) and res.nat_pairs == 1
+    assert set(entries) - set(m.items()) == want
