@@ -12,8 +12,8 @@ from ctscope.errors import CtscopeError, exit_code, polars_gist
 
 # Importing a module registers its command(s) on `app`.
 from ctscope.cli import bench, check, demo, dump, maps, resize, synth  # noqa: E402,F401
-from ctscope.cli import diff, expired, metrics, query, report, snapshot, stats, top  # noqa: E402,F401
 from ctscope.cli import clean, delete, flush, get  # noqa: E402,F401
+from ctscope.cli import diff, expired, metrics, query, report, snapshot, stats, top  # noqa: E402,F401
 
 
 # typer >= 0.2x vendors its own click (typer._click) and no longer installs click; older

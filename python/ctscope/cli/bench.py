@@ -21,7 +21,7 @@ def bench_cmd(
     as_json: bool = typer.Option(False, "--json", help="JSON output."),
     write: bool = typer.Option(False, "--write", help="Measure `clean` (deletes!) against a batch dump + batch delete; without PIN on a synthetic map."),
 ) -> None:
-    """Measure to_polars, dump --format parquet and bpftool against the floor (--write: clean)."""
+    """Measure to_polars, dump --format parquet and bpftool against the floor."""
     if write:
         from ctscope import bench_write
 
