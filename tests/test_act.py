@@ -502,3 +502,12 @@ def test_clean_deletes_exactly_what_expired_lists(make_ct_map):
     res = act.clean(m.path, yes=True, say=lambda s: None)
     assert res.deleted == len(want) and res.nat_pairs == 1
     assert set(entries) - set(m.items()) == want
+
+
+def test_nothing_matched_writes_no_backup(make_ct_map, tmp_path):
+    m = make_ct_map("v4", 4)
+    m.fill([normal("v4", 4, cb.TCP, 1, now())])
+    r = cli("delete", str(m.path), "--where", "proto = 17", "--yes")
+    assert r.returncode == 0 and "deleted 0," in r.stdout and "backup none" in r.stdout
+    assert not list((tmp_path / "backups").glob("*.arrow"))
+    assert len(m.items()) == 1

@@ -213,7 +213,8 @@ class ActResult:
         return (f"{self.command}: scanned {self.scanned:,}, matched {self.matched:,}"
                 + (f" (+{self.nat_partners:,} NAT partners)" if self.nat_partners else "")
                 + f", deleted {self.deleted:,}, kept {self.refreshed:,} because refreshed, {self.gone:,} already gone, "
-                f"NAT pairs {self.nat_pairs:,}{extra}, backup {self.backup}, {self.seconds:.2f} s")
+                f"NAT pairs {self.nat_pairs:,}{extra}, backup {self.backup or 'none (nothing to delete)'}, "
+                f"{self.seconds:.2f} s")
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -303,6 +304,8 @@ def _run_locked(res: ActResult, p: Path, select, *, yes: bool, max_delete: int |
         if rows is not None and idx and show:
             _show_rows(rows, idx[:show], say)
         return
+    if not res.to_delete:
+        return  # nothing to remove: no backup file either
     cand = snap if select is None else _native.snapshot_take(snap, idx)
     bpath = new_backup_path(bdir, res.command, params["name"])
     cand.write(str(bpath))
