@@ -98,12 +98,13 @@ pub fn lookup_follow(fd: BorrowedFd<'_>, keys: &[(Vec<u8>, String)], vs: usize, 
             continue;
         }
         out.push(Found { how: how.clone(), key: key.clone(), value: value.clone() });
-        if follow_nat && is_fwd(&value) {
-            if let Some(rk) = rev_key_of(&value, key.len()).map(<[u8]>::to_vec) {
-                if !out.iter().any(|f| f.key == rk) && look(&rk, &mut value)? {
-                    out.push(Found { how: "nat_rev".into(), key: rk, value: value.clone() });
-                }
-            }
+        if follow_nat
+            && is_fwd(&value)
+            && let Some(rk) = rev_key_of(&value, key.len()).map(<[u8]>::to_vec)
+            && !out.iter().any(|f| f.key == rk)
+            && look(&rk, &mut value)?
+        {
+            out.push(Found { how: "nat_rev".into(), key: rk, value: value.clone() });
         }
     }
     Ok(out)
@@ -277,10 +278,11 @@ pub fn remove_if_unchanged(fd: BorrowedFd<'_>, cand: &Entries, opt: RemoveOption
         let mut fwds_of: HashMap<usize, Vec<usize>> = HashMap::new();
         for i in 0..cand.count {
             let v = cand.value(i);
-            if let Some(&j) = is_fwd(v).then(|| rev_key_of(v, ks)).flatten().and_then(|rk| index.get(rk)) {
-                if j != i && !is_fwd(cand.value(j)) {
-                    fwds_of.entry(j).or_default().push(i);
-                }
+            if let Some(&j) = is_fwd(v).then(|| rev_key_of(v, ks)).flatten().and_then(|rk| index.get(rk))
+                && j != i
+                && !is_fwd(cand.value(j))
+            {
+                fwds_of.entry(j).or_default().push(i);
             }
         }
         let mut revs: Vec<(usize, Vec<usize>)> = fwds_of.into_iter().collect();

@@ -99,6 +99,7 @@ fn decode_rows(lay: Layout, fam: Family, now_ns: u64, keys: &[u8], values: &[u8]
 /// A key in Calico's order (`ordered`) or with A/B as given.
 #[pyfunction]
 #[pyo3(signature = (family, proto, src, sport, dst, dport, ordered=true))]
+#[allow(clippy::too_many_arguments)]
 fn build_key<'py>(py: Python<'py>, family: u8, proto: u32, src: &[u8], sport: u16, dst: &[u8], dport: u16, ordered: bool) -> PyResult<Bound<'py, PyBytes>> {
     let f = family_of(family)?;
     let k = if ordered { act::ordered_key(f, proto, src, sport, dst, dport)? } else { act::key_bytes(f, proto, src, sport, dst, dport)? };
