@@ -221,7 +221,7 @@ def test_write_commands_act_only_with_yes(pin_dir, tmp_path):
     r = cli("restore", target, "--from", backup, cwd=work)
     assert r.returncode == 0, r.stderr
     assert map_state(target) == tstate
-    r = cli("restore", target, "--from", backup, "--yes", cwd=work)
+    r = cli("restore", target, "--from", backup, "--yes", "--overwrite", cwd=work)  # synth gave its keys newer values
     assert r.returncode == 0, r.stderr
     restored = map_state(target)[2]
     assert set(state[2]) <= set(restored) and all(restored[k] == v for k, v in state[2].items())

@@ -20,6 +20,7 @@ from ctscope.analysis.query import query
 from ctscope.analysis.report import report
 from ctscope.analysis.stats import stats
 from ctscope.analysis.top import top
+from ctscope.act import lookup
 
 try:
     __version__ = version("ctscope")
@@ -29,4 +30,6 @@ except PackageNotFoundError:  # running from a source tree
 __all__ = ["CtMap", "open_map", "errors", "__version__",
            # analysis (ctscope.analysis): live pins, snapshot files, directories/globs of snapshots
            "read", "scan", "open_source", "stats", "expired", "with_expiry", "Timeouts", "top", "diff", "metrics",
-           "report", "query"]
+           "report", "query",
+           # acting on the table (ctscope.act): delete/clean/flush live there too
+           "lookup"]

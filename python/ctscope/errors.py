@@ -18,6 +18,7 @@ __all__ = [
     "CtscopeError",
     "IterationLimit",
     "LockBusy",
+    "NoEntry",
     "NotACtMap",
     "PermissionDenied",
     "PinNotFound",
@@ -34,6 +35,10 @@ class LockBusy(CtscopeError):
     """Another ctscope write command holds the pin's lock (ctscope.pinlock)."""
 
 
+class NoEntry(CtscopeError):
+    """`ctscope get`: the map holds no entry for the connection (not an error of the tool)."""
+
+
 # Exit codes of the CLI (README "Exit codes").
 EXIT_OK = 0
 EXIT_ERROR = 1
@@ -41,6 +46,7 @@ EXIT_BAD_INPUT = 2
 EXIT_NOT_FOUND = 3
 EXIT_PERMISSION = 4
 EXIT_BUSY = 5
+EXIT_NO_ENTRY = 6
 
 _CODES: list[tuple[type[BaseException], int]] = [
     (PinNotFound, EXIT_NOT_FOUND),
@@ -49,6 +55,7 @@ _CODES: list[tuple[type[BaseException], int]] = [
     (BadArgument, EXIT_BAD_INPUT),
     (SnapshotError, EXIT_BAD_INPUT),
     (LockBusy, EXIT_BUSY),
+    (NoEntry, EXIT_NO_ENTRY),
 ]
 
 

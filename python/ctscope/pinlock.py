@@ -37,19 +37,21 @@ def lock_dir() -> Path:
     return Path(os.environ.get(LOCK_DIR_ENV) or DEFAULT_LOCK_DIR)
 
 
-def _safe_dir(d: Path) -> None:
-    """The lock directory exists, is a real directory owned by us and writable by nobody
-    else (else another user could pre-create lock files, or swap in a symlink)."""
+def ensure_private_dir(d: Path, what: str = "lock directory") -> None:
+    """The directory exists, is a real directory owned by us and writable by nobody else
+    (else another user could pre-create files in it, or swap in a symlink). Also used for
+    ctscope's backup directory."""
     try:
         os.makedirs(d, mode=0o700, exist_ok=True)
     except PermissionError as e:
-        raise PermissionDenied(f"lock directory {d}: {e.strerror}: write commands need root (or set "
-                               f"{LOCK_DIR_ENV} to a directory of yours)") from None
+        raise PermissionDenied(f"{what} {d}: {e.strerror}: write commands need root (or set "
+                               f"{LOCK_DIR_ENV if what == 'lock directory' else 'another directory'} to a directory "
+                               "of yours)") from None
     st = os.lstat(d)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise CtscopeError(f"lock directory {d}: is not a directory (a symlink?); refusing to use it")
+        raise CtscopeError(f"{what} {d}: is not a directory (a symlink?); refusing to use it")
     if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        raise CtscopeError(f"lock directory {d}: owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):o}; "
+        raise CtscopeError(f"{what} {d}: owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):o}; "
                            f"expected owned by uid {os.geteuid()} and writable by it alone")
 
 
@@ -75,7 +77,7 @@ def pin_lock(pin: str | os.PathLike[str], command: str, *, wait: float = 0.0) ->
     """Hold the write lock of `pin` for the `with` block. Refuses with LockBusy when another
     process holds it for longer than `wait` seconds."""
     d = lock_dir()
-    _safe_dir(d)
+    ensure_private_dir(d)
     path = d / lock_key(pin)
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
     try:

@@ -10,6 +10,7 @@
 //! * `python` — the PyO3 classes and the Arrow C stream export
 //! * `object`, `backup`, `migrate`, `prog_refs`, `python_repair` — check / resize / restore
 
+pub mod act;
 pub mod backup;
 pub mod decode;
 pub mod error;
@@ -22,6 +23,7 @@ pub mod parallel;
 pub mod prog_refs;
 pub mod python;
 pub mod python_repair;
+pub mod python_act;
 pub mod stream;
 pub mod synth;
 pub mod sys;

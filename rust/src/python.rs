@@ -53,7 +53,7 @@ fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 
 const STREAM_CAPSULE: &std::ffi::CStr = c"arrow_array_stream";
 
-fn export_stream(py: Python<'_>, reader: Box<dyn arrow_array::RecordBatchReader + Send>) -> PyResult<Bound<'_, PyCapsule>> {
+pub(crate) fn export_stream(py: Python<'_>, reader: Box<dyn arrow_array::RecordBatchReader + Send>) -> PyResult<Bound<'_, PyCapsule>> {
     // The capsule owns the stream; a consumer moves it out (leaving `release` null), and
     // an unconsumed stream is released when the capsule is dropped.
     PyCapsule::new_with_value(py, FFI_ArrowArrayStream::new(reader), STREAM_CAPSULE)
@@ -456,5 +456,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(flag_labels, m)?)?;
     m.add_function(wrap_pyfunction!(ct_required_columns, m)?)?;
     crate::python_repair::register(m)?;
+    crate::python_act::register(m)?;
     Ok(())
 }

@@ -40,10 +40,10 @@ fn source_of(path: &str, p: &MapParams) -> SourceMap {
 /// parameters of the map they came from.
 #[pyclass(module = "ctscope._native", frozen)]
 pub struct Snapshot {
-    entries: Arc<Entries>,
-    source: SourceMap,
+    pub(crate) entries: Arc<Entries>,
+    pub(crate) source: SourceMap,
     #[pyo3(get)]
-    taken_ns: u64,
+    pub(crate) taken_ns: u64,
 }
 
 #[pymethods]
@@ -166,7 +166,7 @@ fn read_backup(py: Python<'_>, path: PathBuf) -> PyResult<Snapshot> {
 /// change under us even if the pin is replaced meanwhile.
 #[pyclass(module = "ctscope._native")]
 pub struct LiveMap {
-    inner: PinnedMap,
+    pub(crate) inner: PinnedMap,
 }
 
 #[pymethods]

@@ -221,14 +221,19 @@ pub fn get_next_key(fd: BorrowedFd<'_>, key: Option<&[u8]>, next: &mut [u8]) -> 
 
 /// `BPF_MAP_LOOKUP_ELEM`: Ok(false) when the key is absent.
 pub fn lookup_elem(fd: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
+    elem_cmd(bpf_cmd::BPF_MAP_LOOKUP_ELEM, fd, key, value.as_mut_ptr() as u64)
+}
+
+/// One per-key command (`value`: a buffer address, or 0): Ok(false) when the key is absent.
+fn elem_cmd(cmd: bpf_cmd, fd: BorrowedFd<'_>, key: &[u8], value: u64) -> io::Result<bool> {
     let mut attr = zeroed_attr();
     unsafe {
         let u = &mut attr.__bindgen_anon_2;
         u.map_fd = fd.as_raw_fd() as u32;
         u.key = key.as_ptr() as u64;
-        u.__bindgen_anon_1.value = value.as_mut_ptr() as u64;
+        u.__bindgen_anon_1.value = value;
     }
-    match bpf(bpf_cmd::BPF_MAP_LOOKUP_ELEM, &mut attr) {
+    match bpf(cmd, &mut attr) {
         Ok(_) => Ok(true),
         Err(e) if e.raw_os_error() == Some(libc::ENOENT) => Ok(false),
         Err(e) => Err(e),
@@ -246,6 +251,32 @@ pub fn update_elem(fd: BorrowedFd<'_>, key: &[u8], value: &[u8], flags: u64) -> 
         u.flags = flags;
     }
     bpf(bpf_cmd::BPF_MAP_UPDATE_ELEM, &mut attr).map(|_| ())
+}
+
+/// `BPF_MAP_DELETE_ELEM`: Ok(false) when the key was absent.
+pub fn delete_elem(fd: BorrowedFd<'_>, key: &[u8]) -> io::Result<bool> {
+    elem_cmd(bpf_cmd::BPF_MAP_DELETE_ELEM, fd, key, 0)
+}
+
+/// `BPF_MAP_LOOKUP_AND_DELETE_ELEM` (hash maps: kernel >= 5.14): removes the entry and
+/// returns the value it held, in one step. Ok(false) when the key was absent; EINVAL or
+/// ENOTSUPP on kernels/maps without it (callers fall back to lookup + delete).
+pub fn lookup_and_delete_elem(fd: BorrowedFd<'_>, key: &[u8], value: &mut [u8]) -> io::Result<bool> {
+    elem_cmd(bpf_cmd::BPF_MAP_LOOKUP_AND_DELETE_ELEM, fd, key, value.as_mut_ptr() as u64)
+}
+
+/// `BPF_MAP_DELETE_BATCH` of `count` keys; returns how many the kernel deleted, also on
+/// error (it stops at the first absent key with ENOENT).
+pub fn delete_batch(fd: BorrowedFd<'_>, keys: &[u8], count: u32) -> (u32, io::Result<()>) {
+    let mut attr = zeroed_attr();
+    unsafe {
+        let b = &mut attr.batch;
+        b.keys = keys.as_ptr() as u64;
+        b.count = count;
+        b.map_fd = fd.as_raw_fd() as u32;
+    }
+    let res = bpf(bpf_cmd::BPF_MAP_DELETE_BATCH, &mut attr).map(|_| ());
+    (unsafe { attr.batch.count }, res)
 }
 
 /// CLOCK_MONOTONIC in ns: the clock `bpf_ktime_get_ns()` stamps `last_seen` with.

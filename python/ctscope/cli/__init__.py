@@ -13,6 +13,7 @@ from ctscope.textsafe import printable
 
 # Importing a module registers its command(s) on `app`.
 from ctscope.cli import bench, check, demo, dump, maps, resize, synth  # noqa: E402,F401
+from ctscope.cli import clean, delete, flush, get  # noqa: E402,F401
 from ctscope.cli import diff, expired, metrics, query, report, snapshot, stats, top  # noqa: E402,F401
 from ctscope.cli import serve, watch  # noqa: E402,F401
 

@@ -9,6 +9,7 @@ import typer
 
 from ctscope import bench as benchmark
 from ctscope.cli.app import app
+from ctscope.errors import BadArgument
 
 
 @app.command("bench")
@@ -18,8 +19,18 @@ def bench_cmd(
     repeat: int = typer.Option(3, "--repeat", min=1, help="Runs per measurement; the best is kept."),
     no_bpftool: bool = typer.Option(False, "--no-bpftool", help="Skip the (slow) bpftool comparison."),
     as_json: bool = typer.Option(False, "--json", help="JSON output."),
+    write: bool = typer.Option(False, "--write", help="Measure `clean` (deletes!) against a batch dump + batch delete; without PIN on a synthetic map."),
 ) -> None:
     """Measure to_polars, dump --format parquet and bpftool against the floor."""
+    if write:
+        from ctscope import bench_write
+
+        if pin:
+            raise BadArgument("bench --write deletes entries: it runs on a synthetic map only (give no PIN)")
+        with benchmark.map_to_measure(None, entries) as p:
+            r = bench_write.run(p, repeat)
+        print(json.dumps(r, indent=2) if as_json else bench_write.format_report(r))
+        return
     with benchmark.map_to_measure(pin, entries) as p:
         r = benchmark.run(p, repeat, not no_bpftool)
     print(json.dumps(r, indent=2) if as_json else benchmark.format_report(r))

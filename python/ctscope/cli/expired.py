@@ -69,7 +69,7 @@ def expired(
         if output is None:
             export.write_text(frames(), fmt, sys.stdout, schema, cols)
         else:
-            with export.atomic_output(output) as tmp, open(tmp, "w", encoding="utf-8") as f:
+            with output_file(output) as tmp, open(tmp, "w", encoding="utf-8") as f:
                 export.write_text(frames(), fmt, f, schema, cols)
     elif fmt in ("parquet", "arrow"):
         kv = (lambda _n: {"ctscope": json.dumps(meta)}) if meta else None

@@ -57,11 +57,15 @@ def resize_cmd(
 @app.command("restore")
 def restore_cmd(
     pin: str = typer.Argument(..., help="Pinned map to write into (same key/value sizes as the backup)."),
-    source: str = typer.Option(..., "--from", help="Backup file written by `ctscope resize`."),
+    source: str = typer.Option(..., "--from", help="Backup file written by resize, delete, clean or flush."),
     yes: bool = typer.Option(False, "--yes", help="Act. Without it the plan is printed and nothing changes."),
+    overwrite: bool = typer.Option(False, "--overwrite", help="Replace entries the map holds even when they are newer (last_seen) than the backup's."),
+    force: bool = typer.Option(False, "--force", help="Write into a map of another CT version/layout or type, or a non-CT map."),
+    wait: float = typer.Option(0.0, "--wait", min=0, help="Wait up to S seconds for another write command on the pin (else exit 5)."),
 ) -> None:
-    """Write a backup's entries back into a map of the same layout."""
-    migration.restore(pin, source, yes=yes, say=_say)
+    """Put a backup's entries back: keys the map lacks are inserted; entries the map holds
+    with a newer last_seen are kept unless --overwrite. Nothing is deleted."""
+    migration.restore(pin, source, yes=yes, overwrite=overwrite, force=force, wait=wait, say=_say)
 
 
 def _say(line: str) -> None:
