@@ -21,6 +21,7 @@ pub mod object;
 pub mod parallel;
 pub mod prog_refs;
 pub mod python;
+pub mod pushdown;
 pub mod python_repair;
 pub mod stream;
 pub mod synth;

@@ -163,7 +163,9 @@ impl NativeMap {
     /// Start a dump. `layout`: auto|v2|v3-created|v3|v4|raw; `method`: auto|batch|next_key.
     /// `threads`: bucket-range workers for the batch method (default: available cores, or 1
     /// for maps too small for the split to pay).
-    #[pyo3(signature = (layout="auto", method="auto", batch_size=None, now_ns=None, limit=None, threads=None))]
+    /// `columns`: decode only these (CT layouts); `predicate`: a pushdown IR
+    /// (`ctscope.pushdown`) whose rejected rows are not decoded, `limit` counting kept rows.
+    #[pyo3(signature = (layout="auto", method="auto", batch_size=None, now_ns=None, limit=None, threads=None, columns=None, predicate=None))]
     #[allow(clippy::too_many_arguments)]
     fn dump(
         &self,
@@ -174,7 +176,11 @@ impl NativeMap {
         now_ns: Option<u64>,
         limit: Option<u64>,
         threads: Option<usize>,
+        columns: Option<Vec<String>>,
+        predicate: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Dump> {
+        let columns = columns.map(|c| crate::decode::Columns::named(&c).map_err(CtError::BadArgument)).transpose()?;
+        let predicate = predicate.map(|p| crate::pushdown::Pred::from_py(&p).map(Arc::new)).transpose()?;
         let layout = Layout::parse(layout)?;
         let method = Method::parse(method)?;
         if batch_size == Some(0) {
@@ -189,10 +195,20 @@ impl NativeMap {
         }
         let threads = threads.unwrap_or_else(|| crate::parallel::auto_threads(inner.params.max_entries));
         let opts =
-            DumpOptions { layout, method, batch: batch_size.unwrap_or(iter::DEFAULT_BATCH), now_ns: now, limit, threads };
+            DumpOptions {
+            layout,
+            method,
+            batch: batch_size.unwrap_or(iter::DEFAULT_BATCH),
+            now_ns: now,
+            limit,
+            threads,
+            columns,
+            predicate,
+        };
         let path = inner.path.to_string_lossy().into_owned();
         let stream = py.detach(|| DumpStream::start(inner.fd.clone(), &inner.params, &path, opts))?;
         Ok(Dump {
+            schema: stream.schema(),
             layout: stream.layout.name().to_string(),
             layout_reason: stream.layout_reason.clone(),
             status: stream.status.clone(),
@@ -214,6 +230,7 @@ impl NativeMap {
 #[pyclass(module = "ctscope._native")]
 pub struct Dump {
     stream: Mutex<Option<DumpStream>>,
+    schema: arrow_schema::SchemaRef,
     status: Arc<Mutex<ReaderStatus>>,
     #[pyo3(get)]
     layout: String,
@@ -287,8 +304,7 @@ impl Dump {
 
     /// The Arrow schema of the batches, as a schema capsule (`__arrow_c_schema__`).
     fn __arrow_c_schema__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyCapsule>> {
-        let schema = if self.layout == "raw" { crate::decode::raw_schema() } else { crate::decode::ct_schema() };
-        let ffi = arrow_schema::ffi::FFI_ArrowSchema::try_from(schema.as_ref())
+        let ffi = arrow_schema::ffi::FFI_ArrowSchema::try_from(self.schema.as_ref())
             .map_err(|e| CtscopeError::new_err(e.to_string()))?;
         PyCapsule::new_with_value(py, ffi, c"arrow_schema")
     }
