@@ -852,7 +852,7 @@ mod tests {
     fn every_projection_equals_the_full_decode_projected() {
         use crate::synth::{SynthSpec, generate};
         for (layout, family) in [(Layout::V2, Family::V4), (Layout::V3Created, Family::V4), (Layout::V4, Family::V4), (Layout::V3, Family::V6)] {
-            let spec = SynthSpec { entries: 3000, max_entries: 4096, layout, family, seed: 7, now_ns: 10u64.pow(13) };
+            let spec = SynthSpec { entries: 3000, max_entries: 4096, layout, family, seed: 7, now_ns: 10u64.pow(13), profile: crate::synth::Profile::Node };
             let (k, v, n) = generate(&spec).unwrap();
             let d = CtDecoder::new(layout, family, 10u64.pow(13)).unwrap();
             let full = d.decode(&k, &v, n).unwrap();
@@ -935,7 +935,7 @@ mod speed {
     #[test]
     #[ignore]
     fn decode_speed() {
-        let spec = SynthSpec { entries: 1_000_000, max_entries: 2_000_000, layout: Layout::V4, family: Family::V4, seed: 1, now_ns: 10u64.pow(13) };
+        let spec = SynthSpec { entries: 1_000_000, max_entries: 2_000_000, layout: Layout::V4, family: Family::V4, seed: 1, now_ns: 10u64.pow(13), profile: crate::synth::Profile::Node };
         let (k, v, n) = generate(&spec).unwrap();
         let d = CtDecoder::new(Layout::V4, Family::V4, 10u64.pow(13)).unwrap();
         for _ in 0..3 {

@@ -344,7 +344,8 @@ impl Batch {
 
 /// Create, fill and pin a synthetic Calico CT map. Returns a dict describing it.
 #[pyfunction]
-#[pyo3(signature = (pin, entries, max_entries, layout="v4", ipv6=false, seed=0, now_ns=None))]
+#[pyo3(signature = (pin, entries, max_entries, layout="v4", ipv6=false, seed=0, now_ns=None, profile="classic"))]
+#[allow(clippy::too_many_arguments)]
 fn synth_map<'py>(
     py: Python<'py>,
     pin: PathBuf,
@@ -354,6 +355,7 @@ fn synth_map<'py>(
     ipv6: bool,
     seed: u64,
     now_ns: Option<u64>,
+    profile: &str,
 ) -> PyResult<Bound<'py, PyDict>> {
     let layout = Layout::parse(layout)?.unwrap_or(Layout::V4);
     let family = if ipv6 { Family::V6 } else { Family::V4 };
@@ -364,6 +366,7 @@ fn synth_map<'py>(
         family,
         seed,
         now_ns: now_ns.unwrap_or_else(sys::monotonic_ns),
+        profile: synth::Profile::parse(profile)?,
     };
     let rep = py.detach(|| synth::create_and_fill(&pin, &spec))?;
     let d = PyDict::new(py);
@@ -413,6 +416,12 @@ fn flag_labels() -> Vec<(u32, &'static str)> {
     layout::FLAG_LABELS.to_vec()
 }
 
+/// The public CT schema's column names, in order.
+#[pyfunction]
+fn ct_columns() -> Vec<String> {
+    crate::decode::ct_schema().fields().iter().map(|f| f.name().clone()).collect()
+}
+
 /// libbpf's six map fields (facts §7), under the same keys wherever a dict describes a map:
 /// a pin's info, a backup's source map, an object's map definition.
 pub(crate) fn set_map_fields(
@@ -451,6 +460,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(monotonic_ns, m)?)?;
     m.add_function(wrap_pyfunction!(realtime_ns, m)?)?;
     m.add_function(wrap_pyfunction!(flag_labels, m)?)?;
+    m.add_function(wrap_pyfunction!(ct_columns, m)?)?;
     crate::python_repair::register(m)?;
     Ok(())
 }

@@ -46,6 +46,8 @@ REV_KEY = ["rev_proto", "rev_addr_a", "rev_port_a", "rev_addr_b", "rev_port_b"]
 JUDGED = ["last_seen_ns", "flags", "rst_seen_ns", "a2b_syn", "a2b_ack", "a2b_fin", "a2b_rst",
           "b2a_syn", "b2a_ack", "b2a_fin", "b2a_rst"]
 _R = "_rev_"
+# The public columns judging reads (a live source decodes only what its command needs).
+EXPIRY_COLUMNS = ["type", "created_ns", *KEY, *REV_KEY, *JUDGED]
 
 
 # Reason codes while judging (integers are far cheaper than strings over millions of rows);

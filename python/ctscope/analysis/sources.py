@@ -132,12 +132,14 @@ class Source:
 
 
 def open_source(source: str | os.PathLike[str] | None = None, *, now_ns: int | None = None, bpffs: str | None = None,
-                ipv6: bool = False, layout: str = "auto") -> Source:
-    """Resolve SOURCE (see module doc). `now_ns` overrides every snapshot's reference time."""
+                ipv6: bool = False, layout: str = "auto", columns: list[str] | None = None) -> Source:
+    """Resolve SOURCE (see module doc). `now_ns` overrides every snapshot's reference time.
+    `columns`: the public columns the caller will use; a live pin then decodes only these
+    (snapshot files are scanned lazily, so polars reads only what a query uses anyway)."""
     from ctscope.pins import DEFAULT_BPFFS, default_ct_pin
 
     if source is None:
-        return _live(str(default_ct_pin(bpffs or DEFAULT_BPFFS, ipv6)), now_ns, layout)
+        return _live(str(default_ct_pin(bpffs or DEFAULT_BPFFS, ipv6)), now_ns, layout, columns)
     spec = os.fspath(source)
     p = Path(spec)
     if any(ch in spec for ch in "*?["):
@@ -156,7 +158,7 @@ def open_source(source: str | os.PathLike[str] | None = None, *, now_ns: int | N
         if not p.exists():
             raise FileNotFoundError(2, "no such snapshot file", spec)
         return _files(spec, [p], None, now_ns)
-    return _live(spec, now_ns, layout)
+    return _live(spec, now_ns, layout, columns)
 
 
 def snapshot_metadata(path: str | os.PathLike[str]) -> dict:
@@ -197,7 +199,28 @@ _RAW = ("the analysis commands need decoded CT columns, which --layout raw does 
         "use `ctscope dump --layout raw` for the bytes, or pick the map's layout (v2, v3-created, v3, v4)")
 
 
-def _live(pin: str, now_ns: int | None, layout: str) -> Source:
+def needed_columns(base: list[str] | None, where: str | None = None) -> list[str] | None:
+    """`base` plus the public columns --where names (None: every column). Names that are not
+    public columns are left for where_filter to report."""
+    if base is None:
+        return None
+    from ctscope._native import ct_columns
+    from ctscope.analysis.expiry import EXPIRY_COLUMNS
+
+    cols = list(dict.fromkeys(base))
+    if where:
+        try:
+            names = pl.sql_expr(where).meta.root_names()
+        except Exception:  # where_filter reports bad SQL with its own message
+            names = []
+        if any("expire" in n for n in names):
+            names = [*names, *EXPIRY_COLUMNS]
+        public = ct_columns()
+        cols += [n for n in names if n in public and n not in cols]
+    return cols
+
+
+def _live(pin: str, now_ns: int | None, layout: str, columns: list[str] | None = None) -> Source:
     from ctscope import export
     from ctscope._native import realtime_ns
     from ctscope.analysis.timeouts import read_sysctls
@@ -206,7 +229,7 @@ def _live(pin: str, now_ns: int | None, layout: str) -> Source:
     if layout == "raw":
         raise BadArgument(_RAW)
     m = open_map(pin, layout=layout)
-    d = m.dump(now_ns=now_ns)
+    d = m.dump(now_ns=now_ns, columns=columns)
     df = dump_to_polars(d)
     meta = json.loads(export.snapshot_metadata(d, m.info, df.height, realtime_ns())[META_KEY])
     meta.setdefault("nf_conntrack_sysctls", read_sysctls())
