@@ -180,7 +180,7 @@ pub fn generate(spec: &SynthSpec) -> Result<(Vec<u8>, Vec<u8>, usize)> {
     let scatter = |x: u64, salt: u64| -> u32 { ((x * 0x9e37 + salt * 0x1_2345) & 0x3_ffff) as u32 };
     let pod_addr = |h: u32| -> [u8; 16] {
         // 10.100.0.0/14: "10.100.0.1" to "10.103.255.254" (10–14 characters)
-        if v6fam { v6(0x10, 0x64 + (h >> 16) as u16, h & 0xffff) } else { v4(10, 100 + (h >> 16) as u8 & 3, (h >> 8) as u8, h as u8) }
+        if v6fam { v6(0x10, 0x64 + (h >> 16) as u16, h & 0xffff) } else { v4(10, 100 + ((h >> 16) as u8 & 3), (h >> 8) as u8, h as u8) }
     };
     let pod = |i: u64| -> [u8; 16] {
         if node {

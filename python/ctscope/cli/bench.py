@@ -15,11 +15,11 @@ from ctscope.cli.app import app
 def bench_cmd(
     pin: Optional[str] = typer.Argument(None, help="Map to measure (default: a synthetic 1,000,000-entry v4 map in a private bpffs)."),
     entries: int = typer.Option(1_000_000, "--entries", min=1, max=2**32 - 1, help="Size of the synthetic map when no PIN is given."),
-    repeat: int = typer.Option(3, "--repeat", min=1, help="Runs per measurement; the best is kept."),
+    repeat: int = typer.Option(5, "--repeat", min=1, help="Fresh-process runs per row (median and best are reported)."),
     no_bpftool: bool = typer.Option(False, "--no-bpftool", help="Skip the (slow) bpftool comparison."),
     as_json: bool = typer.Option(False, "--json", help="JSON output."),
 ) -> None:
-    """Measure to_polars, dump --format parquet and bpftool against the floor."""
+    """Library calls and whole commands against the raw C floor, cold (fresh processes), median and best."""
     with benchmark.map_to_measure(pin, entries) as p:
         r = benchmark.run(p, repeat, not no_bpftool)
     print(json.dumps(r, indent=2) if as_json else benchmark.format_report(r))
