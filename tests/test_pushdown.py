@@ -163,6 +163,9 @@ def test_head_stops_early_and_counts(make_ct_map, layout, family):
     assert got.height == 2 and (got["proto"] == 6).all()
     assert lf.filter(pl.col("dport") == 443).select(pl.len()).collect().item() == full.filter(
         pl.col("dport") == 443).height
+    # ctscope.scan on a live pin is the same lazy scan
+    got = ctscope.scan(cm.path, now_ns=NOW).filter(pl.col("proto") == 17).select("src", "idle_s").collect()
+    _same(got, full.filter(pl.col("proto") == 17).select("src", "idle_s"), "ctscope.scan(live)")
 
 
 # ------------------------------------------------------------------------------ generated

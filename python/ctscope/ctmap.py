@@ -127,7 +127,7 @@ def scan_map(pin: str | PathLike[str] | CtMap, *, layout: str | None = None, met
             if predicate is not None:
                 df = df.filter(predicate)
             if want is not None and (raw or want != need):
-                df = df.select(want) if want else df.clear(0).select([])
+                df = df.select(want) if want else df.drop(df.columns)  # keeps the height
             if n_rows is not None and produced + df.height >= n_rows:
                 yield df.head(n_rows - produced)
                 return

@@ -136,10 +136,9 @@ def open_source(source: str | os.PathLike[str] | None = None, *, now_ns: int | N
     """Resolve SOURCE (see module doc). `now_ns` overrides every snapshot's reference time.
     `columns`: the public columns the caller will use; a live pin then decodes only these
     (snapshot files are scanned lazily, so polars reads only what a query uses anyway)."""
-    from ctscope.pins import DEFAULT_BPFFS, default_ct_pin
-
-    if source is None:
-        return _live(str(default_ct_pin(bpffs or DEFAULT_BPFFS, ipv6)), now_ns, layout, columns)
+    pin = _live_pin(source, bpffs, ipv6)
+    if pin is not None:
+        return _live(pin, now_ns, layout, columns)
     spec = os.fspath(source)
     p = Path(spec)
     if any(ch in spec for ch in "*?["):
@@ -158,7 +157,7 @@ def open_source(source: str | os.PathLike[str] | None = None, *, now_ns: int | N
         if not p.exists():
             raise FileNotFoundError(2, "no such snapshot file", spec)
         return _files(spec, [p], None, now_ns)
-    return _live(spec, now_ns, layout, columns)
+    raise AssertionError("_live_pin takes every other SOURCE")
 
 
 def snapshot_metadata(path: str | os.PathLike[str]) -> dict:
@@ -312,8 +311,29 @@ def _one_line(e: BaseException) -> str:
 # ------------------------------------------------------------------------------------------ public API
 def scan(source: str | os.PathLike[str] | None = None, **kw) -> pl.LazyFrame:
     """A LazyFrame of SOURCE's entries (public schema; many snapshots add `snapshot`, `node`
-    and partition columns). Live pins are dumped once, when this is called."""
-    return open_source(source, **kw).scan()
+    and partition columns). A live pin is `ctscope.scan_map`: read at each collect, decoding
+    only the columns and rows the query needs."""
+    pin = _live_pin(source, kw.get("bpffs"), kw.get("ipv6", False))
+    if pin is None:
+        return open_source(source, **kw).scan()
+    from ctscope.ctmap import scan_map
+
+    if kw.get("layout") == "raw":
+        raise BadArgument(_RAW)
+    return scan_map(pin, layout=kw.get("layout") or "auto", now_ns=kw.get("now_ns"))
+
+
+def _live_pin(source, bpffs: str | None, ipv6: bool) -> str | None:
+    """The pin SOURCE names when it is a live map (open_source's rule), else None."""
+    if source is None:
+        from ctscope.pins import DEFAULT_BPFFS, default_ct_pin
+
+        return str(default_ct_pin(bpffs or DEFAULT_BPFFS, ipv6))
+    spec = os.fspath(source)
+    p = Path(spec)
+    if any(ch in spec for ch in "*?[") or p.is_dir() or p.suffix.lower() in SUFFIX_KINDS:
+        return None
+    return spec
 
 
 def read(source: str | os.PathLike[str] | None = None, **kw) -> pl.DataFrame:
