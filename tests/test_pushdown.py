@@ -245,3 +245,32 @@ def test_analysis_on_a_live_pin_equals_its_snapshot(make_ct_map, tmp_path):
         a = ctscope.top(cm.path, by=by, now_ns=NOW, n=20, where="proto = 6 OR idle_s > 3")
         b = ctscope.top(str(snap), by=by, now_ns=NOW, n=20, where="proto = 6 OR idle_s > 3")
         assert a.equals(b), by
+
+
+@pytest.mark.parametrize("how", [dict(method="next_key"), dict(threads=1), dict(threads=3, batch_size=64)])
+def test_prefilter_and_limit_on_every_read_path(make_ct_map, how):
+    """The prefilter runs wherever rows are decoded (consumer or range workers); `limit`
+    counts the rows it keeps."""
+    cm, _ = _fill(make_ct_map, "v4", 4)
+    full = cm.to_polars(now_ns=NOW)
+    pred = (pl.col("proto") == 6) | (pl.col("type") == "nat_fwd")
+    ir = pushdown.translate(pred)
+    assert ir is not None
+    got = pl.DataFrame(cm.dump(now_ns=NOW, predicate=ir, **how))
+    _same(got, full.filter(pred), f"prefilter {how}")
+    got = pl.DataFrame(cm.dump(now_ns=NOW, predicate=ir, limit=5, columns=["proto", "type"], **how))
+    assert got.height == 5 and got.filter(pred).height == 5 and got.columns == ["proto", "type"]
+
+
+def test_raw_layout_scan(make_ct_map):
+    cm, pairs = _fill(make_ct_map, "v4", 4)
+    raw = ctscope.scan_map(cm.path, layout="raw")
+    got = raw.filter(pl.col("key").bin.starts_with(b"\x06")).select("key").collect()
+    assert sorted(got["key"].to_list()) == sorted(k for k, _ in pairs if k[0] == 6)
+    assert raw.head(2).collect().columns == ["key", "value"]
+
+
+def test_unknown_column_is_a_bad_argument(make_ct_map):
+    cm, _ = _fill(make_ct_map, "v4", 4)
+    with pytest.raises(ctscope.errors.BadArgument, match="nope"):
+        cm.dump(columns=["dport", "nope"])
