@@ -77,6 +77,24 @@ pub fn ct_schema() -> SchemaRef {
     Arc::new(Schema::new(f))
 }
 
+/// Internal join columns, decoded only on request and never part of the public schema:
+/// the key's bytes as little-endian u64 words (`_kw0`…, 2 words for IPv4 keys, 5 for IPv6;
+/// words past the key are 0) and the same for a NAT_FWD entry's rev key (`_rkw0`…, null on
+/// other entries). Equal words ⟺ equal key bytes: an exact join key 5–8× smaller than the
+/// address texts (Felix's NAT fwd → rev lookup is by these bytes too).
+pub const KEY_WORDS: usize = 5;
+
+fn ct_schema_with_hidden() -> Schema {
+    let mut f: Vec<Field> = ct_schema().fields().iter().map(|f| f.as_ref().clone()).collect();
+    for i in 0..KEY_WORDS {
+        f.push(Field::new(format!("_kw{i}"), DataType::UInt64, false));
+    }
+    for i in 0..KEY_WORDS {
+        f.push(Field::new(format!("_rkw{i}"), DataType::UInt64, true));
+    }
+    Schema::new(f)
+}
+
 /// The schema of `raw` dumps: undecoded bytes of any hash map.
 pub fn raw_schema() -> SchemaRef {
     Arc::new(Schema::new(vec![
@@ -94,9 +112,10 @@ impl Columns {
         Columns((1u64 << ct_schema().fields().len()) - 1)
     }
 
-    /// The named columns; an unknown name is an error naming it.
+    /// The named columns (public, or the internal `_kw*`/`_rkw*`); an unknown name is an
+    /// error naming it.
     pub fn named<S: AsRef<str>>(names: &[S]) -> Result<Self, String> {
-        let schema = ct_schema();
+        let schema = ct_schema_with_hidden();
         let mut m = 0u64;
         for n in names {
             let i = schema.index_of(n.as_ref()).map_err(|_| format!("no column {:?} in the CT schema", n.as_ref()))?;
@@ -146,6 +165,8 @@ const C_REV_PORT_A: usize = 46;
 const C_REV_ADDR_B: usize = 47;
 const C_REV_PORT_B: usize = 48;
 const C_NAT_SPORT: usize = 49;
+const C_KW: usize = 50; // KEY_WORDS each
+const C_RKW: usize = C_KW + KEY_WORDS;
 
 #[inline]
 fn u16_at(b: &[u8], o: usize) -> u16 {
@@ -426,7 +447,7 @@ impl CtDecoder {
 
     /// Only these columns (kept in schema order).
     pub fn with_columns(mut self, cols: Columns) -> Self {
-        let full = ct_schema();
+        let full = ct_schema_with_hidden();
         let idx: Vec<usize> = (0..full.fields().len()).filter(|&i| cols.has(i)).collect();
         self.schema = Arc::new(full.project(&idx).expect("indices from the schema"));
         self.cols = cols;
@@ -520,6 +541,9 @@ impl CtDecoder {
         let mut flag_values = views(C_FLAG_NAMES);
         let (mut a2b, mut b2a) = (LegCols::new(n, c, C_A2B), LegCols::new(n, c, C_B2A));
         let w_legs = a2b.any() || b2a.any();
+        let mut kw: Vec<Vec<u64>> = (0..KEY_WORDS).map(|j| vec(c.has(C_KW + j), n)).collect();
+        let mut rkw: Vec<Vec<u64>> = (0..KEY_WORDS).map(|j| vec(c.has(C_RKW + j), n)).collect();
+        let (w_kw, w_rkw) = (c.any(C_KW, C_KW + KEY_WORDS), c.any(C_RKW, C_RKW + KEY_WORDS));
         let mut af = AddrFmt::new();
         let mut unknown = String::new();
 
@@ -675,6 +699,13 @@ impl CtDecoder {
             }
             let fwd = ct_type == CT_TYPE_NAT_FWD;
             is_fwd.push(fwd);
+            if w_kw {
+                push_words(&mut kw, c, C_KW, key);
+            }
+            if w_rkw {
+                let rk: &[u8] = if fwd { &val[v.nat_rev_key..v.nat_rev_key + ks] } else { &[] };
+                push_words(&mut rkw, c, C_RKW, rk);
+            }
             if w_fwd {
                 if fwd {
                     let rk = &val[v.nat_rev_key..v.nat_rev_key + ks];
@@ -784,9 +815,26 @@ impl CtDecoder {
         put(C_REV_ADDR_B, &mut || Arc::new(std::mem::replace(&mut rev_b, Views::new(0)).finish(fv())));
         put(C_REV_PORT_B, &mut || prim::<UInt16Type>(std::mem::take(&mut rev_pb), fv()));
         put(C_NAT_SPORT, &mut || prim::<UInt16Type>(std::mem::take(&mut nat_sport), fv()));
+        for (j, w) in kw.iter_mut().enumerate() {
+            put(C_KW + j, &mut || prim::<UInt64Type>(std::mem::take(w), None));
+        }
+        for (j, w) in rkw.iter_mut().enumerate() {
+            put(C_RKW + j, &mut || prim::<UInt64Type>(std::mem::take(w), fv()));
+        }
         drop(put);
         let opts = RecordBatchOptions::new().with_row_count(Some(n));
         RecordBatch::try_new_with_options(self.schema.clone(), cols, &opts)
+    }
+}
+
+/// The wanted words of `key` (little-endian u64s; 0 past its end) onto their columns.
+#[inline]
+fn push_words(out: &mut [Vec<u64>], c: Columns, first: usize, key: &[u8]) {
+    for (j, col) in out.iter_mut().enumerate() {
+        if c.has(first + j) {
+            let w = key.get(8 * j..8 * j + 8).map_or(0, |b| u64::from_le_bytes(b.try_into().unwrap()));
+            col.push(w);
+        }
     }
 }
 
@@ -869,6 +917,28 @@ mod tests {
                 }
             }
         }
+    }
+
+    #[test]
+    fn key_words_are_the_key_bytes() {
+        let d = CtDecoder::new(Layout::V4, Family::V4, 0).unwrap();
+        let k0 = key4(6, [10, 0, 0, 1], [10, 0, 0, 2], 1234, 80);
+        let rev = key4(17, [1, 2, 3, 4], [5, 6, 7, 8], 9, 10);
+        let mut keys = k0.clone();
+        keys.extend(rev.clone());
+        let mut vals = vec![0u8; 88];
+        vals[16] = CT_TYPE_NAT_FWD;
+        vals[24..40].copy_from_slice(&rev);
+        vals.extend(vec![0u8; 88]); // the rev entry itself: normal
+        let cols = Columns::named(&["_kw0", "_kw1", "_kw4", "_rkw0", "_rkw1"]).unwrap();
+        let b = d.with_columns(cols).decode(&keys, &vals, 2).unwrap();
+        let w = |n: &str, i: usize| b.column_by_name(n).unwrap().as_primitive::<arrow_array::types::UInt64Type>().value(i);
+        assert_eq!(w("_kw0", 0), u64::from_le_bytes(k0[0..8].try_into().unwrap()));
+        assert_eq!(w("_kw1", 0), u64::from_le_bytes(k0[8..16].try_into().unwrap()));
+        assert_eq!(w("_kw4", 0), 0);
+        assert_eq!((w("_rkw0", 0), w("_rkw1", 0)), (w("_kw0", 1), w("_kw1", 1)));
+        assert!(b.column_by_name("_rkw0").unwrap().is_null(1));
+        assert!(Columns::named(&["_kw9"]).is_err());
     }
 
     #[test]

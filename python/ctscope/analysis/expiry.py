@@ -46,8 +46,11 @@ REV_KEY = ["rev_proto", "rev_addr_a", "rev_port_a", "rev_addr_b", "rev_port_b"]
 JUDGED = ["last_seen_ns", "flags", "rst_seen_ns", "a2b_syn", "a2b_ack", "a2b_fin", "a2b_rst",
           "b2a_syn", "b2a_ack", "b2a_fin", "b2a_rst"]
 _R = "_rev_"
-# The public columns judging reads (a live source decodes only what its command needs).
-EXPIRY_COLUMNS = ["type", "created_ns", *KEY, *REV_KEY, *JUDGED]
+# A live pin can give the keys as exact u64 words instead of address texts (the internal
+# `_kw*`/`_rkw*` columns of rust/src/decode.rs): open_source(columns=[..., KEY_WORDS]).
+KEY_WORDS = "_key_words"
+# The columns judging reads (a live source decodes only what its command needs).
+EXPIRY_COLUMNS = ["type", "created_ns", "proto", *JUDGED, KEY_WORDS]
 
 
 # Reason codes while judging (integers are far cheaper than strings over millions of rows);
@@ -104,15 +107,22 @@ def with_expiry(frame: pl.LazyFrame | pl.DataFrame, timeouts: Timeouts | str | N
         timeouts = Timeouts.resolve(timeouts)
     lf = frame.lazy()
     schema = lf.collect_schema()
-    cols = [c for c in schema.names() if c not in ("expired", "expire_reason")]  # re-judging replaces them
+    names = schema.names()
+    # The join key: the key words when the frame has them (live pins), else the key's columns.
+    words = [c for c in names if c.startswith("_kw")]
+    by_words = bool(words) and all("_r" + w[1:] in names for w in words)
+    key, rev_key = (words, ["_r" + w[1:] for w in words]) if by_words else (KEY, REV_KEY)
+    # re-judging replaces expired/expire_reason; the key words stay internal
+    cols = [c for c in names if c not in ("expired", "expire_reason") and not c.startswith(("_kw", "_rkw"))]
     if now_ns is None:
         if "_now_ns" not in cols:
             raise ValueError("with_expiry needs now_ns (the reference monotonic time of the dump)")
         now_ns = pl.col("_now_ns")
     now = pl.lit(now_ns, pl.Int64) if isinstance(now_ns, int) else now_ns.cast(pl.Int64)
     group = [SNAP] if SNAP in cols else []
-    # Rev key columns must have the key's types for the join (hand-built frames may hold all-null columns).
-    lf = lf.with_columns(pl.col(r).cast(schema[k]) for k, r in zip(KEY, REV_KEY) if schema[r] != schema[k])
+    if not by_words:
+        # Rev key columns must have the key's types for the join (hand-built frames may hold all-null columns).
+        lf = lf.with_columns(pl.col(r).cast(schema[k]) for k, r in zip(KEY, REV_KEY) if schema[r] != schema[k])
     is_fwd = pl.col("type") == "nat_fwd"
     t = timeouts
     proto = pl.col("proto")
@@ -127,14 +137,14 @@ def with_expiry(frame: pl.LazyFrame | pl.DataFrame, timeouts: Timeouts | str | N
     # The rev entry of every fwd entry: keys are unique within a map (and a snapshot), so the
     # left join never duplicates rows.
     rev = lf.filter(~is_fwd).select(
-        *[pl.col(k).alias(r) for k, r in zip(KEY, REV_KEY)],
+        *[pl.col(k).alias(r) for k, r in zip(key, rev_key)],
         *[pl.col(c) for c in group],
         *[pl.col(c).alias(_R + c) for c in JUDGED],
     )
     by_rev = _rule_code(lambda c: pl.col(_R + c), proto, now, t)
     fwd = (
         lf.filter(is_fwd)
-        .join(rev, on=REV_KEY + group, how="left", nulls_equal=False)
+        .join(rev, on=rev_key + group, how="left", nulls_equal=False)
         .with_columns(graced(
             pl.when(pl.col(_R + "last_seen_ns").is_null()).then(pl.lit(NO_REV_CODE, pl.UInt8))
             .when(by_rev > 0).then(by_rev + REV_OFFSET)

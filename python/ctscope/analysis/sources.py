@@ -228,6 +228,13 @@ def _live(pin: str, now_ns: int | None, layout: str, columns: list[str] | None =
     if layout == "raw":
         raise BadArgument(_RAW)
     m = open_map(pin, layout=layout)
+    if columns is not None:
+        from ctscope.analysis.expiry import KEY_WORDS
+
+        if KEY_WORDS in columns:  # the key's bytes as u64 words (2 for IPv4 keys, 5 for IPv6)
+            n = -(-m.info.key_size // 8)
+            columns = [c for c in columns if c != KEY_WORDS] + [f"_kw{i}" for i in range(n)] + [
+                f"_rkw{i}" for i in range(n)]
     d = m.dump(now_ns=now_ns, columns=columns)
     df = dump_to_polars(d)
     meta = json.loads(export.snapshot_metadata(d, m.info, df.height, realtime_ns())[META_KEY])
