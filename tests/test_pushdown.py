@@ -118,6 +118,8 @@ def hand_written(family: int) -> list[pl.Expr]:
         "a2b_bytes > 100 AND dport = 443", "a2b_bytes > 100 OR dport = 443", "tcp_state = 'ESTABLISHED'",
         "NOT (a2b_syn AND dport = 80)", "orig_port = 80", "rev_port_a = 8080 OR sport = 123",
         "dport > 442.5", f"dst = '{pod.upper()}'",
+        "src LIKE '10.65.%'", "dst LIKE '10.%' AND dport = 80", "NOT (addr_a LIKE '192.168.1.%')", "src LIKE '10.6%'",
+        "dst LIKE '255.255.255.%'", "src LIKE 'fd00:%'",
     ]
     exprs = [pl.sql_expr(s) for s in sql]
     exprs += [
@@ -195,8 +197,10 @@ def _pred_st(family: int, full: pl.DataFrame):
     idle = st.builds(lambda op, v: cmp("idle_s", op, v), st.sampled_from(["lt", "le", "gt", "ge"]),
                      st.floats(-1, 800, allow_nan=False) | vals("idle_s"))
     other = st.sampled_from([pl.col("a2b_bytes") > 100, pl.col("tcp_state") == "ESTABLISHED",
-                             pl.col("src").str.starts_with("10."), pl.col("b2a_syn"), pl.col("orig_port") == 53])
-    leaf = numeric | in_list | address | typ | flags | idle | other
+                             pl.col("b2a_syn"), pl.col("orig_port") == 53])
+    prefix = st.builds(lambda c, p: pl.col(c).str.starts_with(p), addr_col,
+                       st.sampled_from(["10.", "10.65.", "10.65.0.", "10.6", "255.255.255.", "1.", "0.0.0.", "fd00:", ""]))
+    leaf = numeric | in_list | address | typ | flags | idle | prefix | other
     return st.recursive(leaf, lambda sub: st.one_of(
         st.builds(lambda a, b: a & b, sub, sub), st.builds(lambda a, b: a | b, sub, sub), sub.map(lambda a: ~a)),
         max_leaves=6)

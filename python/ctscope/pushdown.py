@@ -12,6 +12,7 @@ can be pushed down:
     ("mask", field, mask, op, int)     (field & mask) op value (flag bits)
     ("idle", op, float)                idle_s op value
     ("addr", column, [(bytes, prefix_len), ...])   the address is in one of these networks
+                                       (equality, IN, and LIKE '10.100.%' as 10.100.0.0/16)
 
 Numeric fields: proto, port_a, port_b, sport, dport, flags, last_seen_ns, and type (its
 code: 0 normal, 1 nat_fwd, 2 nat_rev, N for "unknown(N)"). Address columns: addr_a,
@@ -93,6 +94,10 @@ def _translate(n: Any) -> tuple[tuple, bool]:
             if not exact:
                 return KEEP, False
             return _not(ir), True
+        if fn == {"StringExpr": "StartsWith"} and len(args) == 2 and _column(args[0]) in ADDRESSES:
+            value = _scalar(args[1])
+            if isinstance(value, str):
+                return _octet_prefix(_column(args[0]), value)
         if isinstance(fn, dict) and len(fn) == 1:
             (group, f), = fn.items()
             if isinstance(f, dict) and "IsIn" in f and group in ("Boolean", "Sql") and len(args) == 2:
@@ -287,6 +292,18 @@ def _is_in(left: Any, values: list) -> tuple[tuple, bool]:
     if col in ADDRESSES and all(isinstance(v, str) for v in vals):
         return _addresses(col, vals)
     raise _Untranslatable
+
+
+def _octet_prefix(col: str, text: str) -> tuple[tuple, bool]:
+    """`src LIKE '10.100.%'`: whole IPv4 octets and a dot are a /8, /16 or /24 network
+    (exactly: the decoder writes octets without leading zeros, and no IPv6 text starts so)."""
+    parts = text.split(".")
+    octets = parts[:-1]
+    if parts[-1] != "" or not 1 <= len(octets) <= 3 or not all(
+            o.isdigit() and str(int(o)) == o and int(o) < 256 for o in octets):
+        raise _Untranslatable
+    net = bytes(int(o) for o in octets) + bytes(4 - len(octets))
+    return ("addr", col, [(net, 8 * len(octets))]), True
 
 
 def _type_codes(names: list[str]) -> list[int]:
