@@ -135,8 +135,11 @@ def with_expiry(frame: pl.LazyFrame | pl.DataFrame, timeouts: Timeouts | str | N
     own = lf.filter(~is_fwd).with_columns(graced(_rule_code(pl.col, proto, now, t))).select(*cols, _CODE)
 
     # The rev entry of every fwd entry: keys are unique within a map (and a snapshot), so the
-    # left join never duplicates rows.
-    rev = lf.filter(~is_fwd).select(
+    # left join never duplicates rows. Only entries some fwd entry points at are kept for the
+    # join (a semi join against the fwd entries' rev keys, a tenth of the rows or so): the
+    # join's table then holds those, not every entry's key and judged columns.
+    pointed_at = lf.filter(is_fwd).select(*[pl.col(r).alias(k) for k, r in zip(key, rev_key)], *group)
+    rev = lf.filter(~is_fwd).join(pointed_at, on=key + group, how="semi", nulls_equal=False).select(
         *[pl.col(k).alias(r) for k, r in zip(key, rev_key)],
         *[pl.col(c) for c in group],
         *[pl.col(c).alias(_R + c) for c in JUDGED],
@@ -198,10 +201,11 @@ def judged_parts(src, *, timeouts: str | Timeouts | None = None, felix_config=No
     t = timeouts_for(src, timeouts, felix_config)
     cond = None
     for part in src.parts:
-        if whole_rows and src.files:
+        if whole_rows:
             with src.reading():
-                part = part.collect().lazy()
-        lf = with_expiry(part, t, reason_codes=reason_codes and not where)
+                lf = _judged_whole_rows(part.collect(), t, reason_codes and not where)
+        else:
+            lf = with_expiry(part, t, reason_codes=reason_codes and not where)
         if where:
             if cond is None:
                 cond = where_filter(where, lf)
@@ -212,6 +216,19 @@ def judged_parts(src, *, timeouts: str | Timeouts | None = None, felix_config=No
         if only_expired:
             lf = lf.filter(pl.col("expired"))
         yield lf
+
+
+def _judged_whole_rows(df: pl.DataFrame, t: Timeouts, reason_codes: bool) -> pl.LazyFrame:
+    """with_expiry for listings: the verdict is computed on the columns judging reads, then
+    joined back to the whole rows by position, so the other columns are not copied through
+    the rev join, and a filter on the verdict gathers only the rows it keeps."""
+    df = df.drop("expired", "expire_reason", strict=False)  # re-judging replaces them
+    judged = {"type", "created_ns", SNAP, "_now_ns", *KEY, *REV_KEY, *JUDGED}
+    narrow = [c for c in df.columns if c in judged or c.startswith(("_kw", "_rkw"))]
+    verdict = [_CODE, "expired"] if reason_codes else ["expired", "expire_reason"]
+    v = with_expiry(df.lazy().select(narrow).with_row_index("_row"), t, reason_codes=reason_codes).select(
+        "_row", *verdict)
+    return df.lazy().with_row_index("_row").join(v, on="_row", how="inner").drop("_row")
 
 
 def judged_schema(src, timeouts: Timeouts) -> pl.Schema:
