@@ -248,10 +248,16 @@ def test_analysis_on_a_live_pin_equals_its_snapshot(make_ct_map, tmp_path, layou
     for k in ("total_entries", "by_type", "by_protocol", "by_state", "expired", "expired_by_reason",
               "idle_histogram", "nat_connections"):
         assert live[k] == off[k], k
-    for by in ("dport", "src", "service", "pair"):
-        a = ctscope.top(cm.path, by=by, now_ns=NOW, n=20, where="proto = 6 OR idle_s > 3")
-        b = ctscope.top(str(snap), by=by, now_ns=NOW, n=20, where="proto = 6 OR idle_s > 3")
-        assert a.equals(b), by
+    for by, where in [("dport", "proto = 6 OR idle_s > 3"), ("src", None), ("service", "dport = 80"),
+                      ("pair", "proto = 6 OR idle_s > 3"), ("dport", "expired AND proto <> 1"),
+                      ("src", "expire_reason IS NULL")]:
+        a = ctscope.top(cm.path, by=by, now_ns=NOW, n=20, where=where)
+        b = ctscope.top(str(snap), by=by, now_ns=NOW, n=20, where=where)
+        assert a.height > 0 and a.equals(b), (by, where)
+    for where in ("expired", "dport = 80 OR type = 'nat_fwd'"):
+        a = ctscope.stats(cm.path, now_ns=NOW, where=where)
+        b = ctscope.stats(str(snap), now_ns=NOW, where=where)
+        assert a["total_entries"] > 0 and a["by_type"] == b["by_type"] and a["expired"] == b["expired"], where
 
 
 @pytest.mark.parametrize("how", [dict(method="next_key"), dict(threads=1), dict(threads=3, batch_size=64)])

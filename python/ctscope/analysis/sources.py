@@ -212,10 +212,10 @@ def needed_columns(base: list[str] | None, where: str | None = None) -> list[str
             names = pl.sql_expr(where).meta.root_names()
         except Exception:  # where_filter reports bad SQL with its own message
             names = []
-        if any("expire" in n for n in names):
-            names = [*names, *EXPIRY_COLUMNS]
         public = ct_columns()
         cols += [n for n in names if n in public and n not in cols]
+        if any("expire" in n for n in names):  # Felix's verdict columns: judging reads these
+            cols += [n for n in EXPIRY_COLUMNS if n not in cols]
     return cols
 
 
