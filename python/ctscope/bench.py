@@ -4,7 +4,6 @@ same run on the same map (machines are shared and noisy; only ratios travel)."""
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
