@@ -9,7 +9,11 @@ For each size it synthesises a Calico-shaped ct4 map in a private bpffs (max_ent
 
 * `ctscope dump PIN -o FILE.parquet`: wall time and peak RSS (the child's VmHWM at exit);
 * `open_map(PIN).to_polars()`: wall time, the frame's Arrow size (its buffers' bytes) and
-  the memory the call added (peak RSS during the call minus RSS just before it).
+  the memory the call added (peak RSS during the call minus RSS just before it);
+* `ctscope stats|metrics|top --by dport|expired PIN` on the live map: wall time, peak RSS
+  (issue 12's limits at 10M: stats, metrics, top <= 1 GiB; expired <= 1.5 GiB).
+
+Maps are `synth --profile node` (README "Performance").
 
 Then reports the time ratio of the largest to the smallest size against the entry ratio
 (linear growth: per-entry ratio ~1.0; the dump's ratio leaves out the CLI's fixed
@@ -81,6 +85,26 @@ def dump_parquet(pin: str, out: Path) -> dict:
     return {"secs": round(secs, 3), "peak_rss": peak, "file_bytes": out.stat().st_size}
 
 
+ANALYSIS = {"stats": ["stats"], "metrics": ["metrics"], "top": ["top", "--by", "dport"], "expired": ["expired"]}
+# Issue 12's limits at 10M entries (live map).
+ANALYSIS_LIMIT = {"stats": GiB, "metrics": GiB, "top": GiB, "expired": 1.5 * GiB}
+
+
+def analysis_cmd(pin: str, args: list[str], out_dir: Path) -> dict:
+    """`ctscope ARGS PIN` on the live map: wall time and peak RSS, output discarded."""
+    hwm = out_dir / "analysis.hwm"
+    t = time.perf_counter()
+    r = subprocess.run([sys.executable, "-c", CLI_WITH_HWM, *args, pin],
+                       env=dict(os.environ, CTSCOPE_HWM_FILE=str(hwm)), stdout=subprocess.DEVNULL,
+                       stderr=subprocess.PIPE, text=True)
+    secs = time.perf_counter() - t
+    if r.returncode != 0:
+        raise SystemExit(f"ctscope {' '.join(args)} failed ({r.returncode}): {r.stderr.strip()[-300:]}")
+    peak = int(hwm.read_text())
+    hwm.unlink()
+    return {"secs": round(secs, 3), "peak_rss": peak}
+
+
 def startup_secs() -> float:
     """The CLI's fixed cost (interpreter, imports), best of 3: subtracted for the growth ratio."""
     best = float("inf")
@@ -102,7 +126,7 @@ def to_polars(pin: str) -> dict:
     return r
 
 
-def measure(pin: str, entries: int, repeat: int, out_dir: Path) -> dict:
+def measure(pin: str, entries: int, repeat: int, out_dir: Path, analysis: list[str]) -> dict:
     dumps = []
     for i in range(repeat):
         f = out_dir / f"scale-{entries}-{i}.parquet"
@@ -110,7 +134,10 @@ def measure(pin: str, entries: int, repeat: int, out_dir: Path) -> dict:
         f.unlink()
     pols = [to_polars(pin) for _ in range(repeat)]
     best = min(dumps, key=lambda d: d["secs"])
+    analysis = {name: analysis_cmd(pin, ANALYSIS[name], out_dir) for name in analysis}
     return {
+        **{f"{name}_s": a["secs"] for name, a in analysis.items()},
+        **{f"{name}_peak_rss": a["peak_rss"] for name, a in analysis.items()},
         "entries": entries,
         "dump_parquet_s": best["secs"],
         "dump_parquet_peak_rss": max(d["peak_rss"] for d in dumps),
@@ -128,8 +155,14 @@ def main() -> None:
     ap.add_argument("--sizes", default="1000000,10000000", help="entry counts, comma-separated")
     ap.add_argument("--repeat", type=int, default=2)
     ap.add_argument("--out-dir", help="where the parquet files go (default: a temp dir; removed)")
+    ap.add_argument("--analysis", default=",".join(ANALYSIS),
+                    help="live-map commands to measure (expired at 10M can need several GiB)")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    analysis = [a for a in args.analysis.split(",") if a]
+    for a in analysis:
+        if a not in ANALYSIS:
+            ap.error(f"--analysis {a!r}: expected some of {', '.join(ANALYSIS)}")
 
     from ctscope.bpffs import private_bpffs
     from ctscope.cli.synth import synth
@@ -140,10 +173,10 @@ def main() -> None:
         for n in sizes:
             pin = fs / "tc" / "globals" / "cali_v4_ct4"
             t = time.perf_counter()
-            info = synth(str(pin), n)
+            info = synth(str(pin), n, profile="node")
             print(f"synthesised {info['entries']:,} entries (max_entries {info['max_entries']:,}) "
                   f"in {time.perf_counter() - t:.1f} s", file=sys.stderr)
-            r = measure(str(pin), n, args.repeat, Path(tmp))
+            r = measure(str(pin), n, args.repeat, Path(tmp), analysis)
             r["live_entries"] = info["entries"]
             results.append(r)
             print(f"  {n:,}: dump -o parquet {r['dump_parquet_s']:.2f} s, peak RSS "
@@ -166,6 +199,8 @@ def main() -> None:
     checks = {
         f"dump -o parquet peak RSS < 1 GiB at {large['entries']:,}": large["dump_parquet_peak_rss"] < GiB,
         "to_polars added memory <= 2 x Arrow size (every size)": all(r["to_polars_x_arrow"] <= 2.0 for r in results),
+        **{f"{name} (live) peak RSS <= {lim / GiB:g} GiB at {large['entries']:,}": large[f"{name}_peak_rss"] <= lim
+           for name, lim in ANALYSIS_LIMIT.items() if name in analysis},
     }
     summary["checks"] = checks
     if args.json:
@@ -181,6 +216,9 @@ def main() -> None:
               f"dump -o parquet x{summary['dump_time_ratio']:.2f} without the CLI's {startup:.2f} s start-up "
               f"(per entry x{summary['dump_per_entry_ratio']:.2f}), "
               f"to_polars x{summary['to_polars_time_ratio']:.2f} (per entry x{summary['to_polars_per_entry_ratio']:.2f})")
+        for r in results:
+            print(f"{r['to_polars_rows']:>12,} live map: " + ", ".join(
+                f"{name} {r[name + '_s']:.1f} s / {r[name + '_peak_rss'] / 2**20:,.0f} MiB" for name in analysis))
         for what, ok in checks.items():
             print(f"{'PASS' if ok else 'FAIL'}  {what}")
     sys.exit(0 if all(checks.values()) else 1)

@@ -11,7 +11,7 @@
 
 from importlib.metadata import PackageNotFoundError, version
 
-from ctscope.ctmap import CtMap, open_map
+from ctscope.ctmap import CtMap, open_map, scan_map
 from ctscope import errors
 from ctscope.analysis import Timeouts, expired, open_source, read, scan, with_expiry
 from ctscope.analysis.diff import diff
@@ -27,7 +27,7 @@ try:
 except PackageNotFoundError:  # running from a source tree
     __version__ = "0.0.0"
 
-__all__ = ["CtMap", "open_map", "errors", "__version__",
+__all__ = ["CtMap", "open_map", "scan_map", "errors", "__version__",
            # analysis (ctscope.analysis): live pins, snapshot files, directories/globs of snapshots
            "read", "scan", "open_source", "stats", "expired", "with_expiry", "Timeouts", "top", "diff", "metrics",
            "report", "query",

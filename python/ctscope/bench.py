@@ -4,7 +4,6 @@ same run on the same map (machines are shared and noisy; only ratios travel)."""
 from __future__ import annotations
 
 import json
-import re
 import shutil
 import subprocess
 import sys
@@ -20,7 +19,8 @@ C_FLOOR_SRC = Path(__file__).with_name("raw_floor.c")
 @contextmanager
 def map_to_measure(pin: str | None, entries: int) -> Iterator[str]:
     """`pin` itself, or (without one) a synthetic Calico v4 CT map of `entries` entries
-    pinned in a private bpffs for the duration of the block."""
+    (`synth --profile node`: README "Performance") pinned in a private bpffs for the
+    duration of the block."""
     if pin:
         yield pin
         return
@@ -30,7 +30,7 @@ def map_to_measure(pin: str | None, entries: int) -> Iterator[str]:
     with private_bpffs() as fs:
         path = fs / "tc" / "globals" / "cali_v4_ct4"
         t = time.perf_counter()
-        synth(str(path), entries)
+        synth(str(path), entries, profile="node")
         print(f"synthesised {entries:,} entries in {time.perf_counter() - t:.1f} s", file=sys.stderr)
         yield str(path)
 
@@ -43,10 +43,6 @@ def build_c_floor(workdir: Path) -> Path | None:
     exe = workdir / "raw_floor"
     r = subprocess.run([cc, "-O2", "-o", str(exe), str(C_FLOOR_SRC)], capture_output=True, text=True)
     return exe if r.returncode == 0 else None
-
-
-def _best(fn, repeat: int) -> float:
-    return min(fn() for _ in range(repeat))
 
 
 def arrow_nbytes(m) -> int:
@@ -93,105 +89,147 @@ def _timed_cli(args: list[str]) -> tuple[float, float]:
     return secs, float(p.stderr.strip().splitlines()[-1].split()[1])
 
 
-_POLARS_CHILD = r"""
-import json, sys, time, ctscope
+# Library calls, each in a fresh process (cold: the process has faulted in nothing yet).
+# Prints the call's own seconds (interpreter start and imports excluded), the rows it gave
+# and the peak RSS it added.
+_LIB_CHILD = r"""
+import json, sys, time
+import polars as pl, ctscope
 from ctscope.bench import _hwm_mb, arrow_nbytes
-m = ctscope.open_map(sys.argv[1])
+pin, what = sys.argv[1], sys.argv[2]
+m = ctscope.open_map(pin)
+calls = {
+    "to_polars": lambda: m.to_polars(),
+    "to_polars_t1": lambda: m.to_polars(threads=1),
+    "select_dport_proto": lambda: ctscope.scan_map(m).select("dport", "proto").collect(),
+    "select_3": lambda: ctscope.scan_map(m).select("dport", "proto", "type").collect(),
+    "where_dport_443": lambda: ctscope.scan_map(m).filter(pl.col("dport") == 443).collect(),
+    "stats": lambda: ctscope.stats(pin),
+}
+if what == "to_polars_warm":
+    m.to_polars()  # the same call once before: malloc keeps its memory, the timed one reuses it
+    what = "to_polars"
 base = _hwm_mb()
-t = time.perf_counter(); df = m.to_polars(); secs = time.perf_counter() - t
-peak = _hwm_mb() - base
-print(json.dumps({"secs": secs, "rows": df.height, "arrow_mb": arrow_nbytes(m) / 2**20, "peak_delta_mb": peak}))
+t = time.perf_counter()
+r = calls[what]()
+secs = time.perf_counter() - t
+rows = r.height if isinstance(r, pl.DataFrame) else r.get("total_entries")
+out = {"secs": secs, "rows": rows, "peak_delta_mb": _hwm_mb() - base}
+if what == "to_polars" and len(sys.argv) > 3:
+    out["arrow_mb"] = arrow_nbytes(m) / 2**20
+print(json.dumps(out))
 """
 
+# (label, kind, what): kind lib = a library call's own time in a fresh process; cli = a whole
+# command, process start to exit; warm = measured after the same call in the same process.
+ROWS = [
+    ("open_map().to_polars()", "lib", "to_polars"),
+    ("to_polars(threads=1)", "lib", "to_polars_t1"),
+    ("to_polars() [warm]", "warm", "to_polars_warm"),
+    ('scan_map().select("dport", "proto")', "lib", "select_dport_proto"),
+    ('scan_map().filter(dport == 443) [~1 %]', "lib", "where_dport_443"),
+    ("ctscope.stats(pin) (work, no interpreter start)", "lib", "stats"),
+    ("$ ctscope dump -o X.parquet", "cli", "dump_parquet"),
+    ("$ ctscope stats", "cli", "stats"),
+    ("$ ctscope top --by dport", "cli", "top"),
+    ("$ ctscope expired", "cli", "expired"),
+    ('$ ctscope dump --where "dport = 443"', "cli", "dump_where"),
+]
 
-def run(pin: str, repeat: int = 3, bpftool: bool = True, threads: tuple[int, ...] = (1, 2, 4)) -> dict:
+
+def _cli_args(what: str, pin: str, tmpd: Path) -> list[str]:
+    return {
+        "dump_parquet": ["dump", pin, "-o", str(tmpd / "dump.parquet")],
+        "stats": ["stats", pin],
+        "top": ["top", pin, "--by", "dport"],
+        "expired": ["expired", pin],
+        "dump_where": ["dump", pin, "--where", "dport = 443"],
+    }[what]
+
+
+def _lib_once(pin: str, what: str, extra: tuple[str, ...] = ()) -> dict:
+    p = subprocess.run([sys.executable, "-c", _LIB_CHILD, pin, what, *extra], capture_output=True, text=True)
+    if p.returncode != 0:
+        raise RuntimeError(f"{what} failed: {p.stderr.strip()[-400:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def run(pin: str, repeat: int = 5, bpftool: bool = True, threads: tuple[int, ...] = ()) -> dict:  # noqa: ARG001
+    """Every row `repeat` times, round-robin with the C floor (a noisy neighbour slows all
+    rows alike); each run in a fresh process; median and best of each, and each as a ratio
+    to the median / best C floor of the same run."""
+    from statistics import median
+
     from ctscope import open_map
     from ctscope._native import raw_read
 
     m = open_map(pin)
-    out: dict = {"pin": pin, "max_entries": m.info.max_entries, "layout": m.info.layout, "repeat": repeat}
+    out: dict = {"pin": pin, "max_entries": m.info.max_entries, "layout": m.info.layout, "repeat": repeat,
+                 "rows": {}}
     entries, _ = raw_read(pin, 4096, "batch")
     out["entries"] = entries
     with tempfile.TemporaryDirectory(prefix="ctscope-bench-") as tmp:
         tmpd = Path(tmp)
         exe = build_c_floor(tmpd)
-        if exe:
-            def c_floor() -> float:
-                r = subprocess.run([str(exe), pin, "4096"], capture_output=True, text=True, check=True)
-                return float(r.stdout.split()[1])
-            out["a_c_floor_s"] = _best(c_floor, repeat)
-        out["a_rust_floor_s"] = _best(lambda: raw_read(pin, 4096, "batch")[1], repeat)
-        floor = out.get("a_c_floor_s", out["a_rust_floor_s"])
-        out["floor"] = "c" if "a_c_floor_s" in out else "rust"
-
-        def polars_once() -> float:
-            t = time.perf_counter()
-            m.to_polars()
-            return time.perf_counter() - t
-        # The process's first call is measured apart: its result's ~300 MiB come fresh from
-        # the kernel (page faults), while later calls reuse memory malloc kept. The best-of
-        # rows below are all warm, so that the thread counts compare like with like.
-        out["b0_first_call_s"] = polars_once()
-        out["b_to_polars_s"] = _best(polars_once, repeat)
-        for t in threads:
-            out[f"b{t}_to_polars_threads{t}_s"] = _best(lambda: _time(lambda: m.to_polars(threads=t)), repeat)
-        child = subprocess.run([sys.executable, "-c", _POLARS_CHILD, pin], capture_output=True, text=True, check=True)
-        mem = json.loads(child.stdout)
-        out["b_arrow_mb"] = round(mem["arrow_mb"], 1)
-        out["b_peak_delta_mb"] = round(mem["peak_delta_mb"], 1)
-        out["b_mem_ratio"] = round(mem["peak_delta_mb"] / mem["arrow_mb"], 2) if mem["arrow_mb"] else None
-
-        pq = tmpd / "dump.parquet"
-        cli = ["dump", pin, "--format", "parquet", "-o", str(pq)]
-        secs = []
-        rss = 0.0
+        times: dict[str, list[float]] = {"floor": []}
+        peaks: dict[str, list[float]] = {}
         for _ in range(repeat):
-            s, r = _timed_cli(cli)
-            secs.append(s)
-            rss = max(rss, r)
-        out["c_dump_parquet_s"] = min(secs)
-        out["c_peak_rss_mb"] = round(rss, 1)
-        out["c_parquet_mb"] = round(pq.stat().st_size / 2**20, 1)
-
+            if exe:
+                r = subprocess.run([str(exe), pin, "4096"], capture_output=True, text=True, check=True)
+                times["floor"].append(float(r.stdout.split()[1]))
+            else:
+                times["floor"].append(raw_read(pin, 4096, "batch")[1])
+            for label, kind, what in ROWS:
+                if kind == "cli":
+                    secs, rss = _timed_cli(_cli_args(what, pin, tmpd))
+                else:
+                    res = _lib_once(pin, what)
+                    secs, rss = res["secs"], res["peak_delta_mb"]
+                times.setdefault(label, []).append(secs)
+                peaks.setdefault(label, []).append(rss)
+        out["floor"] = "c" if exe else "rust"
+        fmed, fbest = median(times["floor"]), min(times["floor"])
+        out["floor_median_s"], out["floor_best_s"] = fmed, fbest
+        for label, kind, _what in ROWS:
+            t = times[label]
+            out["rows"][label] = {
+                "kind": kind, "median_s": median(t), "best_s": min(t),
+                "median_x_floor": round(median(t) / fmed, 3), "best_x_floor": round(min(t) / fbest, 3),
+                # lib rows: peak RSS the call added; cli rows: the whole process's peak RSS
+                "peak_mb": round(max(peaks[label]), 1),
+            }
+        full = _lib_once(pin, "to_polars", ("arrow",))
+        three = _lib_once(pin, "select_3")
+        out["arrow_mb"] = round(full["arrow_mb"], 1)
+        out["to_polars_peak_mb"] = round(full["peak_delta_mb"], 1)
+        out["select_3_peak_mb"] = round(three["peak_delta_mb"], 1)
+        out["select_3_peak_ratio"] = round(three["peak_delta_mb"] / full["peak_delta_mb"], 3)
+        out["parquet_mb"] = round((tmpd / "dump.parquet").stat().st_size / 2**20, 1)
         if bpftool and shutil.which("bpftool"):
             t = time.perf_counter()
             with open(tmpd / "bpftool.json", "wb") as f:
                 subprocess.run(["bpftool", "-j", "map", "dump", "pinned", pin], stdout=f, check=True)
-            out["d_bpftool_json_s"] = time.perf_counter() - t
-
-    n = entries or 1
-    for key in [k for k in list(out) if k.endswith("_s")]:
-        out[key[:-2] + "_x_floor"] = round(out[key] / floor, 3)
-        out[key[:-2] + "_entries_per_s"] = round(n / out[key]) if out[key] else None
-    if "d_bpftool_json_s" in out:
-        out["d_over_b"] = round(out["d_bpftool_json_s"] / out["b_to_polars_s"], 1)
+            secs = time.perf_counter() - t
+            out["bpftool_s"] = secs
+            out["bpftool_x_floor"] = round(secs / fmed, 2)
     return out
 
 
-def _time(fn) -> float:
-    t = time.perf_counter()
-    fn()
-    return time.perf_counter() - t
-
-
 def format_report(r: dict) -> str:
-    floor = r.get("a_c_floor_s", r["a_rust_floor_s"])
-    lines = [f"ctscope bench: {r['entries']:,} entries in {r['pin']} (layout {r['layout']}), best of {r['repeat']}",
-             f"  floor ({r['floor']} BPF_MAP_LOOKUP_BATCH loop, no decoding): {floor:.3f} s  "
-             f"({r['entries'] / floor / 1e6:.2f} M entries/s)"]
-    rows = [("a  rust raw batch loop", "a_rust_floor_s"), ("b  to_polars(), first call (cold)", "b0_first_call_s"),
-            ("b  open_map().to_polars()", "b_to_polars_s")]
-    rows += [(f"b  to_polars(threads={m[1]})", m[0]) for k in r if (m := re.fullmatch(r"b\d+_to_polars_threads(\d+)_s", k))]
-    rows += [("c  ctscope dump --format parquet", "c_dump_parquet_s"), ("d  bpftool -j map dump", "d_bpftool_json_s")]
-    for label, key in rows:
-        if key in r:
-            lines.append(f"  {label:34s} {r[key]:8.3f} s  {r[key] / floor:7.2f} x floor  "
-                         f"{r['entries'] / r[key] / 1e6:6.2f} M/s")
-    lines.append(f"  to_polars memory: peak +{r['b_peak_delta_mb']} MiB for {r['b_arrow_mb']} MiB of Arrow "
-                 f"({r['b_mem_ratio']} x)")
-    lines.append(f"  dump parquet: peak RSS {r['c_peak_rss_mb']} MiB (whole process), file {r['c_parquet_mb']} MiB")
-    if "d_over_b" in r:
-        lines.append(f"  bpftool / to_polars: {r['d_over_b']} x")
+    lines = [f"ctscope bench: {r['entries']:,} entries in {r['pin']} (layout {r['layout']}); every figure from a "
+             f"fresh process unless [warm]; median and best of {r['repeat']}",
+             f"  floor ({r['floor']} BPF_MAP_LOOKUP_BATCH loop, one thread, no decoding): median "
+             f"{r['floor_median_s']:.3f} s, best {r['floor_best_s']:.3f} s",
+             f"  {'':48s} {'median':>8s} {'best':>8s}  {'× floor (med/best)':>18s}  peak MiB"]
+    for label, row in r["rows"].items():
+        lines.append(f"  {label:48s} {row['median_s']:8.3f} {row['best_s']:8.3f}  "
+                     f"{row['median_x_floor']:8.2f} / {row['best_x_floor']:<7.2f}  {row['peak_mb']:8.1f}")
+    lines.append(f"  memory: to_polars() +{r['to_polars_peak_mb']} MiB peak for {r['arrow_mb']} MiB of Arrow; "
+                 f"3-column projection +{r['select_3_peak_mb']} MiB ({r['select_3_peak_ratio']} x)")
+    lines.append(f"  (lib rows: peak RSS the call added; $ rows: the whole process's peak RSS); parquet file "
+                 f"{r['parquet_mb']} MiB")
+    if "bpftool_s" in r:
+        lines.append(f"  bpftool -j map dump (one run): {r['bpftool_s']:.2f} s = {r['bpftool_x_floor']} x floor")
     return "\n".join(lines)
 
 

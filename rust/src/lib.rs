@@ -22,6 +22,7 @@ pub mod object;
 pub mod parallel;
 pub mod prog_refs;
 pub mod python;
+pub mod pushdown;
 pub mod python_repair;
 pub mod python_act;
 pub mod stream;

@@ -173,7 +173,9 @@ impl NativeMap {
     /// Start a dump. `layout`: auto|v2|v3-created|v3|v4|raw; `method`: auto|batch|next_key.
     /// `threads`: bucket-range workers for the batch method (default: available cores, or 1
     /// for maps too small for the split to pay).
-    #[pyo3(signature = (layout="auto", method="auto", batch_size=None, now_ns=None, limit=None, threads=None))]
+    /// `columns`: decode only these (CT layouts); `predicate`: a pushdown IR
+    /// (`ctscope.pushdown`) whose rejected rows are not decoded, `limit` counting kept rows.
+    #[pyo3(signature = (layout="auto", method="auto", batch_size=None, now_ns=None, limit=None, threads=None, columns=None, predicate=None))]
     #[allow(clippy::too_many_arguments)]
     fn dump(
         &self,
@@ -184,7 +186,11 @@ impl NativeMap {
         now_ns: Option<u64>,
         limit: Option<u64>,
         threads: Option<usize>,
+        columns: Option<Vec<String>>,
+        predicate: Option<Bound<'_, PyAny>>,
     ) -> PyResult<Dump> {
+        let columns = columns.map(|c| crate::decode::Columns::named(&c).map_err(CtError::BadArgument)).transpose()?;
+        let predicate = predicate.map(|p| crate::pushdown::Pred::from_py(&p).map(Arc::new)).transpose()?;
         let layout = Layout::parse(layout)?;
         let method = Method::parse(method)?;
         if batch_size == Some(0) {
@@ -199,10 +205,20 @@ impl NativeMap {
         }
         let threads = threads.unwrap_or_else(|| crate::parallel::auto_threads(inner.params.max_entries));
         let opts =
-            DumpOptions { layout, method, batch: batch_size.unwrap_or(iter::DEFAULT_BATCH), now_ns: now, limit, threads };
+            DumpOptions {
+            layout,
+            method,
+            batch: batch_size.unwrap_or(iter::DEFAULT_BATCH),
+            now_ns: now,
+            limit,
+            threads,
+            columns,
+            predicate,
+        };
         let path = inner.path.to_string_lossy().into_owned();
         let stream = detached(py, "dump", || DumpStream::start(inner.fd.clone(), &inner.params, &path, opts))?;
         Ok(Dump {
+            schema: stream.schema(),
             layout: stream.layout.name().to_string(),
             layout_reason: stream.layout_reason.clone(),
             status: stream.status.clone(),
@@ -224,6 +240,7 @@ impl NativeMap {
 #[pyclass(module = "ctscope._native")]
 pub struct Dump {
     stream: Mutex<Option<DumpStream>>,
+    schema: arrow_schema::SchemaRef,
     status: Arc<Mutex<ReaderStatus>>,
     #[pyo3(get)]
     layout: String,
@@ -298,8 +315,7 @@ impl Dump {
 
     /// The Arrow schema of the batches, as a schema capsule (`__arrow_c_schema__`).
     fn __arrow_c_schema__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyCapsule>> {
-        let schema = if self.layout == "raw" { crate::decode::raw_schema() } else { crate::decode::ct_schema() };
-        let ffi = arrow_schema::ffi::FFI_ArrowSchema::try_from(schema.as_ref())
+        let ffi = arrow_schema::ffi::FFI_ArrowSchema::try_from(self.schema.as_ref())
             .map_err(|e| CtscopeError::new_err(e.to_string()))?;
         PyCapsule::new_with_value(py, ffi, c"arrow_schema")
     }
@@ -339,7 +355,8 @@ impl Batch {
 
 /// Create, fill and pin a synthetic Calico CT map. Returns a dict describing it.
 #[pyfunction]
-#[pyo3(signature = (pin, entries, max_entries, layout="v4", ipv6=false, seed=0, now_ns=None))]
+#[pyo3(signature = (pin, entries, max_entries, layout="v4", ipv6=false, seed=0, now_ns=None, profile="classic"))]
+#[allow(clippy::too_many_arguments)]
 fn synth_map<'py>(
     py: Python<'py>,
     pin: PathBuf,
@@ -349,6 +366,7 @@ fn synth_map<'py>(
     ipv6: bool,
     seed: u64,
     now_ns: Option<u64>,
+    profile: &str,
 ) -> PyResult<Bound<'py, PyDict>> {
     let layout = Layout::parse(layout)?.unwrap_or(Layout::V4);
     let family = if ipv6 { Family::V6 } else { Family::V4 };
@@ -359,6 +377,7 @@ fn synth_map<'py>(
         family,
         seed,
         now_ns: now_ns.unwrap_or_else(sys::monotonic_ns),
+        profile: synth::Profile::parse(profile)?,
     };
     let rep = detached(py, "synth_map", || synth::create_and_fill(&pin, &spec))?;
     let d = PyDict::new(py);
@@ -415,6 +434,12 @@ fn ct_required_columns() -> Vec<String> {
     crate::decode::ct_schema().fields().iter().filter(|f| !f.is_nullable()).map(|f| f.name().clone()).collect()
 }
 
+/// The public CT schema's column names, in order.
+#[pyfunction]
+fn ct_columns() -> Vec<String> {
+    crate::decode::ct_schema().fields().iter().map(|f| f.name().clone()).collect()
+}
+
 /// libbpf's six map fields (facts §7), under the same keys wherever a dict describes a map:
 /// a pin's info, a backup's source map, an object's map definition.
 pub(crate) fn set_map_fields(
@@ -455,6 +480,7 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(realtime_ns, m)?)?;
     m.add_function(wrap_pyfunction!(flag_labels, m)?)?;
     m.add_function(wrap_pyfunction!(ct_required_columns, m)?)?;
+    m.add_function(wrap_pyfunction!(ct_columns, m)?)?;
     crate::python_repair::register(m)?;
     crate::python_act::register(m)?;
     Ok(())

@@ -16,6 +16,7 @@ use crate::error::CtError;
 use crate::iter::{MapReader, Method};
 use crate::layout::{self, Family, Layout};
 use crate::map::{MapParams, PinnedMap};
+use crate::python::detached;
 use crate::python_repair::{LiveMap, Snapshot};
 
 /// Decoded rows (one record batch), importable by polars: `pl.DataFrame(rows)`.
@@ -111,7 +112,7 @@ fn build_key<'py>(py: Python<'py>, family: u8, proto: u32, src: &[u8], sport: u1
 #[pyfunction]
 #[pyo3(signature = (path, keys, layout="auto", now_ns=None))]
 fn lookup_keys<'py>(py: Python<'py>, path: PathBuf, keys: Vec<(Vec<u8>, String)>, layout: &str, now_ns: Option<u64>) -> PyResult<(Rows, String, Vec<String>, Bound<'py, PyDict>)> {
-    let (rows, lay, hows, params) = py.detach(|| {
+    let (rows, lay, hows, params) = detached(py, "lookup", || {
         let m = PinnedMap::open(&path, false)?;
         m.require_hash()?;
         let p: &MapParams = &m.params;
@@ -147,7 +148,7 @@ fn lookup_keys<'py>(py: Python<'py>, path: PathBuf, keys: Vec<(Vec<u8>, String)>
 fn snapshot_rows(py: Python<'_>, snap: &Snapshot, layout: &str, now_ns: Option<u64>) -> PyResult<(Rows, String)> {
     let s = &snap.source;
     let e = snap.entries.clone();
-    let (rows, lay) = py.detach(|| {
+    let (rows, lay) = detached(py, "snapshot_rows", || {
         let det = layout::detect(&s.name, &s.pin, s.map_type, s.key_size, s.value_size);
         let n = e.count.min(4096);
         let (lay, fam) = resolve_layout(layout, det.version, det.family, s.key_size, s.value_size, || Ok(e.values[..n * e.value_size].to_vec()))?;
@@ -161,7 +162,7 @@ fn snapshot_rows(py: Python<'_>, snap: &Snapshot, layout: &str, now_ns: Option<u
 #[pyfunction]
 fn snapshot_take(py: Python<'_>, snap: &Snapshot, indices: Vec<u64>) -> PyResult<Snapshot> {
     let e = snap.entries.clone();
-    let out = py.detach(|| {
+    let out = detached(py, "snapshot_take", || {
         let mut out = Entries::new(e.key_size, e.value_size);
         for &i in &indices {
             let i = usize::try_from(i).ok().filter(|&i| i < e.count).ok_or_else(|| CtError::BadArgument(format!("index {i} out of range")))?;
@@ -174,16 +175,16 @@ fn snapshot_take(py: Python<'_>, snap: &Snapshot, indices: Vec<u64>) -> PyResult
 
 /// Indices of the other sides of the NAT pairs `selected` touches (see act::nat_partners).
 #[pyfunction]
-fn nat_partners(py: Python<'_>, snap: &Snapshot, selected: Vec<u64>) -> Vec<u64> {
+fn nat_partners(py: Python<'_>, snap: &Snapshot, selected: Vec<u64>) -> PyResult<Vec<u64>> {
     let e = snap.entries.clone();
-    py.detach(|| act::nat_partners(&e, &selected))
+    Ok(detached(py, "nat_partners", || Ok(act::nat_partners(&e, &selected)))?)
 }
 
 /// Indices of the entries whose key is one of `keys`.
 #[pyfunction]
-fn find_keys(py: Python<'_>, snap: &Snapshot, keys: Vec<Vec<u8>>) -> Vec<u64> {
+fn find_keys(py: Python<'_>, snap: &Snapshot, keys: Vec<Vec<u8>>) -> PyResult<Vec<u64>> {
     let e = snap.entries.clone();
-    py.detach(|| act::find_keys(&e, &keys))
+    Ok(detached(py, "find_keys", || Ok(act::find_keys(&e, &keys)))?)
 }
 
 /// Remove `cand`'s entries from the map by Felix's rule (act::remove_if_unchanged).
@@ -197,7 +198,7 @@ fn remove_entries<'py>(py: Python<'py>, live: &LiveMap, cand: &Snapshot, ct: boo
     let e = cand.entries.clone();
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
     let opt = act::RemoveOptions { ct, crash_after, force_fallback, threads: threads.unwrap_or(cores) };
-    let r = py.detach(|| act::remove_if_unchanged(live.inner.fd(), &e, opt))?;
+    let r = detached(py, "remove_entries", || act::remove_if_unchanged(live.inner.fd(), &e, opt))?;
     let d = PyDict::new(py);
     d.set_item("deleted", r.deleted.count)?;
     d.set_item("refreshed", r.refreshed)?;
@@ -218,7 +219,7 @@ fn insert_new(py: Python<'_>, live: &LiveMap, snap: &Snapshot) -> PyResult<(u64,
         return Err(CtError::BadArgument("map was opened read-only".into()).into());
     }
     let e = snap.entries.clone();
-    Ok(py.detach(|| act::insert_new(live.inner.fd(), &e))?)
+    Ok(detached(py, "insert_new", || act::insert_new(live.inner.fd(), &e))?)
 }
 
 /// CT version and family (4/6) that the core detects for a map's name, type and sizes.
@@ -232,7 +233,7 @@ fn detect_ct(name: &str, pin: &str, map_type: u32, key_size: u32, value_size: u3
 #[pyfunction]
 fn raw_delete_batch(py: Python<'_>, live: &LiveMap, snap: &Snapshot) -> PyResult<f64> {
     let e = snap.entries.clone();
-    Ok(py.detach(|| {
+    Ok(detached(py, "raw_delete_batch", || {
         let t = std::time::Instant::now();
         act::delete_batch_all(live.inner.fd(), &e)?;
         Ok::<_, CtError>(t.elapsed().as_secs_f64())

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use arrow_array::{RecordBatch, RecordBatchReader};
 use arrow_schema::{ArrowError, SchemaRef};
 
-use crate::decode::{self, CtDecoder};
+use crate::decode::{self, Columns, CtDecoder};
+use crate::pushdown::Pred;
 use crate::error::{CtError, Result};
 use crate::iter::{Chunk, MapReader, Method, ReadStats};
 use crate::layout::{self, Layout};
@@ -27,14 +28,22 @@ pub struct ReaderStatus {
 
 #[derive(Clone)]
 enum Decoder {
-    Ct(CtDecoder),
+    /// With the pushed-down predicate, if any: rows it rejects are never decoded.
+    Ct(CtDecoder, Option<Arc<Pred>>),
     Raw { ks: usize, vs: usize },
 }
 
 impl Decoder {
+    /// The first `n` entries of `c`; with a predicate, the entries of all `c` it keeps.
     fn decode(&self, c: &Chunk, n: usize) -> Result<RecordBatch> {
         match self {
-            Decoder::Ct(d) => d.decode(&c.keys, &c.values, n),
+            Decoder::Ct(d, Some(p)) => {
+                match p.select(d, c) {
+                    Some(kept) => d.decode(&kept.keys, &kept.values, kept.count),
+                    None => d.decode(&c.keys, &c.values, c.count),
+                }
+            }
+            Decoder::Ct(d, None) => d.decode(&c.keys, &c.values, n),
             Decoder::Raw { ks, vs } => decode::decode_raw(&c.keys, &c.values, n, *ks, *vs),
         }
         .map_err(|e| CtError::Os { op: "building Arrow batch".into(), err: std::io::Error::other(e.to_string()) })
@@ -66,6 +75,10 @@ pub struct DumpOptions {
     pub limit: Option<u64>,
     /// Bucket-range workers for the batch method (1 = one reader thread + the consumer).
     pub threads: usize,
+    /// Only these columns (CT layouts; None = all).
+    pub columns: Option<Columns>,
+    /// Rows this rejects are not decoded (CT layouts). `limit` counts the rows it keeps.
+    pub predicate: Option<Arc<Pred>>,
 }
 
 impl DumpStream {
@@ -110,11 +123,12 @@ impl DumpStream {
         } else {
             let fam = layout::check_fits(layout, p.family, p.key_size, p.value_size)
                 .map_err(|e| CtError::NotCtMap(format!("{path_name}: {e}")))?;
-            Decoder::Ct(CtDecoder::new(layout, fam, opt.now_ns).expect("checked by check_fits"))
+            let d = CtDecoder::new(layout, fam, opt.now_ns).expect("checked by check_fits");
+            Decoder::Ct(opt.columns.map_or(d.clone(), |c| d.with_columns(c)), opt.predicate.clone())
         };
-        let schema = match layout {
-            Layout::Raw => decode::raw_schema(),
-            _ => decode::ct_schema(),
+        let schema = match &decoder {
+            Decoder::Raw { .. } => decode::raw_schema(),
+            Decoder::Ct(d, _) => d.schema(),
         };
         let method = if batch_ok { Method::Batch } else { Method::NextKey };
         let status = Arc::new(Mutex::new(ReaderStatus { method, stats: ReadStats::default(), finished: false }));
@@ -136,6 +150,12 @@ impl DumpStream {
             return Ok(None); // every reader finished and hung up
         };
         let batch = match msg? {
+            Payload::Raw(chunk) if matches!(self.decoder, Decoder::Ct(_, Some(_))) => {
+                // Only the decoder knows how many rows the predicate keeps.
+                let b = self.decoder.decode(&chunk, chunk.count)?;
+                let n = self.take_rows(b.num_rows());
+                if n < b.num_rows() { b.slice(0, n) } else { b }
+            }
             Payload::Raw(chunk) => {
                 let n = self.take_rows(chunk.count);
                 self.decoder.decode(&chunk, n)?

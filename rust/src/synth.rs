@@ -123,6 +123,29 @@ pub struct SynthSpec {
     pub family: Family,
     pub seed: u64,
     pub now_ns: u64,
+    pub profile: Profile,
+}
+
+/// What the entries look like.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Profile {
+    /// Few clients with many ports each, short addresses (10.244.x.y), dport 443 on ~10 %.
+    Classic,
+    /// A busy node's map (README "Performance"): 20,000 client pods and 20,000 backend pods
+    /// in 10.100.0.0/14, 2,000 services in 172.20.0.0/16, outside peers: addresses of 10–15
+    /// characters; ephemeral source ports; a dozen service ports, 443 on ~1 % of entries;
+    /// ~20 % of entries NAT (fwd + rev pairs, rev with the service's orig IP and port).
+    Node,
+}
+
+impl Profile {
+    pub fn parse(s: &str) -> Result<Self> {
+        match s {
+            "classic" => Ok(Profile::Classic),
+            "node" => Ok(Profile::Node),
+            o => Err(CtError::BadArgument(format!("unknown synth profile {o:?}: expected classic or node"))),
+        }
+    }
 }
 
 /// Result of writing a synthetic map.
@@ -149,7 +172,20 @@ pub fn generate(spec: &SynthSpec) -> Result<(Vec<u8>, Vec<u8>, usize)> {
     let v6fam = spec.family == Family::V6;
     // Clients: pod p uses source ports 32768.. so (pod, sport) never repeats.
     const PORTS: u64 = 28000;
+    let node = spec.profile == Profile::Node;
+    // Node profile: client c = i mod CLIENTS, its source port a permutation of i / CLIENTS,
+    // so (client, sport) never repeats for up to CLIENTS × 28,000 entries.
+    const CLIENTS: u64 = 20_000;
+    // A bijection of 18-bit numbers (odd multiplier): distinct indices, distinct addresses.
+    let scatter = |x: u64, salt: u64| -> u32 { ((x * 0x9e37 + salt * 0x1_2345) & 0x3_ffff) as u32 };
+    let pod_addr = |h: u32| -> [u8; 16] {
+        // 10.100.0.0/14: "10.100.0.1" to "10.103.255.254" (10–14 characters)
+        if v6fam { v6(0x10, 0x64 + (h >> 16) as u16, h & 0xffff) } else { v4(10, 100 + ((h >> 16) as u8 & 3), (h >> 8) as u8, h as u8) }
+    };
     let pod = |i: u64| -> [u8; 16] {
+        if node {
+            return pod_addr(scatter(i % CLIENTS, 1));
+        }
         let p = (i / PORTS) as u32 + 1;
         if v6fam { v6(0x10, 0x244, p) } else { v4(10, 244, (p >> 8) as u8, p as u8) }
     };
@@ -157,10 +193,19 @@ pub fn generate(spec: &SynthSpec) -> Result<(Vec<u8>, Vec<u8>, usize)> {
     let mut i = 0u64;
     while count < n {
         let src = pod(i);
-        let sport = 32768 + (i % PORTS) as u16;
+        let sport = if node {
+            32768 + ((i / CLIENTS) * 7919 % PORTS) as u16
+        } else {
+            32768 + (i % PORTS) as u16
+        };
         i += 1;
         let r = rng.below(1000);
         let (proto, dport): (u32, u16) = match r {
+            0..=599 if node => (6, match rng.below(600) {
+                0..=9 => 443, // ~1 % of entries
+                p => [80, 8080, 5432, 6379, 9090, 3000, 8443, 9200, 27017, 11211][(p % 10) as usize],
+            }),
+            600..=899 if node => (17, [53, 123, 8125, 4789, 5353][rng.below(5) as usize]),
             0..=599 => (6, [80, 443, 5432, 6379, 8080, 9090][rng.below(6) as usize]),
             600..=899 => (17, [53, 123, 8125, 4789][rng.below(4) as usize]),
             900..=969 => (if v6fam { 58 } else { 1 }, 0),
@@ -177,7 +222,9 @@ pub fn generate(spec: &SynthSpec) -> Result<(Vec<u8>, Vec<u8>, usize)> {
         } else {
             src
         };
-        let backend = {
+        let backend = if node {
+            pod_addr(scatter(rng.below(CLIENTS), 2))
+        } else {
             let h = rng.below(4000) as u32;
             if v6fam { v6(0x12, 0x245, h) } else { v4(10, 245, (h >> 8) as u8, h as u8) }
         };
@@ -224,13 +271,19 @@ pub fn generate(spec: &SynthSpec) -> Result<(Vec<u8>, Vec<u8>, usize)> {
             }
         }
         let ts0 = if spec.layout.has_created() { created } else { rst_seen };
-        let nat = proto != 1 && proto != 58 && sport != 0 && rng.chance(0.2) && count + 2 <= n;
+        // Node: pairs on ~11 % of connections make ~20 % of entries NAT.
+        let nat_p = if node { 0.11 } else { 0.2 };
+        let nat = proto != 1 && proto != 58 && sport != 0 && rng.chance(nat_p) && count + 2 <= n;
         let mut flags = 0u32;
         if rng.chance(0.05) {
             flags |= 0x08; // skip-fib
         }
         if nat {
-            let vip = {
+            let vip = if node {
+                // 2,000 services in 172.20.0.0/16
+                let s = scatter(rng.below(2000), 3) & 0xffff;
+                if v6fam { v6(0x96, 0, s) } else { v4(172, 20, (s >> 8) as u8, s as u8) }
+            } else {
                 let s = rng.below(200) as u32;
                 if v6fam { v6(0x96, 0, s) } else { v4(10, 96, 0, s as u8) }
             };
@@ -262,7 +315,11 @@ pub fn generate(spec: &SynthSpec) -> Result<(Vec<u8>, Vec<u8>, usize)> {
             vals.extend_from_slice(&rv);
             count += 2;
         } else {
-            let dst = if rng.chance(0.15) {
+            let dst = if node && rng.chance(0.15) {
+                // Outside peers: 52.x.y.z and 203.x.y.z (up to 15 characters)
+                let h = rng.next() as u32;
+                if v6fam { v6(0x20, 0x1db8, h) } else { v4([52, 203][(h >> 31) as usize], (h >> 16) as u8, (h >> 8) as u8, h as u8) }
+            } else if rng.chance(0.15) {
                 // To the outside world.
                 if v6fam { v6(0x20, 0x1db8, rng.below(1 << 20) as u32) } else { v4(203, 0, 113, rng.below(256) as u8) }
             } else {

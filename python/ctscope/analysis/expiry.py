@@ -50,6 +50,11 @@ REV_KEY = ["rev_proto", "rev_addr_a", "rev_port_a", "rev_addr_b", "rev_port_b"]
 JUDGED = ["last_seen_ns", "flags", "rst_seen_ns", "a2b_syn", "a2b_ack", "a2b_fin", "a2b_rst",
           "b2a_syn", "b2a_ack", "b2a_fin", "b2a_rst"]
 _R = "_rev_"
+# A live pin can give the keys as exact u64 words instead of address texts (the internal
+# `_kw*`/`_rkw*` columns of rust/src/decode.rs): open_source(columns=[..., KEY_WORDS]).
+KEY_WORDS = "_key_words"
+# The columns judging reads (a live source decodes only what its command needs).
+EXPIRY_COLUMNS = ["type", "created_ns", "proto", *JUDGED, KEY_WORDS]
 
 
 # Reason codes while judging (integers are far cheaper than strings over millions of rows);
@@ -106,15 +111,22 @@ def with_expiry(frame: pl.LazyFrame | pl.DataFrame, timeouts: Timeouts | str | N
         timeouts = Timeouts.resolve(timeouts)
     lf = frame.lazy()
     schema = lf.collect_schema()
-    cols = [c for c in schema.names() if c not in ("expired", "expire_reason")]  # re-judging replaces them
+    names = schema.names()
+    # The join key: the key words when the frame has them (live pins), else the key's columns.
+    words = [c for c in names if c.startswith("_kw")]
+    by_words = bool(words) and all("_r" + w[1:] in names for w in words)
+    key, rev_key = (words, ["_r" + w[1:] for w in words]) if by_words else (KEY, REV_KEY)
+    # re-judging replaces expired/expire_reason; the key words stay internal
+    cols = [c for c in names if c not in ("expired", "expire_reason") and not c.startswith(("_kw", "_rkw"))]
     if now_ns is None:
         if "_now_ns" not in cols:
             raise ValueError("with_expiry needs now_ns (the reference monotonic time of the dump)")
         now_ns = pl.col("_now_ns")
     now = pl.lit(now_ns, pl.Int64) if isinstance(now_ns, int) else now_ns.cast(pl.Int64)
     group = [SNAP] if SNAP in cols else []
-    # Rev key columns must have the key's types for the join (hand-built frames may hold all-null columns).
-    lf = lf.with_columns(pl.col(r).cast(schema[k]) for k, r in zip(KEY, REV_KEY) if schema[r] != schema[k])
+    if not by_words:
+        # Rev key columns must have the key's types for the join (hand-built frames may hold all-null columns).
+        lf = lf.with_columns(pl.col(r).cast(schema[k]) for k, r in zip(KEY, REV_KEY) if schema[r] != schema[k])
     is_fwd = pl.col("type") == "nat_fwd"
     t = timeouts
     proto = pl.col("proto")
@@ -132,16 +144,19 @@ def with_expiry(frame: pl.LazyFrame | pl.DataFrame, timeouts: Timeouts | str | N
         pl.when(known).then(_rule_code(pl.col, proto, now, t)).otherwise(pl.lit(0, pl.UInt8)))).select(*cols, _CODE)
 
     # The rev entry of every fwd entry: keys are unique within a map (and a snapshot), so the
-    # left join never duplicates rows.
-    rev = lf.filter(~is_fwd).select(
-        *[pl.col(k).alias(r) for k, r in zip(KEY, REV_KEY)],
+    # left join never duplicates rows. Only entries some fwd entry points at are kept for the
+    # join (a semi join against the fwd entries' rev keys, a tenth of the rows or so): the
+    # join's table then holds those, not every entry's key and judged columns.
+    pointed_at = lf.filter(is_fwd).select(*[pl.col(r).alias(k) for k, r in zip(key, rev_key)], *group)
+    rev = lf.filter(~is_fwd).join(pointed_at, on=key + group, how="semi", nulls_equal=False).select(
+        *[pl.col(k).alias(r) for k, r in zip(key, rev_key)],
         *[pl.col(c) for c in group],
         *[pl.col(c).alias(_R + c) for c in [*JUDGED, "created_ns"]],
     )
     by_rev = _rule_code(lambda c: pl.col(_R + c), proto, now, t)
     fwd = (
         lf.filter(is_fwd)
-        .join(rev, on=REV_KEY + group, how="left", nulls_equal=False)
+        .join(rev, on=rev_key + group, how="left", nulls_equal=False)
         .with_columns(
             pl.when(pl.col(_R + "last_seen_ns").is_null()).then(pl.lit(NO_REV_CODE, pl.UInt8))
             .when(in_grace(lambda c: pl.col(_R + c))).then(pl.lit(0, pl.UInt8))
@@ -196,10 +211,11 @@ def judged_parts(src, *, timeouts: str | Timeouts | None = None, felix_config=No
     t = timeouts_for(src, timeouts, felix_config)
     cond = None
     for part in src.parts:
-        if whole_rows and src.files:
+        if whole_rows:
             with src.reading():
-                part = part.collect().lazy()
-        lf = with_expiry(part, t, reason_codes=reason_codes and not where)
+                lf = _judged_whole_rows(part.collect(), t, reason_codes and not where)
+        else:
+            lf = with_expiry(part, t, reason_codes=reason_codes and not where)
         if where:
             if cond is None:
                 cond = where_filter(where, lf)
@@ -210,6 +226,19 @@ def judged_parts(src, *, timeouts: str | Timeouts | None = None, felix_config=No
         if only_expired:
             lf = lf.filter(pl.col("expired"))
         yield lf
+
+
+def _judged_whole_rows(df: pl.DataFrame, t: Timeouts, reason_codes: bool) -> pl.LazyFrame:
+    """with_expiry for listings: the verdict is computed on the columns judging reads, then
+    joined back to the whole rows by position, so the other columns are not copied through
+    the rev join, and a filter on the verdict gathers only the rows it keeps."""
+    df = df.drop("expired", "expire_reason", strict=False)  # re-judging replaces them
+    judged = {"type", "created_ns", SNAP, "_now_ns", *KEY, *REV_KEY, *JUDGED}
+    narrow = [c for c in df.columns if c in judged or c.startswith(("_kw", "_rkw"))]
+    verdict = [_CODE, "expired"] if reason_codes else ["expired", "expire_reason"]
+    v = with_expiry(df.lazy().select(narrow).with_row_index("_row"), t, reason_codes=reason_codes).select(
+        "_row", *verdict)
+    return df.lazy().with_row_index("_row").join(v, on="_row", how="inner").drop("_row")
 
 
 def judged_schema(src, timeouts: Timeouts) -> pl.Schema:

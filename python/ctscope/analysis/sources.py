@@ -133,13 +133,15 @@ class Source:
 
 
 def open_source(source: str | os.PathLike[str] | None = None, *, now_ns: int | None = None, bpffs: str | None = None,
-                ipv6: bool = False, layout: str = "auto", unverified: bool = False) -> Source:
+                ipv6: bool = False, layout: str = "auto", unverified: bool = False,
+                columns: list[str] | None = None) -> Source:
     """Resolve SOURCE (see module doc). `now_ns` overrides every snapshot's reference time.
-    `unverified` accepts Arrow snapshots without ctscope's CRC (see snapshot_metadata)."""
-    from ctscope.pins import DEFAULT_BPFFS, default_ct_pin
-
-    if source is None:
-        return _live(str(default_ct_pin(bpffs or DEFAULT_BPFFS, ipv6)), now_ns, layout)
+    `unverified` accepts Arrow snapshots without ctscope's CRC (see snapshot_metadata).
+    `columns`: the public columns the caller will use; a live pin then decodes only these
+    (snapshot files are scanned lazily, so polars reads only what a query uses anyway)."""
+    pin = _live_pin(source, bpffs, ipv6)
+    if pin is not None:
+        return _live(pin, now_ns, layout, columns)
     spec = os.fspath(source)
     p = Path(spec)
     if any(ch in spec for ch in "*?["):
@@ -158,10 +160,7 @@ def open_source(source: str | os.PathLike[str] | None = None, *, now_ns: int | N
         if not p.exists():
             raise FileNotFoundError(2, "no such snapshot file", spec)
         return _files(spec, [p], None, now_ns, unverified)
-    if p.is_file() and not _on_bpffs(p):
-        raise BadArgument(f"{spec}: not a file ctscope reads; expected a pinned map on a bpffs, a snapshot file "
-                          f"({', '.join(SUFFIX_KINDS)}), or a directory or glob of snapshots")
-    return _live(spec, now_ns, layout)
+    raise AssertionError("_live_pin takes every other SOURCE")
 
 
 def _on_bpffs(p: Path) -> bool:
@@ -253,7 +252,28 @@ _RAW = ("the analysis commands need decoded CT columns, which --layout raw does 
         "use `ctscope dump --layout raw` for the bytes, or pick the map's layout (v2, v3-created, v3, v4)")
 
 
-def _live(pin: str, now_ns: int | None, layout: str) -> Source:
+def needed_columns(base: list[str] | None, where: str | None = None) -> list[str] | None:
+    """`base` plus the public columns --where names (None: every column). Names that are not
+    public columns are left for where_filter to report."""
+    if base is None:
+        return None
+    from ctscope._native import ct_columns
+    from ctscope.analysis.expiry import EXPIRY_COLUMNS
+
+    cols = list(dict.fromkeys(base))
+    if where:
+        try:
+            names = pl.sql_expr(where).meta.root_names()
+        except Exception:  # where_filter reports bad SQL with its own message
+            names = []
+        public = ct_columns()
+        cols += [n for n in names if n in public and n not in cols]
+        if any("expire" in n for n in names):  # Felix's verdict columns: judging reads these
+            cols += [n for n in EXPIRY_COLUMNS if n not in cols]
+    return cols
+
+
+def _live(pin: str, now_ns: int | None, layout: str, columns: list[str] | None = None) -> Source:
     from ctscope import export
     from ctscope._native import realtime_ns
     from ctscope.analysis.timeouts import read_sysctls
@@ -262,7 +282,14 @@ def _live(pin: str, now_ns: int | None, layout: str) -> Source:
     if layout == "raw":
         raise BadArgument(_RAW)
     m = open_map(pin, layout=layout)
-    d = m.dump(now_ns=now_ns)
+    if columns is not None:
+        from ctscope.analysis.expiry import KEY_WORDS
+
+        if KEY_WORDS in columns:  # the key's bytes as u64 words (2 for IPv4 keys, 5 for IPv6)
+            n = -(-m.info.key_size // 8)
+            columns = [c for c in columns if c != KEY_WORDS] + [f"_kw{i}" for i in range(n)] + [
+                f"_rkw{i}" for i in range(n)]
+    d = m.dump(now_ns=now_ns, columns=columns)
     df = dump_to_polars(d)
     meta = json.loads(export.snapshot_metadata(d, m.info, df.height, realtime_ns())[META_KEY])
     meta.setdefault("nf_conntrack_sysctls", read_sysctls())
@@ -355,8 +382,32 @@ def _one_line(e: BaseException) -> str:
 # ------------------------------------------------------------------------------------------ public API
 def scan(source: str | os.PathLike[str] | None = None, **kw) -> pl.LazyFrame:
     """A LazyFrame of SOURCE's entries (public schema; many snapshots add `snapshot`, `node`
-    and partition columns). Live pins are dumped once, when this is called."""
-    return open_source(source, **kw).scan()
+    and partition columns). A live pin is `ctscope.scan_map`: read at each collect, decoding
+    only the columns and rows the query needs."""
+    pin = _live_pin(source, kw.get("bpffs"), kw.get("ipv6", False))
+    if pin is None:
+        return open_source(source, **kw).scan()
+    from ctscope.ctmap import scan_map
+
+    if kw.get("layout") == "raw":
+        raise BadArgument(_RAW)
+    return scan_map(pin, layout=kw.get("layout") or "auto", now_ns=kw.get("now_ns"))
+
+
+def _live_pin(source, bpffs: str | None, ipv6: bool) -> str | None:
+    """The pin SOURCE names when it is a live map (open_source's rule), else None."""
+    if source is None:
+        from ctscope.pins import DEFAULT_BPFFS, default_ct_pin
+
+        return str(default_ct_pin(bpffs or DEFAULT_BPFFS, ipv6))
+    spec = os.fspath(source)
+    p = Path(spec)
+    if any(ch in spec for ch in "*?[") or p.is_dir() or p.suffix.lower() in SUFFIX_KINDS:
+        return None
+    if p.is_file() and not _on_bpffs(p):
+        raise BadArgument(f"{spec}: not a file ctscope reads; expected a pinned map on a bpffs, a snapshot file "
+                          f"({', '.join(SUFFIX_KINDS)}), or a directory or glob of snapshots")
+    return spec
 
 
 def read(source: str | os.PathLike[str] | None = None, **kw) -> pl.DataFrame:

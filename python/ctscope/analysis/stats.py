@@ -17,8 +17,8 @@ import math
 import polars as pl
 
 from ctscope import fill
-from ctscope.analysis.expiry import _CODE, REASON_OF_CODE, judged_parts
-from ctscope.analysis.sources import SNAP, Source, open_source
+from ctscope.analysis.expiry import _CODE, EXPIRY_COLUMNS, REASON_OF_CODE, judged_parts
+from ctscope.analysis.sources import SNAP, Source, needed_columns, open_source
 from ctscope.fill import GROW_AT, GROW_SUSTAINED_AT
 
 # Idle-time histogram edges (seconds), at Felix's default timeouts: ICMP 5 s, SYN-SENT 20 s,
@@ -29,6 +29,8 @@ IDLE_LABELS = ["<1s", "1-5s", "5-20s", "20s-1m", "1-10m", "10m-1h", "1-6h", "6h-
 PROTO_NAMES = {1: "icmp", 4: "ipip", 6: "tcp", 17: "udp", 41: "ipv6", 47: "gre", 50: "esp", 58: "icmpv6", 132: "sctp"}
 TCP_STATES = {"ESTABLISHED": "tcp_established", "CLOSED": "tcp_closed", "RESET": "tcp_reset", "SYN-SENT": "tcp_syn_sent"}
 TYPES = ["normal", "nat_fwd", "nat_rev"]
+# What the cube reads: a live pin decodes only these (plus --where's).
+STATS_COLUMNS = ["proto", "tcp_state", "idle_s", *EXPIRY_COLUMNS]
 
 
 def proto_name(p: int) -> str:
@@ -135,6 +137,8 @@ def stats(source=None, *, timeouts=None, felix_config=None, where: str | None = 
           **source_kw) -> dict:
     """Stats for SOURCE (see `ctscope.scan`). Top-level keys are the totals over all snapshots
     (for one snapshot: its figures); `snapshots` lists each snapshot's own figures."""
+    if not isinstance(source, Source):
+        source_kw["columns"] = needed_columns(STATS_COLUMNS, where)
     src = source if isinstance(source, Source) else open_source(source, now_ns=now_ns, **source_kw)
     c = cube(src, timeouts=timeouts, felix_config=felix_config, where=where)
     from ctscope.analysis.expiry import timeouts_for

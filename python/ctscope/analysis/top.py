@@ -6,7 +6,7 @@ import re
 
 import polars as pl
 
-from ctscope.analysis.sources import Source, open_source, where_filter
+from ctscope.analysis.sources import Source, needed_columns, open_source, where_filter
 from ctscope.errors import BadArgument
 
 # Grouping keys per --by. `service` is the pre-DNAT destination recorded in NAT_REV entries
@@ -21,6 +21,7 @@ BY: dict[str, list[str]] = {
     "node": ["node"],
 }
 METRICS = ("entries", "bytes", "packets")
+_COUNTERS = ["a2b_bytes", "b2a_bytes", "a2b_packets", "b2a_packets"]
 
 
 def top(source=None, *, by: str = "src", metric: str = "entries", n: int = 10, where: str | None = None,
@@ -35,6 +36,10 @@ def top(source=None, *, by: str = "src", metric: str = "entries", n: int = 10, w
         raise BadArgument(f"--metric {metric!r}: expected one of {', '.join(METRICS)}")
     if n < 1:
         raise BadArgument(f"-n {n}: expected at least 1")
+    if not isinstance(source, Source):
+        # A live pin decodes only what the grouping, the metrics and --where read.
+        base = [c for c in BY[by] if c != "node"] + ["type", *_COUNTERS]
+        source_kw["columns"] = needed_columns(base, where)
     src = source if isinstance(source, Source) else open_source(source, now_ns=now_ns, **source_kw)
     if where and "expire" in where.lower():
         from ctscope.analysis.expiry import annotate  # --where names Felix's verdict columns

@@ -16,12 +16,13 @@ from ctscope.errors import BadArgument
 def bench_cmd(
     pin: Optional[str] = typer.Argument(None, help="Map to measure (default: a synthetic 1,000,000-entry v4 map in a private bpffs)."),
     entries: int = typer.Option(1_000_000, "--entries", min=1, max=2**32 - 1, help="Size of the synthetic map when no PIN is given."),
-    repeat: int = typer.Option(3, "--repeat", min=1, help="Runs per measurement; the best is kept."),
+    repeat: int = typer.Option(5, "--repeat", min=1, help="Fresh-process runs per row (median and best are reported)."),
     no_bpftool: bool = typer.Option(False, "--no-bpftool", help="Skip the (slow) bpftool comparison."),
     as_json: bool = typer.Option(False, "--json", help="JSON output."),
     write: bool = typer.Option(False, "--write", help="Measure `clean` (deletes!) against a batch dump + batch delete; without PIN on a synthetic map."),
 ) -> None:
-    """Measure to_polars, dump --format parquet and bpftool against the floor."""
+    """Library calls and whole commands against the raw C floor, cold (fresh processes), median and best.
+    `--write`: `clean` against a batch dump + batch delete of the same keys."""
     if write:
         from ctscope import bench_write
 

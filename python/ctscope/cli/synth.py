@@ -20,7 +20,7 @@ def default_max_entries(entries: int) -> int:
 
 
 def synth(pin: str, entries: int, max_entries: int | None = None, version: int = 4, ipv6: bool = False,
-          seed: int = 0, layout: str | None = None, now_ns: int | None = None) -> dict:
+          seed: int = 0, layout: str | None = None, now_ns: int | None = None, profile: str = "classic") -> dict:
     """Python API behind the command; returns what was written."""
     layout = layout or {2: "v2", 3: "v3", 4: "v4"}.get(version)
     if layout is None:
@@ -38,7 +38,7 @@ def synth(pin: str, entries: int, max_entries: int | None = None, version: int =
     size = default_max_entries(entries) if max_entries is None else max_entries
     if size > U32_MAX:
         raise BadArgument(f"--entries {entries}: a map holds at most {U32_MAX} entries")
-    return synth_map(str(pin), entries, size, layout, ipv6, seed, now_ns)
+    return synth_map(str(pin), entries, size, layout, ipv6, seed, now_ns, profile)
 
 
 def _check_pin_dir(pin: Path) -> None:
@@ -73,8 +73,9 @@ def synth_cmd(
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same map)."),
     layout: Optional[str] = typer.Option(None, "--layout", help="Override: v3-created writes Calico <= 3.29 ct3 bytes."),
     now_ns: Optional[int] = typer.Option(None, "--now-ns", help="Monotonic time the idle ages count back from (default: now)."),
+    profile: str = typer.Option("classic", "--profile", help="classic | node (a busy node's address and port spread; README \"Performance\")."),
 ) -> None:
     """Create, fill and pin a synthetic Calico CT map (refuses to overwrite a pin)."""
-    r = synth(pin, entries, max_entries, version, ipv6, seed, layout, now_ns)
+    r = synth(pin, entries, max_entries, version, ipv6, seed, layout, now_ns, profile)
     typer.echo(f"pinned {r['name']} ({r['map_type']}, layout {r['layout']}) at {Path(pin)}: "
                f"{r['entries']:,} entries, max_entries {r['max_entries']:,}")
