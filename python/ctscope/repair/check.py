@@ -15,19 +15,16 @@ from pathlib import Path
 from typing import Any
 
 from ctscope._native import object_maps
-from ctscope import felixconfig, fill
+from ctscope import fill
 from ctscope.errors import BadArgument, CtscopeError
+from ctscope.felixconfig import ConfiguredSize, felix_size
 from ctscope.pins import GLOBALS, ct_pin_version, globals_dir, is_ct_pin_name
 
 FIELDS = ("map_type", "key_size", "value_size", "max_entries", "map_flags", "map_extra")
 # Fields a resize can change; any other difference is a different map version.
 RESIZABLE = {"max_entries"}
 
-CALICO_DEFAULT_SIZE = 512_000
-DEFAULT_SIZE_FILE = "/var/lib/calico/bpf_ct_map_size"
-POSSIBLE_CPUS = "/sys/devices/system/cpu/possible"
-
-# What `ctscope resize --max-entries` accepts (resize.resize): a u32, at least 1.
+# What `ctscope resize --max-entries` accepts (repair.resize.resize): a u32, at least 1.
 RESIZE_MAX = 0xFFFFFFFF
 
 # Calico's CT maps by (version, family): type, key, value, flags (facts §1).
@@ -53,91 +50,6 @@ def looks_like(params: dict[str, Any]) -> str:
         if all(params.get(k) == v for k, v in lay.items()):
             return f"ct{ver} IPv{fam} ({lay['map_type']}, flags {lay['map_flags']:#x}: {RELEASES[ver]})"
     return f"no Calico CT version ({params.get('map_type')}, {params.get('key_size')}/{params.get('value_size')} bytes, flags {params.get('map_flags', 0):#x})"
-
-
-# --- configured size -------------------------------------------------------------------------
-
-def possible_cpus(path: str = POSSIBLE_CPUS) -> int:
-    """Number of possible CPUs from a list such as `0-3,5` (what Felix multiplies by)."""
-    try:
-        text = Path(path).read_text().strip()
-    except OSError:
-        return os.cpu_count() or 1
-    n = 0
-    for part in filter(None, text.split(",")):
-        lo, _, hi = part.partition("-")
-        n += int(hi or lo) - int(lo) + 1
-    return max(n, 1)
-
-
-def load_felix_config(path: str) -> dict[str, Any]:
-    """The `spec` of the `default` FelixConfiguration in a kubectl -o yaml|json file."""
-    return felixconfig.spec(path)
-
-
-def _int_field(spec: dict[str, Any], key: str, path: str) -> int | None:
-    v = spec.get(key)
-    if v is None:
-        return None
-    try:
-        if isinstance(v, (bool, list, dict)):
-            raise TypeError
-        n = int(v)
-    except (TypeError, ValueError, OverflowError):  # .inf is a YAML float
-        shown = repr(v) if isinstance(v, (str, int, float)) else type(v).__name__
-        raise BadArgument(f"{path}: spec.{key} = {shown[:60]}, expected an integer") from None
-    if n < 0:
-        raise BadArgument(f"{path}: spec.{key} = {n}, expected >= 0")
-    return n
-
-
-@dataclass
-class ConfiguredSize:
-    value: int
-    source: str
-    # No FelixConfiguration was given: `value` is Calico's default (or the node's auto-grow
-    # size file), which holds only if the cluster configures no other size.
-    assumed: bool = False
-    # The node's auto-grow size file: Felix loads at least this many (max(configured, file)).
-    floor: int | None = None
-
-
-def felix_size(config_path: str | None, size_file: str | None, cpus_path: str = POSSIBLE_CPUS) -> ConfiguredSize:
-    """Felix's effective CT size: bpfMapSizeConntrack, or bpfMapSizePerCPUConntrack x
-    possible CPUs when that is > 0, or a larger number in the auto-grow size file
-    (felix/dataplane/linux/int_dataplane.go). Without a FelixConfiguration the base is
-    Calico's default bpfMapSizeConntrack (512000, felix/config/config_params.go) and the
-    result is marked `assumed`: the cluster may configure another size."""
-    spec = load_felix_config(config_path) if config_path else {}
-    where = config_path or "defaults"
-    base = _int_field(spec, "bpfMapSizeConntrack", where)
-    size, source = ((base, f"{where}: bpfMapSizeConntrack") if base else
-                    (CALICO_DEFAULT_SIZE, f"Calico's default bpfMapSizeConntrack {CALICO_DEFAULT_SIZE:,}"
-                     + ("" if config_path else " (assumed: no --felix-config)")))
-    per_cpu = _int_field(spec, "bpfMapSizePerCPUConntrack", where) or 0
-    if per_cpu > 0:
-        cpus = possible_cpus(cpus_path)
-        size, source = per_cpu * cpus, f"{where}: bpfMapSizePerCPUConntrack {per_cpu} x {cpus} possible CPUs"
-    sf = size_file or DEFAULT_SIZE_FILE
-    try:
-        text = Path(sf).read_text().strip()
-    except FileNotFoundError:
-        if size_file:
-            raise BadArgument(f"{sf}: no such size file") from None
-        text = ""
-    except OSError as e:
-        raise BadArgument(f"{sf}: cannot read size file: {e.strerror}") from None
-    if text:
-        try:
-            grown = int(text)
-        except ValueError:
-            raise BadArgument(f"{sf}: holds {text[:40]!r}, expected a number of entries") from None
-        if grown > size:
-            size, source = grown, f"{sf} (auto-grow size, larger than {source})"
-        floor = grown if grown > 0 else None
-    else:
-        floor = None
-    return ConfiguredSize(size, source, assumed=config_path is None, floor=floor)
 
 
 # --- the comparison ----------------------------------------------------------------------------
