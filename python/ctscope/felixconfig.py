@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ctscope._native import CT_DEFAULT_MAX_ENTRIES
 from ctscope.errors import BadArgument
 
 
@@ -144,7 +145,7 @@ def _check_depth(doc: Any, path: Path) -> None:
     walk(doc, 1)
 
 
-CALICO_DEFAULT_SIZE = 512_000
+CALICO_DEFAULT_SIZE = CT_DEFAULT_MAX_ENTRIES  # Calico's default bpfMapSizeConntrack (layout.rs)
 DEFAULT_SIZE_FILE = "/var/lib/calico/bpf_ct_map_size"
 POSSIBLE_CPUS = "/sys/devices/system/cpu/possible"
 
@@ -200,7 +201,7 @@ def felix_size(config_path: str | None, size_file: str | None, cpus_path: str = 
     """Felix's effective CT size: bpfMapSizeConntrack, or bpfMapSizePerCPUConntrack x
     possible CPUs when that is > 0, or a larger number in the auto-grow size file
     (felix/dataplane/linux/int_dataplane.go). Without a FelixConfiguration the base is
-    Calico's default bpfMapSizeConntrack (512000, felix/config/config_params.go) and the
+    Calico's default bpfMapSizeConntrack (CT_DEFAULT_MAX_ENTRIES, felix/config/config_params.go) and the
     result is marked `assumed`: the cluster may configure another size."""
     spec = load_felix_config(config_path) if config_path else {}
     where = config_path or "defaults"

@@ -11,6 +11,7 @@ from rich.console import Console
 from rich.table import Table
 
 from ctscope import felixconfig
+from ctscope._native import MAX_ENTRIES_LIMIT
 from ctscope.repair import check as checks
 from ctscope.cli.app import app
 from ctscope.errors import BadArgument
@@ -35,8 +36,8 @@ def check_cmd(
     """Compare pinned CT maps with what their loader expects, on libbpf's six fields."""
     if loader not in ("plain", "calico"):
         raise BadArgument(f"--loader {loader!r}: expected plain or calico")
-    if max_entries is not None and not 0 < max_entries <= checks.RESIZE_MAX:
-        raise BadArgument(f"--max-entries {max_entries}: expected 1 .. {checks.RESIZE_MAX}")
+    if max_entries is not None and not 0 < max_entries <= MAX_ENTRIES_LIMIT:
+        raise BadArgument(f"--max-entries {max_entries}: expected 1 .. {MAX_ENTRIES_LIMIT}")
     configured = felixconfig.felix_size(felix_config, size_file)
     targets = pins or [str(p) for p in checks.discover_pins(bpffs)]
     if not targets:

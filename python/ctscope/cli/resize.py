@@ -8,7 +8,7 @@ from typing import Optional
 
 import typer
 
-from ctscope.repair.common import Result, canonical_pin
+from ctscope.repair.common import Result, canonical_pin, old_pin
 from ctscope.repair.delta import finish_delta
 from ctscope.repair.recover import needs_recovery, recover_locked, recovery_plan
 from ctscope.repair.resize import resize
@@ -37,7 +37,7 @@ def resize_cmd(
     if recover:
         p = canonical_pin(pin)
         if not needs_recovery(p):
-            say(f"{p}: no interrupted migration ({p.name}_old absent): nothing to recover")
+            say(f"{p}: no interrupted migration ({old_pin(p).name} absent): nothing to recover")
             res = Result(pin=str(p), done=True)
         elif not act:
             say(f"plan (nothing done; add --yes): {recovery_plan(p)}")

@@ -11,8 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ctscope._native import on_bpffs
-from ctscope.errors import BadArgument, NotACtMap, PinNotFound
+from ctscope import _native
+from ctscope.errors import BadArgument
 from ctscope.felixconfig import possible_cpus
 from ctscope.pinlock import pin_lock
 
@@ -42,24 +42,13 @@ def crash_point(phase: str) -> None:
 
 def canonical_pin(pin: str | os.PathLike[str]) -> Path:
     """The pin's path with its directory resolved; refuses pins outside a bpffs, and
-    symlinks (so no path component leads ctscope out of the bpffs)."""
-    p = Path(pin)
-    if not p.is_absolute():
-        p = Path.cwd() / p
-    parent = Path(os.path.realpath(p.parent))
-    if not parent.is_dir():
-        raise PinNotFound(f"{pin}: directory {p.parent} does not exist")
-    if not on_bpffs(str(parent)):
-        raise NotACtMap(f"{pin}: not on a BPF filesystem (bpffs); resize and restore act only on pins in a bpffs mount "
-                        "such as /sys/fs/bpf/tc/globals")
-    q = parent / p.name
-    if q.is_symlink():
-        raise NotACtMap(f"{pin}: is a symlink; give the pin itself (ctscope does not follow links)")
-    return q
+    symlinks (so no path component leads ctscope out of the bpffs). map.rs owns the rule."""
+    return _native.canonical_pin(pin)
 
 
 def old_pin(pin: Path) -> Path:
-    return pin.with_name(pin.name + "_old")
+    """`<pin>_old`: where a migration keeps the live map (Felix's convention; migrate.rs)."""
+    return _native.old_pin_path(pin)
 
 
 def locked(pin: Path, command: str, act: bool, wait: float):
@@ -88,7 +77,7 @@ def keep_when_forced(params: dict[str, Any], max_entries: int) -> int:
 @dataclass
 class Fresher:
     """Entries of a source map to write into a destination so that it loses nothing fresher
-    (Snapshot.fresher_than): keys it lacks (newest first), keys it holds with an older
+    (MapEntries.fresher_than): keys it lacks (newest first), keys it holds with an older
     last_seen, and how many differing keys it keeps."""
     add: Any
     update: Any

@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from ctscope._native import LiveMap, map_holders, programs_using_map, raw_read, rename_pin, swap_pin_name
+from ctscope._native import MAX_ENTRIES_LIMIT, LiveMap, map_holders, programs_using_map, raw_read, rename_pin, swap_pin_name
 from ctscope.errors import BadArgument, CtscopeError, NotACtMap, PinNotFound
 from ctscope.pins import ct_pin_version
 from ctscope.repair.backups import check_backup_target, default_backup_path, stale_partial_backups
@@ -99,8 +99,8 @@ def resize(pin: str | os.PathLike[str], max_entries: int, *, backup: str | None 
            force: bool = False, yes: bool = False, wait: float = 0.0, say: Say = print) -> Result:
     """Resize `pin` to `max_entries`. Without `yes` it only prints the plan. With `yes` it
     holds the pin's write lock for the whole run (LockBusy after `wait` seconds)."""
-    if max_entries <= 0 or max_entries > 0xFFFFFFFF:
-        raise BadArgument(f"--max-entries {max_entries}: expected 1 .. 4294967295")
+    if max_entries <= 0 or max_entries > MAX_ENTRIES_LIMIT:
+        raise BadArgument(f"--max-entries {max_entries}: expected 1 .. {MAX_ENTRIES_LIMIT}")
     pin = canonical_pin(pin)
     with locked(pin, "resize", yes, wait):
         return _resize(pin, max_entries, backup=backup, keep_old=keep_old, force=force, yes=yes, say=say)
@@ -183,6 +183,7 @@ def _resize(pin: Path, max_entries: int, *, backup: str | None, keep_old: bool, 
                         "verification fails and nothing is repinned; choose a larger --max-entries")
     if not yes:
         return show_plan(res, say)
+    assert snap is not None  # taken above when acting
 
     timer.mark("plan")
     for q, pid in stale:
