@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -307,6 +307,7 @@ def _run_locked(res: ActResult, p: Path, select, *, yes: bool, max_delete: int |
     if not res.to_delete:
         return  # nothing to remove: no backup file either
     cand = snap if select is None else _native.snapshot_take(snap, idx)
+    assert bdir is not None  # given whenever `yes`
     bpath = new_backup_path(bdir, res.command, params["name"])
     cand.write(str(bpath))
     res.backup = str(bpath)
@@ -324,7 +325,7 @@ def _run_locked(res: ActResult, p: Path, select, *, yes: bool, max_delete: int |
     _crash_point("delete")
 
 
-def _show_rows(rows: pl.DataFrame, idx: list[int], say: Say) -> None:
+def _show_rows(rows: pl.DataFrame, idx: Sequence[int], say: Say) -> None:
     import io
 
     from ctscope import export

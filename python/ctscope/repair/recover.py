@@ -49,10 +49,10 @@ def recover(pin: Path, say: Say, *, force: bool = False) -> list[str]:
         cur_id = cur.id if cur is not None else None
         if cur is not None and cur_id != old_id:
             done += _carry_back(pin, cur, oldm, force=force)
-            users = programs_using_map(cur_id)
+            users = programs_using_map(cur.id)
             if users:
                 done.append(f"note: {prog_list(users)} use the discarded map id {cur_id}; they keep it until reloaded")
-            holders = map_holders(cur_id)
+            holders = map_holders(cur.id)
             if holders:
                 done.append(f"note: {holder_list(holders)} hold the discarded map id {cur_id} open; what they write "
                             "to it from now on is lost (restart them)")
