@@ -556,4 +556,27 @@ mod tests {
         assert_eq!(flag_label_in(Layout::V2, 0x200), "0x200");
         assert_eq!(flag_label_in(Layout::V3Created, 0x2000), "no-dsr");
     }
+
+    #[test]
+    fn pin_names_and_their_versions() {
+        assert_eq!(pin_name_version("cali_v4_ct3"), Some((3, Family::V4)));
+        assert_eq!(pin_name_version("cali_v6_ct4_old"), Some((4, Family::V6)));
+        // A name stands for a version even where Calico pins none (no IPv6 ct2) ...
+        assert_eq!(pin_name_version("cali_v6_ct2"), Some((2, Family::V6)));
+        assert!(!is_ct_pin_name("cali_v6_ct2"));
+        // ... but only the exact name, one `_old`, no path.
+        for other in ["cali_v4_ct5", "cali_v4_ct3_old_old", "tc/cali_v4_ct3", "cali_v4_ct", "xcali_v4_ct3"] {
+            assert_eq!(pin_name_version(other), None, "{other}");
+            assert!(!is_ct_pin_name(other), "{other}");
+        }
+        for (fam, names) in CT_PIN_NAMES {
+            for (i, n) in names.iter().enumerate() {
+                assert!(is_ct_pin_name(n) && is_ct_pin_name(&format!("{n}{OLD_PIN_SUFFIX}")));
+                let (v, f) = pin_name_version(n).unwrap();
+                assert_eq!(f, *fam);
+                assert!(expected_params(v, f).is_some(), "{n}: a pin name without a layout");
+                assert_eq!(v as usize, 4 - i, "{n}: newest first");
+            }
+        }
+    }
 }
