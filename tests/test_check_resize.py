@@ -285,7 +285,7 @@ PHASES = ("plan", "backup", "create", "copy", "verify", "pin-old", "pin-new", "s
 
 
 def test_crash_phases_match_the_code():
-    from ctscope import resize
+    from ctscope.repair import resize
 
     assert resize.PHASES == PHASES
 
@@ -547,11 +547,12 @@ def test_object_loaded_as_compiled_is_not_blamed_for_the_configured_size(ns, tmp
 # ----------------------------------------------------------------- configuration (no kernel needed)
 
 def test_felix_configuration_sizes(tmp_path):
-    from ctscope import check
+    from ctscope import felixconfig
+    from ctscope.repair import check
 
     cpus = tmp_path / "possible"
     cpus.write_text("0-3,6\n")
-    assert check.possible_cpus(str(cpus)) == 5
+    assert felixconfig.possible_cpus(str(cpus)) == 5
     missing = str(tmp_path / "no-size-file")
     yaml_cfg = tmp_path / "felix.yaml"
     yaml_cfg.write_text("apiVersion: projectcalico.org/v3\nkind: FelixConfiguration\nmetadata:\n  name: default\n"

@@ -4,7 +4,7 @@ delete what Felix would expire (`clean`), delete everything (`flush`).
 Rules shared by the three deleting commands (README "Acting on the table"):
 
 * dry run unless `yes`; the per-pin lock for the whole run (`pinlock`, exit 5 when busy);
-  pins outside a bpffs and symlinks refused (`resize.canonical_pin`);
+  pins outside a bpffs and symlinks refused (`repair.common.canonical_pin`);
 * one scan (a raw snapshot of every entry), decoded in Rust, judged in polars;
 * deleting one side of a NAT pair deletes the other;
 * every entry to be removed is written to a backup (ctscope's CRC'd Arrow format, mode
@@ -21,7 +21,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -147,7 +147,7 @@ def new_backup_path(directory: Path, command: str, map_name: str) -> Path:
 
 
 def _crash_point(phase: str) -> None:
-    from ctscope.resize import crash_point
+    from ctscope.repair.common import crash_point
 
     crash_point(phase)
 
@@ -233,7 +233,7 @@ def run(command: str, pin: str | os.PathLike[str] | None, select: Callable[[pl.D
         bpffs: str = DEFAULT_BPFFS, ipv6: bool = False, show: int = 10, say: Say = print) -> ActResult:
     """The shared engine of delete/clean/flush. `select(rows, snapshot, now_ns)` returns the
     row indices to delete (None: every entry)."""
-    from ctscope.resize import canonical_pin
+    from ctscope.repair.common import canonical_pin
 
     t0 = time.perf_counter()
     p = canonical_pin(_pin_for(pin, bpffs, ipv6))
@@ -307,6 +307,7 @@ def _run_locked(res: ActResult, p: Path, select, *, yes: bool, max_delete: int |
     if not res.to_delete:
         return  # nothing to remove: no backup file either
     cand = snap if select is None else _native.snapshot_take(snap, idx)
+    assert bdir is not None  # given whenever `yes`
     bpath = new_backup_path(bdir, res.command, params["name"])
     cand.write(str(bpath))
     res.backup = str(bpath)
@@ -324,7 +325,7 @@ def _run_locked(res: ActResult, p: Path, select, *, yes: bool, max_delete: int |
     _crash_point("delete")
 
 
-def _show_rows(rows: pl.DataFrame, idx: list[int], say: Say) -> None:
+def _show_rows(rows: pl.DataFrame, idx: Sequence[int], say: Say) -> None:
     import io
 
     from ctscope import export

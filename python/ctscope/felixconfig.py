@@ -1,5 +1,6 @@
 """FelixConfiguration files as `kubectl get felixconfiguration ... -o yaml|json` prints them:
-one resource, a List, or several YAML documents. `check` reads the CT map size from them,
+one resource, a List, or several YAML documents. `check` reads the CT map size from them
+(`felix_size`: Felix's rule for the size it loads),
 `expired` the conntrack timeouts; both go through here so they accept the same files and
 fail the same way (missing file: exit 3; unparseable: exit 2)."""
 
@@ -7,9 +8,11 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from ctscope._native import CT_DEFAULT_MAX_ENTRIES
 from ctscope.errors import BadArgument
 
 
@@ -140,3 +143,93 @@ def _check_depth(doc: Any, path: Path) -> None:
         return size, height
 
     walk(doc, 1)
+
+
+CALICO_DEFAULT_SIZE = CT_DEFAULT_MAX_ENTRIES  # Calico's default bpfMapSizeConntrack (layout.rs)
+DEFAULT_SIZE_FILE = "/var/lib/calico/bpf_ct_map_size"
+POSSIBLE_CPUS = "/sys/devices/system/cpu/possible"
+
+
+# --- the CT map size Felix loads (`ctscope check`) ------------------------------------------
+
+def possible_cpus(path: str = POSSIBLE_CPUS) -> int:
+    """Number of possible CPUs from a list such as `0-3,5` (what Felix multiplies by)."""
+    try:
+        text = Path(path).read_text().strip()
+    except OSError:
+        return os.cpu_count() or 1
+    n = 0
+    for part in filter(None, text.split(",")):
+        lo, _, hi = part.partition("-")
+        n += int(hi or lo) - int(lo) + 1
+    return max(n, 1)
+
+
+def load_felix_config(path: str) -> dict[str, Any]:
+    """The `spec` of the `default` FelixConfiguration in a kubectl -o yaml|json file."""
+    return spec(path)
+
+
+def _int_field(spec: dict[str, Any], key: str, path: str) -> int | None:
+    v = spec.get(key)
+    if v is None:
+        return None
+    try:
+        if isinstance(v, (bool, list, dict)):
+            raise TypeError
+        n = int(v)
+    except (TypeError, ValueError, OverflowError):  # .inf is a YAML float
+        shown = repr(v) if isinstance(v, (str, int, float)) else type(v).__name__
+        raise BadArgument(f"{path}: spec.{key} = {shown[:60]}, expected an integer") from None
+    if n < 0:
+        raise BadArgument(f"{path}: spec.{key} = {n}, expected >= 0")
+    return n
+
+
+@dataclass
+class ConfiguredSize:
+    value: int
+    source: str
+    # No FelixConfiguration was given: `value` is Calico's default (or the node's auto-grow
+    # size file), which holds only if the cluster configures no other size.
+    assumed: bool = False
+    # The node's auto-grow size file: Felix loads at least this many (max(configured, file)).
+    floor: int | None = None
+
+
+def felix_size(config_path: str | None, size_file: str | None, cpus_path: str = POSSIBLE_CPUS) -> ConfiguredSize:
+    """Felix's effective CT size: bpfMapSizeConntrack, or bpfMapSizePerCPUConntrack x
+    possible CPUs when that is > 0, or a larger number in the auto-grow size file
+    (felix/dataplane/linux/int_dataplane.go). Without a FelixConfiguration the base is
+    Calico's default bpfMapSizeConntrack (CT_DEFAULT_MAX_ENTRIES, felix/config/config_params.go) and the
+    result is marked `assumed`: the cluster may configure another size."""
+    spec = load_felix_config(config_path) if config_path else {}
+    where = config_path or "defaults"
+    base = _int_field(spec, "bpfMapSizeConntrack", where)
+    size, source = ((base, f"{where}: bpfMapSizeConntrack") if base else
+                    (CALICO_DEFAULT_SIZE, f"Calico's default bpfMapSizeConntrack {CALICO_DEFAULT_SIZE:,}"
+                     + ("" if config_path else " (assumed: no --felix-config)")))
+    per_cpu = _int_field(spec, "bpfMapSizePerCPUConntrack", where) or 0
+    if per_cpu > 0:
+        cpus = possible_cpus(cpus_path)
+        size, source = per_cpu * cpus, f"{where}: bpfMapSizePerCPUConntrack {per_cpu} x {cpus} possible CPUs"
+    sf = size_file or DEFAULT_SIZE_FILE
+    try:
+        text = Path(sf).read_text().strip()
+    except FileNotFoundError:
+        if size_file:
+            raise BadArgument(f"{sf}: no such size file") from None
+        text = ""
+    except OSError as e:
+        raise BadArgument(f"{sf}: cannot read size file: {e.strerror}") from None
+    if text:
+        try:
+            grown = int(text)
+        except ValueError:
+            raise BadArgument(f"{sf}: holds {text[:40]!r}, expected a number of entries") from None
+        if grown > size:
+            size, source = grown, f"{sf} (auto-grow size, larger than {source})"
+        floor = grown if grown > 0 else None
+    else:
+        floor = None
+    return ConfiguredSize(size, source, assumed=config_path is None, floor=floor)

@@ -3,32 +3,23 @@
 from __future__ import annotations
 
 import os
-import re
 from pathlib import Path
+
+from ctscope._native import ct_pin_names, ct_pin_version, is_ct_pin_name
+
+__all__ = ["CT_PIN_NAMES", "DEFAULT_BPFFS", "GLOBALS", "ct_pin_version", "default_ct_pin", "globals_dir",
+           "is_bpffs_own_file", "is_ct_pin_name", "list_pins"]
 
 DEFAULT_BPFFS = "/sys/fs/bpf"
 GLOBALS = "tc/globals"
 
-# Newest first: the pin `ctscope dump` picks when none is named.
-CT_PIN_NAMES = {
-    4: ["cali_v4_ct4", "cali_v4_ct3", "cali_v4_ct2"],
-    6: ["cali_v6_ct4", "cali_v6_ct3"],
-}
+# {family: Calico's CT pin names, newest first}: the pin `ctscope dump` picks when none is
+# named. The names and `ct_pin_version`/`is_ct_pin_name` are layout.rs's (one owner).
+CT_PIN_NAMES = ct_pin_names()
 
 
 def globals_dir(bpffs: str | os.PathLike[str] = DEFAULT_BPFFS) -> Path:
     return Path(bpffs) / GLOBALS
-
-
-def is_ct_pin_name(name: str) -> bool:
-    base = name.removesuffix("_old")
-    return any(base in names for names in CT_PIN_NAMES.values())
-
-
-def ct_pin_version(name: str) -> tuple[int, int] | None:
-    """(version, family) a Calico CT pin name stands for: what a loader expects at that path."""
-    m = re.fullmatch(r"cali_v([46])_ct([234])(?:_old)?", name)
-    return (int(m.group(2)), int(m.group(1))) if m else None
 
 
 def default_ct_pin(bpffs: str | os.PathLike[str] = DEFAULT_BPFFS, ipv6: bool = False) -> Path:

@@ -94,10 +94,11 @@ def _translate(n: Any) -> tuple[tuple, bool]:
             if not exact:
                 return KEEP, False
             return _not(ir), True
-        if fn == {"StringExpr": "StartsWith"} and len(args) == 2 and _column(args[0]) in ADDRESSES:
+        col = _column(args[0]) if args else None
+        if fn == {"StringExpr": "StartsWith"} and len(args) == 2 and col is not None and col in ADDRESSES:
             value = _scalar(args[1])
             if isinstance(value, str):
-                return _octet_prefix(_column(args[0]), value)
+                return _octet_prefix(col, value)
         if isinstance(fn, dict) and len(fn) == 1:
             (group, f), = fn.items()
             if isinstance(f, dict) and "IsIn" in f and group in ("Boolean", "Sql") and len(args) == 2:

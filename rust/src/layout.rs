@@ -302,10 +302,52 @@ pub struct Detected {
     pub family: Option<Family>,
 }
 
+/// `<pin>_old`: where a migration keeps the live map while the new one is swapped in
+/// (Felix's `PinnedMap` convention; an existing `<pin>_old` means "interrupted, put it back").
+pub const OLD_PIN_SUFFIX: &str = "_old";
+
+/// Calico's CT pin names under `<bpffs>/tc/globals`, per family, newest first (the pin
+/// `ctscope dump` picks when none is named). Calico has no IPv6 ct2.
+pub const CT_PIN_NAMES: &[(Family, &[&str])] = &[
+    (Family::V4, &["cali_v4_ct4", "cali_v4_ct3", "cali_v4_ct2"]),
+    (Family::V6, &["cali_v6_ct4", "cali_v6_ct3"]),
+];
+
+/// Is `name` (a file name, `_old` allowed) one of Calico's CT pins?
+pub fn is_ct_pin_name(name: &str) -> bool {
+    let base = name.strip_suffix(OLD_PIN_SUFFIX).unwrap_or(name);
+    CT_PIN_NAMES.iter().any(|(_, names)| names.contains(&base))
+}
+
+/// (version, family) a pin's file name stands for (`cali_v6_ct3`, `cali_v4_ct4_old`): the
+/// map a loader expects at that path, whatever is pinned there.
+pub fn pin_name_version(name: &str) -> Option<(u8, Family)> {
+    if name.contains('/') {
+        return None;
+    }
+    match version_from_name(name)? {
+        (v, Some(f)) => Some((v, f)),
+        _ => None,
+    }
+}
+
+/// Calico's default CT map size (`bpfMapSizeConntrack`, felix/config/config_params.go).
+pub const CT_DEFAULT_MAX_ENTRIES: u32 = 512_000;
+
+/// The Calico releases that create a CT map version (facts §1).
+pub fn release(version: u8) -> Option<&'static str> {
+    match version {
+        2 => Some("Calico <= v3.23"),
+        3 => Some("Calico v3.24-v3.30"),
+        4 => Some("Calico v3.31+"),
+        _ => None,
+    }
+}
+
 /// Version from a map/pin name such as `cali_v4_ct3` (kernel names are cut at 15 bytes).
 fn version_from_name(name: &str) -> Option<(u8, Option<Family>)> {
     let base = name.rsplit('/').next().unwrap_or(name);
-    let base = base.strip_suffix("_old").unwrap_or(base);
+    let base = base.strip_suffix(OLD_PIN_SUFFIX).unwrap_or(base);
     let fam = if base.starts_with("cali_v6_") {
         Some(Family::V6)
     } else if base.starts_with("cali_v4_") {
@@ -513,5 +555,28 @@ mod tests {
         assert_eq!(flag_label_in(Layout::V4, 0x4000), "no-redir-peer");
         assert_eq!(flag_label_in(Layout::V2, 0x200), "0x200");
         assert_eq!(flag_label_in(Layout::V3Created, 0x2000), "no-dsr");
+    }
+
+    #[test]
+    fn pin_names_and_their_versions() {
+        assert_eq!(pin_name_version("cali_v4_ct3"), Some((3, Family::V4)));
+        assert_eq!(pin_name_version("cali_v6_ct4_old"), Some((4, Family::V6)));
+        // A name stands for a version even where Calico pins none (no IPv6 ct2) ...
+        assert_eq!(pin_name_version("cali_v6_ct2"), Some((2, Family::V6)));
+        assert!(!is_ct_pin_name("cali_v6_ct2"));
+        // ... but only the exact name, one `_old`, no path.
+        for other in ["cali_v4_ct5", "cali_v4_ct3_old_old", "tc/cali_v4_ct3", "cali_v4_ct", "xcali_v4_ct3"] {
+            assert_eq!(pin_name_version(other), None, "{other}");
+            assert!(!is_ct_pin_name(other), "{other}");
+        }
+        for (fam, names) in CT_PIN_NAMES {
+            for (i, n) in names.iter().enumerate() {
+                assert!(is_ct_pin_name(n) && is_ct_pin_name(&format!("{n}{OLD_PIN_SUFFIX}")));
+                let (v, f) = pin_name_version(n).unwrap();
+                assert_eq!(f, *fam);
+                assert!(expected_params(v, f).is_some(), "{n}: a pin name without a layout");
+                assert_eq!(v as usize, 4 - i, "{n}: newest first");
+            }
+        }
     }
 }

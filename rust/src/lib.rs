@@ -9,6 +9,7 @@
 //! * `synth`  — realistic synthetic CT maps
 //! * `python` — the PyO3 classes and the Arrow C stream export
 //! * `object`, `backup`, `migrate`, `prog_refs`, `python_repair` — check / resize / restore
+//! * `python_facts` — Calico facts (layouts, releases, pin names, `<pin>_old`) for Python
 
 pub mod act;
 pub mod backup;
@@ -25,6 +26,7 @@ pub mod python;
 pub mod pushdown;
 pub mod python_repair;
 pub mod python_act;
+pub mod python_facts;
 pub mod stream;
 pub mod synth;
 pub mod sys;

@@ -62,6 +62,43 @@ fn article(word: &str) -> &'static str {
     if vowel_sound { "an" } else { "a" }
 }
 
+/// Is `dir` on a bpffs (statfs magic)?
+pub fn on_bpffs(dir: &Path) -> bool {
+    sys::fs_type(dir).ok() == Some(sys::BPF_FS_MAGIC)
+}
+
+/// The pin a write command acts on: its directory resolved, so no path component leads
+/// out of the bpffs. Refuses a missing directory (PinNotFound), a directory that is not on
+/// a bpffs, and a symlink as the pin itself (NotCtMap). The pin need not exist (recovery
+/// finds `<pin>_old` alone).
+pub fn canonical_pin(pin: &Path) -> Result<PathBuf> {
+    let shown = pin.display();
+    let abs = if pin.is_absolute() {
+        pin.to_path_buf()
+    } else {
+        std::env::current_dir().map_err(|e| CtError::os("the current directory".to_string(), e))?.join(pin)
+    };
+    let (parent, name) = match (abs.parent(), abs.components().next_back()) {
+        (Some(p), Some(n)) => (p.to_path_buf(), n.as_os_str().to_owned()),
+        _ => (abs.clone(), Default::default()),
+    };
+    let dir = match std::fs::canonicalize(&parent) {
+        Ok(d) if d.is_dir() => d,
+        _ => return Err(CtError::PinNotFound(format!("{shown}: directory {} does not exist", parent.display()))),
+    };
+    if !on_bpffs(&dir) {
+        return Err(CtError::NotCtMap(format!(
+            "{shown}: not on a BPF filesystem (bpffs); resize and restore act only on pins in a bpffs mount such as \
+             /sys/fs/bpf/tc/globals"
+        )));
+    }
+    let q = dir.join(name);
+    if std::fs::symlink_metadata(&q).map(|m| m.file_type().is_symlink()).unwrap_or(false) {
+        return Err(CtError::NotCtMap(format!("{shown}: is a symlink; give the pin itself (ctscope does not follow links)")));
+    }
+    Ok(q)
+}
+
 /// A pinned map opened by ctscope.
 pub struct PinnedMap {
     /// The path as given (shown to the user).
@@ -113,12 +150,8 @@ impl PinnedMap {
         if tmeta.is_dir() {
             return Err(CtError::NotCtMap(said("is a directory, expected a pinned BPF map")));
         }
-        let on_bpffs = target
-            .parent()
-            .map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p })
-            .and_then(|p| sys::fs_type(p).ok())
-            == Some(sys::BPF_FS_MAGIC);
-        if !on_bpffs {
+        let dir = target.parent().map(|p| if p.as_os_str().is_empty() { Path::new(".") } else { p });
+        if !dir.is_some_and(on_bpffs) {
             return Err(CtError::NotCtMap(said(
                 "is not on a BPF filesystem (bpffs), expected a pin such as /sys/fs/bpf/tc/globals/cali_v4_ct4",
             )));

@@ -1,7 +1,7 @@
 //! The resize primitives: read every entry of a live map, create its twin with a new
 //! `max_entries`, copy, verify key→value equality, swap pins atomically, and copy the
 //! delta written to the old map meanwhile. The order and the crash-recovery rules live in
-//! Python (`ctscope.resize`); each step here is one kernel-visible action.
+//! Python (`ctscope.repair`); each step here is one kernel-visible action.
 
 use std::collections::HashMap;
 use std::hash::{BuildHasherDefault, Hasher};
@@ -277,6 +277,15 @@ pub fn newest(e: &Entries, n: usize) -> Entries {
     }
     out
 }
+
+/// `<pin>_old` beside `pin` (layout.rs `OLD_PIN_SUFFIX`).
+pub fn old_pin(pin: &Path) -> PathBuf {
+    let name = pin.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    pin.with_file_name(format!("{name}{}", crate::layout::OLD_PIN_SUFFIX))
+}
+
+/// The largest max_entries a BPF map can have (the field is a u32); resize accepts 1 ..= this.
+pub const MAX_ENTRIES_LIMIT: u32 = u32::MAX;
 
 /// The temporary pin name used while swapping, in the same directory so rename(2) works.
 /// bpffs refuses names with a dot (EPERM), so it is a suffix: Felix's version scan parses

@@ -483,5 +483,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(ct_columns, m)?)?;
     crate::python_repair::register(m)?;
     crate::python_act::register(m)?;
+    crate::python_facts::register(m)?;
     Ok(())
 }

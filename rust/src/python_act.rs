@@ -17,7 +17,7 @@ use crate::iter::{MapReader, Method};
 use crate::layout::{self, Family, Layout};
 use crate::map::{MapParams, PinnedMap};
 use crate::python::detached;
-use crate::python_repair::{LiveMap, Snapshot};
+use crate::python_repair::{LiveMap, MapEntries};
 
 /// Decoded rows (one record batch), importable by polars: `pl.DataFrame(rows)`.
 #[pyclass(module = "ctscope._native")]
@@ -145,7 +145,7 @@ fn lookup_keys<'py>(py: Python<'py>, path: PathBuf, keys: Vec<(Vec<u8>, String)>
 /// A snapshot's entries decoded (same order as the snapshot): (rows, layout name).
 #[pyfunction]
 #[pyo3(signature = (snap, layout="auto", now_ns=None))]
-fn snapshot_rows(py: Python<'_>, snap: &Snapshot, layout: &str, now_ns: Option<u64>) -> PyResult<(Rows, String)> {
+fn snapshot_rows(py: Python<'_>, snap: &MapEntries, layout: &str, now_ns: Option<u64>) -> PyResult<(Rows, String)> {
     let s = &snap.source;
     let e = snap.entries.clone();
     let (rows, lay) = detached(py, "snapshot_rows", || {
@@ -160,7 +160,7 @@ fn snapshot_rows(py: Python<'_>, snap: &Snapshot, layout: &str, now_ns: Option<u
 
 /// The entries at `indices` (in that order).
 #[pyfunction]
-fn snapshot_take(py: Python<'_>, snap: &Snapshot, indices: Vec<u64>) -> PyResult<Snapshot> {
+fn snapshot_take(py: Python<'_>, snap: &MapEntries, indices: Vec<u64>) -> PyResult<MapEntries> {
     let e = snap.entries.clone();
     let out = detached(py, "snapshot_take", || {
         let mut out = Entries::new(e.key_size, e.value_size);
@@ -170,28 +170,28 @@ fn snapshot_take(py: Python<'_>, snap: &Snapshot, indices: Vec<u64>) -> PyResult
         }
         Ok::<_, CtError>(out)
     })?;
-    Ok(Snapshot { entries: Arc::new(out), source: snap.source.clone(), taken_ns: snap.taken_ns })
+    Ok(MapEntries { entries: Arc::new(out), source: snap.source.clone(), taken_ns: snap.taken_ns })
 }
 
 /// Indices of the other sides of the NAT pairs `selected` touches (see act::nat_partners).
 #[pyfunction]
-fn nat_partners(py: Python<'_>, snap: &Snapshot, selected: Vec<u64>) -> PyResult<Vec<u64>> {
+fn nat_partners(py: Python<'_>, snap: &MapEntries, selected: Vec<u64>) -> PyResult<Vec<u64>> {
     let e = snap.entries.clone();
     Ok(detached(py, "nat_partners", || Ok(act::nat_partners(&e, &selected)))?)
 }
 
 /// Indices of the entries whose key is one of `keys`.
 #[pyfunction]
-fn find_keys(py: Python<'_>, snap: &Snapshot, keys: Vec<Vec<u8>>) -> PyResult<Vec<u64>> {
+fn find_keys(py: Python<'_>, snap: &MapEntries, keys: Vec<Vec<u8>>) -> PyResult<Vec<u64>> {
     let e = snap.entries.clone();
     Ok(detached(py, "find_keys", || Ok(act::find_keys(&e, &keys)))?)
 }
 
 /// Remove `cand`'s entries from the map by Felix's rule (act::remove_if_unchanged).
-/// Returns (dict of counts, Snapshot of what was removed).
+/// Returns (dict of counts, MapEntries of what was removed).
 #[pyfunction]
 #[pyo3(signature = (live, cand, ct, crash_after=None, force_fallback=false, threads=None))]
-fn remove_entries<'py>(py: Python<'py>, live: &LiveMap, cand: &Snapshot, ct: bool, crash_after: Option<u64>, force_fallback: bool, threads: Option<usize>) -> PyResult<(Bound<'py, PyDict>, Snapshot)> {
+fn remove_entries<'py>(py: Python<'py>, live: &LiveMap, cand: &MapEntries, ct: bool, crash_after: Option<u64>, force_fallback: bool, threads: Option<usize>) -> PyResult<(Bound<'py, PyDict>, MapEntries)> {
     if !live.inner.writable {
         return Err(CtError::BadArgument("map was opened read-only".into()).into());
     }
@@ -209,12 +209,12 @@ fn remove_entries<'py>(py: Python<'py>, live: &LiveMap, cand: &Snapshot, ct: boo
     d.set_item("newer_won", r.newer_won)?;
     d.set_item("reinsert_failed", r.reinsert_failed)?;
     d.set_item("method", if r.fallback { "lookup+delete" } else { "lookup_and_delete" })?;
-    Ok((d, Snapshot { entries: Arc::new(r.deleted), source: cand.source.clone(), taken_ns: cand.taken_ns }))
+    Ok((d, MapEntries { entries: Arc::new(r.deleted), source: cand.source.clone(), taken_ns: cand.taken_ns }))
 }
 
 /// Write `snap`'s entries with BPF_NOEXIST: (written, already present).
 #[pyfunction]
-fn insert_new(py: Python<'_>, live: &LiveMap, snap: &Snapshot) -> PyResult<(u64, u64)> {
+fn insert_new(py: Python<'_>, live: &LiveMap, snap: &MapEntries) -> PyResult<(u64, u64)> {
     if !live.inner.writable {
         return Err(CtError::BadArgument("map was opened read-only".into()).into());
     }
@@ -231,7 +231,7 @@ fn detect_ct(name: &str, pin: &str, map_type: u32, key_size: u32, value_size: u3
 
 /// Benchmark floor: BPF_MAP_DELETE_BATCH of `snap`'s keys, no checks. Returns seconds.
 #[pyfunction]
-fn raw_delete_batch(py: Python<'_>, live: &LiveMap, snap: &Snapshot) -> PyResult<f64> {
+fn raw_delete_batch(py: Python<'_>, live: &LiveMap, snap: &MapEntries) -> PyResult<f64> {
     let e = snap.entries.clone();
     Ok(detached(py, "raw_delete_batch", || {
         let t = std::time::Instant::now();

@@ -39,7 +39,7 @@ fn source_of(path: &str, p: &MapParams) -> SourceMap {
 /// Raw entries held in Rust memory (never copied into Python objects), with the
 /// parameters of the map they came from.
 #[pyclass(module = "ctscope._native", frozen)]
-pub struct Snapshot {
+pub struct MapEntries {
     pub(crate) entries: Arc<Entries>,
     pub(crate) source: SourceMap,
     #[pyo3(get)]
@@ -47,7 +47,7 @@ pub struct Snapshot {
 }
 
 #[pymethods]
-impl Snapshot {
+impl MapEntries {
     #[getter]
     fn count(&self) -> usize {
         self.entries.count
@@ -85,15 +85,15 @@ impl Snapshot {
     }
 
     /// The newest `n` entries by last_seen (what `--force` keeps when shrinking).
-    fn newest(&self, py: Python<'_>, n: usize) -> PyResult<Snapshot> {
+    fn newest(&self, py: Python<'_>, n: usize) -> PyResult<MapEntries> {
         let e = detached(py, "newest", || Ok(migrate::newest(&self.entries, n)))?;
-        Ok(Snapshot { entries: Arc::new(e), source: self.source.clone(), taken_ns: self.taken_ns })
+        Ok(MapEntries { entries: Arc::new(e), source: self.source.clone(), taken_ns: self.taken_ns })
     }
 
     /// Entries here whose key is absent from `reference` or whose value differs.
-    fn changed_since(&self, py: Python<'_>, reference: &Snapshot) -> PyResult<Snapshot> {
+    fn changed_since(&self, py: Python<'_>, reference: &MapEntries) -> PyResult<MapEntries> {
         let e = detached(py, "changed_since", || Ok(migrate::changed_since(&reference.entries, &self.entries)))?;
-        Ok(Snapshot { entries: Arc::new(e), source: self.source.clone(), taken_ns: self.taken_ns })
+        Ok(MapEntries { entries: Arc::new(e), source: self.source.clone(), taken_ns: self.taken_ns })
     }
 
     /// What to write into a map whose content is `dest` so that it loses nothing fresher
@@ -101,19 +101,19 @@ impl Snapshot {
     /// last_seen when `by_last_seen`, else with any other value when `overwrite_differing`;
     /// kept: differing keys left as they are).
     #[pyo3(signature = (dest, by_last_seen, overwrite_differing=false))]
-    fn fresher_than(&self, py: Python<'_>, dest: &Snapshot, by_last_seen: bool, overwrite_differing: bool) -> PyResult<(Snapshot, Snapshot, u64)> {
+    fn fresher_than(&self, py: Python<'_>, dest: &MapEntries, by_last_seen: bool, overwrite_differing: bool) -> PyResult<(MapEntries, MapEntries, u64)> {
         let migrate::Fresher { add, update, kept } = detached(py, "fresher_than", || {
             let f = migrate::fresher(&self.entries, &dest.entries, by_last_seen, overwrite_differing);
             // Newest first: what a caller keeps when not all fit.
             Ok(if by_last_seen { migrate::Fresher { add: migrate::newest(&f.add, f.add.count), ..f } } else { f })
         })?;
-        let wrap = |e| Snapshot { entries: Arc::new(e), source: self.source.clone(), taken_ns: self.taken_ns };
+        let wrap = |e| MapEntries { entries: Arc::new(e), source: self.source.clone(), taken_ns: self.taken_ns };
         Ok((wrap(add), wrap(update), kept))
     }
 
     /// Exact key→value comparison against what this snapshot expects:
     /// {expected, actual, equal, missing, different, extra, identical}.
-    fn compare<'py>(&self, py: Python<'py>, actual: &Snapshot) -> PyResult<Bound<'py, PyDict>> {
+    fn compare<'py>(&self, py: Python<'py>, actual: &MapEntries) -> PyResult<Bound<'py, PyDict>> {
         let c = detached(py, "compare", || Ok(migrate::compare(&self.entries, &actual.entries)))?;
         comparison_dict(py, &c)
     }
@@ -157,9 +157,9 @@ fn fresh_dict<'py>(py: Python<'py>, w: &migrate::FreshWrite) -> PyResult<Bound<'
 
 /// Read a backup file (format, count and CRC checked).
 #[pyfunction]
-fn read_backup(py: Python<'_>, path: PathBuf) -> PyResult<Snapshot> {
+fn read_backup(py: Python<'_>, path: PathBuf) -> PyResult<MapEntries> {
     let b = detached(py, "read_backup", || backup::read(&path))?;
-    Ok(Snapshot { entries: Arc::new(b.entries), source: b.source, taken_ns: b.taken_ns })
+    Ok(MapEntries { entries: Arc::new(b.entries), source: b.source, taken_ns: b.taken_ns })
 }
 
 /// A pinned map held open by one fd for the whole repair: the map that fd names cannot
@@ -193,9 +193,9 @@ impl LiveMap {
     }
 
     /// Read every entry now.
-    fn snapshot(&self, py: Python<'_>) -> PyResult<Snapshot> {
+    fn snapshot(&self, py: Python<'_>) -> PyResult<MapEntries> {
         let e = detached(py, "snapshot", || migrate::read_all(self.inner.fd.clone(), &self.inner.params))?;
-        Ok(Snapshot {
+        Ok(MapEntries {
             entries: Arc::new(e),
             source: source_of(&self.inner.path.to_string_lossy(), &self.inner.params),
             taken_ns: sys::realtime_ns(),
@@ -216,13 +216,13 @@ impl LiveMap {
     /// Look up each entry of `snap` here: {expected, equal, missing, different, ...}.
     /// `newer_ok`: a CT entry made newer since counts as equal.
     #[pyo3(signature = (snap, newer_ok=false))]
-    fn lookup_compare<'py>(&self, py: Python<'py>, snap: &Snapshot, newer_ok: bool) -> PyResult<Bound<'py, PyDict>> {
+    fn lookup_compare<'py>(&self, py: Python<'py>, snap: &MapEntries, newer_ok: bool) -> PyResult<Bound<'py, PyDict>> {
         let c = detached(py, "lookup_compare", || migrate::lookup_compare(self.inner.fd(), &snap.entries, newer_ok))?;
         comparison_dict(py, &c)
     }
 
     /// Write entries into this map (needs `writable=True`).
-    fn write(&self, py: Python<'_>, snap: &Snapshot) -> PyResult<u64> {
+    fn write(&self, py: Python<'_>, snap: &MapEntries) -> PyResult<u64> {
         if !self.inner.writable {
             return Err(CtError::BadArgument("map was opened read-only".into()).into());
         }
@@ -232,7 +232,7 @@ impl LiveMap {
     /// Write `snap`'s entries by the freshness rule, decided per key against the map's
     /// value at that moment (migrate::write_fresher): {added, updated, kept}.
     #[pyo3(signature = (snap, by_last_seen, overwrite_differing=false))]
-    fn write_fresher<'py>(&self, py: Python<'py>, snap: &Snapshot, by_last_seen: bool, overwrite_differing: bool) -> PyResult<Bound<'py, PyDict>> {
+    fn write_fresher<'py>(&self, py: Python<'py>, snap: &MapEntries, by_last_seen: bool, overwrite_differing: bool) -> PyResult<Bound<'py, PyDict>> {
         if !self.inner.writable {
             return Err(CtError::BadArgument("map was opened read-only".into()).into());
         }
@@ -268,30 +268,30 @@ impl NewMap {
     }
 
     /// Copy the snapshot's entries in (`BPF_MAP_UPDATE_BATCH`, per-element fallback).
-    fn fill(&self, py: Python<'_>, snap: &Snapshot) -> PyResult<u64> {
+    fn fill(&self, py: Python<'_>, snap: &MapEntries) -> PyResult<u64> {
         Ok(detached(py, "fill", || migrate::copy_into(&self.fd, &snap.entries))?)
     }
 
     /// Look up each entry of `snap` here: {expected, equal, missing, different, ...}.
     /// `newer_ok`: a CT entry as new or newer by last_seen counts as equal.
     #[pyo3(signature = (snap, newer_ok=false))]
-    fn lookup_compare<'py>(&self, py: Python<'py>, snap: &Snapshot, newer_ok: bool) -> PyResult<Bound<'py, PyDict>> {
+    fn lookup_compare<'py>(&self, py: Python<'py>, snap: &MapEntries, newer_ok: bool) -> PyResult<Bound<'py, PyDict>> {
         let c = detached(py, "lookup_compare", || migrate::lookup_compare(self.fd.as_fd(), &snap.entries, newer_ok))?;
         comparison_dict(py, &c)
     }
 
     /// Write `snap`'s entries by the freshness rule (see `LiveMap.write_fresher`).
     #[pyo3(signature = (snap, by_last_seen, overwrite_differing=false))]
-    fn write_fresher<'py>(&self, py: Python<'py>, snap: &Snapshot, by_last_seen: bool, overwrite_differing: bool) -> PyResult<Bound<'py, PyDict>> {
+    fn write_fresher<'py>(&self, py: Python<'py>, snap: &MapEntries, by_last_seen: bool, overwrite_differing: bool) -> PyResult<Bound<'py, PyDict>> {
         let w = detached(py, "write_fresher", || migrate::write_fresher(self.fd.as_fd(), &snap.entries, by_last_seen, overwrite_differing))?;
         fresh_dict(py, &w)
     }
 
     /// Read every entry back.
-    fn snapshot(&self, py: Python<'_>) -> PyResult<Snapshot> {
+    fn snapshot(&self, py: Python<'_>) -> PyResult<MapEntries> {
         let fd = Arc::new(self.fd.try_clone().map_err(|e| CtError::os("dup", e))?);
         let e = detached(py, "snapshot", || migrate::read_all(fd, &self.params))?;
-        Ok(Snapshot { entries: Arc::new(e), source: source_of("", &self.params), taken_ns: sys::realtime_ns() })
+        Ok(MapEntries { entries: Arc::new(e), source: source_of("", &self.params), taken_ns: sys::realtime_ns() })
     }
 
     /// Pin at `path`, which must not exist.
@@ -371,7 +371,7 @@ fn on_bpffs(path: PathBuf) -> bool {
 }
 
 pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    m.add_class::<Snapshot>()?;
+    m.add_class::<MapEntries>()?;
     m.add_class::<LiveMap>()?;
     m.add_class::<NewMap>()?;
     m.add_function(wrap_pyfunction!(read_backup, m)?)?;

@@ -25,6 +25,7 @@ from ctscope.analysis import stats as stats_mod
 from ctscope.analysis.diff import COLLISION, KEY, KEY_HASH, classify, key_hash, side
 from ctscope.analysis.expiry import _CODE, judged_parts, timeouts_for
 from ctscope.analysis.sources import Snapshot, open_source
+from ctscope.analysis.timeouts import Timeouts
 from ctscope.errors import BadArgument
 
 EVENTS = ("new", "gone", "updated", "recreated")
@@ -75,7 +76,7 @@ class Watcher:
         self.where, self.timeouts, self.felix_config = where, timeouts, felix_config
         self.top, self.events = top, events
         self.prev: Generation | None = None
-        self._t = None
+        self._t: Timeouts | None = None
         return_freed_memory()
 
     def read(self) -> Generation:

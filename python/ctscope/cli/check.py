@@ -10,7 +10,9 @@ import typer
 from rich.console import Console
 from rich.table import Table
 
-from ctscope import check as checks
+from ctscope import felixconfig
+from ctscope._native import MAX_ENTRIES_LIMIT
+from ctscope.repair import check as checks
 from ctscope.cli.app import app
 from ctscope.errors import BadArgument
 from ctscope.pins import DEFAULT_BPFFS
@@ -22,7 +24,7 @@ def check_cmd(
     bpffs: str = typer.Option(DEFAULT_BPFFS, "--bpffs", help="bpffs mount to look under when no PIN is given."),
     objects: Optional[list[str]] = typer.Option(None, "--object", help="BPF ELF object (.o) whose .maps to compare; repeatable."),
     felix_config: Optional[str] = typer.Option(None, "--felix-config", help="FelixConfiguration as kubectl -o yaml/-o json prints it."),
-    size_file: Optional[str] = typer.Option(None, "--size-file", help=f"Felix's auto-grow size file (default {checks.DEFAULT_SIZE_FILE}, read with --felix-config)."),
+    size_file: Optional[str] = typer.Option(None, "--size-file", help=f"Felix's auto-grow size file (default {felixconfig.DEFAULT_SIZE_FILE}, read with --felix-config)."),
     max_entries: Optional[int] = typer.Option(None, "--max-entries", help="Expected max_entries."),
     loader: str = typer.Option("plain", "--loader", help="How --object is loaded: plain (bpftool/libbpf: compiled max_entries) or calico (sets the configured size first)."),
     as_json: bool = typer.Option(False, "--json", help="JSON output."),
@@ -34,9 +36,9 @@ def check_cmd(
     """Compare pinned CT maps with what their loader expects, on libbpf's six fields."""
     if loader not in ("plain", "calico"):
         raise BadArgument(f"--loader {loader!r}: expected plain or calico")
-    if max_entries is not None and not 0 < max_entries <= checks.RESIZE_MAX:
-        raise BadArgument(f"--max-entries {max_entries}: expected 1 .. {checks.RESIZE_MAX}")
-    configured = checks.felix_size(felix_config, size_file)
+    if max_entries is not None and not 0 < max_entries <= MAX_ENTRIES_LIMIT:
+        raise BadArgument(f"--max-entries {max_entries}: expected 1 .. {MAX_ENTRIES_LIMIT}")
+    configured = felixconfig.felix_size(felix_config, size_file)
     targets = pins or [str(p) for p in checks.discover_pins(bpffs)]
     if not targets:
         raise BadArgument(f"no CT pins under {bpffs}/tc/globals: name PINs or use --bpffs")
@@ -67,17 +69,18 @@ def check_cmd(
 
 
 def _recover(pin: str, yes: bool, out: Console, wait: float) -> list[str]:
-    from ctscope import resize
+    from ctscope.repair.common import canonical_pin
+    from ctscope.repair.recover import needs_recovery, recover_locked
 
-    p = resize.canonical_pin(pin)
-    if not resize.needs_recovery(p):
+    p = canonical_pin(pin)
+    if not needs_recovery(p):
         return []
     if not yes:
         out.print(f"{pin}: would recover the interrupted migration (Felix's rule); add --yes")
         return []
     # Under the pin's write lock: a migration another run is in the middle of is refused
     # (exit 5), not "recovered".
-    return resize.recover_locked(p, lambda s: out.print(f"{pin}: {s}"), wait=wait, command="check --recover") or []
+    return recover_locked(p, lambda s: out.print(f"{pin}: {s}"), wait=wait, command="check --recover") or []
 
 
 def _print(con: Console, rep: checks.MapReport) -> None:

@@ -32,9 +32,10 @@ def demo(
     from ctscope._native import raw_read
     from ctscope.bpffs import private_bpffs
     from ctscope.cli.synth import synth
+    from ctscope.pins import CT_PIN_NAMES, GLOBALS
 
     with private_bpffs() as fs:
-        pin = fs / "tc" / "globals" / "cali_v4_ct4"
+        pin = fs / GLOBALS / CT_PIN_NAMES[4][0]
         print(f"private bpffs at {fs}: writing {entries:,} synthetic Calico v4 CT entries ...")
         t = time.perf_counter()
         synth(str(pin), entries)

@@ -8,7 +8,11 @@ from typing import Optional
 
 import typer
 
-from ctscope import resize as migration
+from ctscope.repair.common import Result, canonical_pin, old_pin
+from ctscope.repair.delta import finish_delta
+from ctscope.repair.recover import needs_recovery, recover_locked, recovery_plan
+from ctscope.repair.resize import resize
+from ctscope.repair.restore import restore
 from ctscope.cli.app import app
 from ctscope.errors import BadArgument
 
@@ -31,25 +35,24 @@ def resize_cmd(
     act = yes and not dry_run
     say = (lambda s: None) if as_json else _say
     if recover:
-        p = migration.canonical_pin(pin)
-        if not migration.needs_recovery(p):
-            say(f"{p}: no interrupted migration ({p.name}_old absent): nothing to recover")
-            res = migration.Result(pin=str(p), done=True)
+        p = canonical_pin(pin)
+        if not needs_recovery(p):
+            say(f"{p}: no interrupted migration ({old_pin(p).name} absent): nothing to recover")
+            res = Result(pin=str(p), done=True)
         elif not act:
-            say(f"plan (nothing done; add --yes): {migration.recovery_plan(p)}")
-            res = migration.Result(pin=str(p))
+            say(f"plan (nothing done; add --yes): {recovery_plan(p)}")
+            res = Result(pin=str(p))
         else:
-            done = migration.recover_locked(p, say, force=force, wait=wait)
+            done = recover_locked(p, say, force=force, wait=wait)
             if done is None:
                 say(f"{p}: no interrupted migration any more (another run finished it): nothing to recover")
-            res = migration.Result(pin=str(p), done=True, recovered=done or [])
+            res = Result(pin=str(p), done=True, recovered=done or [])
     elif delta:
-        res = migration.finish_delta(pin, backup=backup, keep_old=keep_old, yes=act, wait=wait, say=say)
+        res = finish_delta(pin, backup=backup, keep_old=keep_old, yes=act, wait=wait, say=say)
     else:
         if max_entries is None:
             raise BadArgument("resize needs --max-entries N (or --delta / --recover)")
-        res = migration.resize(pin, max_entries, backup=backup, keep_old=keep_old, force=force, yes=act, wait=wait,
-                               say=say)
+        res = resize(pin, max_entries, backup=backup, keep_old=keep_old, force=force, yes=act, wait=wait, say=say)
     if as_json:
         print(json.dumps(asdict(res), indent=2))
 
@@ -65,7 +68,7 @@ def restore_cmd(
 ) -> None:
     """Put a backup's entries back: keys the map lacks are inserted; entries the map holds
     with a newer last_seen are kept unless --overwrite. Nothing is deleted."""
-    migration.restore(pin, source, yes=yes, overwrite=overwrite, force=force, wait=wait, say=_say)
+    restore(pin, source, yes=yes, overwrite=overwrite, force=force, wait=wait, say=_say)
 
 
 def _say(line: str) -> None:

@@ -7,11 +7,11 @@ from typing import Optional
 
 import typer
 
-from ctscope._native import synth_map
+from ctscope._native import CT_DEFAULT_MAX_ENTRIES, synth_map
 from ctscope.cli.app import app
 from ctscope.errors import BadArgument
 
-DEFAULT_MAX_ENTRIES = 512_000  # Calico's default bpfMapSizeConntrack
+DEFAULT_MAX_ENTRIES = CT_DEFAULT_MAX_ENTRIES  # Calico's default bpfMapSizeConntrack (layout.rs)
 
 
 def default_max_entries(entries: int) -> int:
@@ -67,7 +67,7 @@ def _check_range(name: str, value: int, lo: int, hi: int) -> None:
 def synth_cmd(
     pin: str = typer.Argument(..., help="Where to pin the new map (on a bpffs)."),
     entries: int = typer.Option(..., "--entries", help="How many entries to write."),
-    max_entries: Optional[int] = typer.Option(None, "--max-entries", help="Map size (default: 512000, or 1.25 x entries)."),
+    max_entries: Optional[int] = typer.Option(None, "--max-entries", help=f"Map size (default: {CT_DEFAULT_MAX_ENTRIES}, or 1.25 x entries)."),
     version: int = typer.Option(4, "--version", help="CT map version: 2, 3 or 4."),
     ipv6: bool = typer.Option(False, "--ipv6", help="An IPv6 map (cali_v6_ct*)."),
     seed: int = typer.Option(0, "--seed", help="Random seed (same seed, same map)."),

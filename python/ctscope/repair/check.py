@@ -14,31 +14,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ctscope._native import object_maps
-from ctscope import felixconfig, fill
+from ctscope._native import MAX_ENTRIES_LIMIT, OLD_PIN_SUFFIX, ct_layouts, ct_releases, object_maps
+from ctscope import fill
 from ctscope.errors import BadArgument, CtscopeError
-from ctscope.pins import GLOBALS, ct_pin_version, globals_dir, is_ct_pin_name
+from ctscope.felixconfig import ConfiguredSize, felix_size
+from ctscope.pins import CT_PIN_NAMES, GLOBALS, ct_pin_version, globals_dir, is_ct_pin_name
+from ctscope.repair.common import old_pin
 
 FIELDS = ("map_type", "key_size", "value_size", "max_entries", "map_flags", "map_extra")
 # Fields a resize can change; any other difference is a different map version.
 RESIZABLE = {"max_entries"}
 
-CALICO_DEFAULT_SIZE = 512_000
-DEFAULT_SIZE_FILE = "/var/lib/calico/bpf_ct_map_size"
-POSSIBLE_CPUS = "/sys/devices/system/cpu/possible"
-
-# What `ctscope resize --max-entries` accepts (resize.resize): a u32, at least 1.
-RESIZE_MAX = 0xFFFFFFFF
-
-# Calico's CT maps by (version, family): type, key, value, flags (facts §1).
-LAYOUTS: dict[tuple[int, int], dict[str, Any]] = {
-    (2, 4): {"map_type": "hash", "key_size": 16, "value_size": 64, "map_flags": 1, "map_extra": 0},
-    (3, 4): {"map_type": "hash", "key_size": 16, "value_size": 88, "map_flags": 1, "map_extra": 0},
-    (3, 6): {"map_type": "hash", "key_size": 40, "value_size": 128, "map_flags": 1, "map_extra": 0},
-    (4, 4): {"map_type": "lru_hash", "key_size": 16, "value_size": 88, "map_flags": 0, "map_extra": 0},
-    (4, 6): {"map_type": "lru_hash", "key_size": 40, "value_size": 128, "map_flags": 0, "map_extra": 0},
-}
-RELEASES = {2: "Calico <= v3.23", 3: "Calico v3.24-v3.30", 4: "Calico v3.31+"}
+# Calico's CT maps by (version, family): type, key, value, flags (facts §1), and the
+# releases that create each version: layout.rs's tables, the only copy.
+LAYOUTS: dict[tuple[int, int], dict[str, Any]] = ct_layouts()
+RELEASES: dict[int, str] = ct_releases()
 
 
 def layout_of(version: int | None, family: int | None) -> dict[str, Any] | None:
@@ -53,91 +43,6 @@ def looks_like(params: dict[str, Any]) -> str:
         if all(params.get(k) == v for k, v in lay.items()):
             return f"ct{ver} IPv{fam} ({lay['map_type']}, flags {lay['map_flags']:#x}: {RELEASES[ver]})"
     return f"no Calico CT version ({params.get('map_type')}, {params.get('key_size')}/{params.get('value_size')} bytes, flags {params.get('map_flags', 0):#x})"
-
-
-# --- configured size -------------------------------------------------------------------------
-
-def possible_cpus(path: str = POSSIBLE_CPUS) -> int:
-    """Number of possible CPUs from a list such as `0-3,5` (what Felix multiplies by)."""
-    try:
-        text = Path(path).read_text().strip()
-    except OSError:
-        return os.cpu_count() or 1
-    n = 0
-    for part in filter(None, text.split(",")):
-        lo, _, hi = part.partition("-")
-        n += int(hi or lo) - int(lo) + 1
-    return max(n, 1)
-
-
-def load_felix_config(path: str) -> dict[str, Any]:
-    """The `spec` of the `default` FelixConfiguration in a kubectl -o yaml|json file."""
-    return felixconfig.spec(path)
-
-
-def _int_field(spec: dict[str, Any], key: str, path: str) -> int | None:
-    v = spec.get(key)
-    if v is None:
-        return None
-    try:
-        if isinstance(v, (bool, list, dict)):
-            raise TypeError
-        n = int(v)
-    except (TypeError, ValueError, OverflowError):  # .inf is a YAML float
-        shown = repr(v) if isinstance(v, (str, int, float)) else type(v).__name__
-        raise BadArgument(f"{path}: spec.{key} = {shown[:60]}, expected an integer") from None
-    if n < 0:
-        raise BadArgument(f"{path}: spec.{key} = {n}, expected >= 0")
-    return n
-
-
-@dataclass
-class ConfiguredSize:
-    value: int
-    source: str
-    # No FelixConfiguration was given: `value` is Calico's default (or the node's auto-grow
-    # size file), which holds only if the cluster configures no other size.
-    assumed: bool = False
-    # The node's auto-grow size file: Felix loads at least this many (max(configured, file)).
-    floor: int | None = None
-
-
-def felix_size(config_path: str | None, size_file: str | None, cpus_path: str = POSSIBLE_CPUS) -> ConfiguredSize:
-    """Felix's effective CT size: bpfMapSizeConntrack, or bpfMapSizePerCPUConntrack x
-    possible CPUs when that is > 0, or a larger number in the auto-grow size file
-    (felix/dataplane/linux/int_dataplane.go). Without a FelixConfiguration the base is
-    Calico's default bpfMapSizeConntrack (512000, felix/config/config_params.go) and the
-    result is marked `assumed`: the cluster may configure another size."""
-    spec = load_felix_config(config_path) if config_path else {}
-    where = config_path or "defaults"
-    base = _int_field(spec, "bpfMapSizeConntrack", where)
-    size, source = ((base, f"{where}: bpfMapSizeConntrack") if base else
-                    (CALICO_DEFAULT_SIZE, f"Calico's default bpfMapSizeConntrack {CALICO_DEFAULT_SIZE:,}"
-                     + ("" if config_path else " (assumed: no --felix-config)")))
-    per_cpu = _int_field(spec, "bpfMapSizePerCPUConntrack", where) or 0
-    if per_cpu > 0:
-        cpus = possible_cpus(cpus_path)
-        size, source = per_cpu * cpus, f"{where}: bpfMapSizePerCPUConntrack {per_cpu} x {cpus} possible CPUs"
-    sf = size_file or DEFAULT_SIZE_FILE
-    try:
-        text = Path(sf).read_text().strip()
-    except FileNotFoundError:
-        if size_file:
-            raise BadArgument(f"{sf}: no such size file") from None
-        text = ""
-    except OSError as e:
-        raise BadArgument(f"{sf}: cannot read size file: {e.strerror}") from None
-    if text:
-        try:
-            grown = int(text)
-        except ValueError:
-            raise BadArgument(f"{sf}: holds {text[:40]!r}, expected a number of entries") from None
-        if grown > size:
-            size, source = grown, f"{sf} (auto-grow size, larger than {source})"
-        floor = grown if grown > 0 else None
-    else:
-        floor = None
-    return ConfiguredSize(size, source, assumed=config_path is None, floor=floor)
 
 
 # --- the comparison ----------------------------------------------------------------------------
@@ -220,7 +125,7 @@ def _object_views(pin: Path, params: dict[str, Any], objects: list[str], configu
                   loader: str) -> tuple[list[ObjectView], list[tuple[str, dict[str, Any]]]]:
     """Object maps that libbpf would match against this pin (same name, pinned by name)."""
     views, expectations = [], []
-    base = pin.name.removesuffix("_old")
+    base = pin.name.removesuffix(OLD_PIN_SUFFIX)
     for obj in objects:
         for m in object_maps(obj):
             if m["name"] not in (base, params.get("name")):
@@ -256,7 +161,7 @@ def check_pin(pin: str | os.PathLike[str], *, objects: list[str] = (), configure
 
     pin = Path(pin)
     rep = MapReport(pin=str(pin))
-    old = pin.with_name(pin.name + "_old")
+    old = old_pin(pin)
     if not os.path.lexists(pin) and os.path.lexists(old):
         rep.interrupted = (f"{pin} is missing but {old.name} exists: a migration was interrupted between its two pins; "
                            f"Felix puts {old.name} back on restart")
@@ -332,14 +237,20 @@ def check_pin(pin: str | os.PathLike[str], *, objects: list[str] = (), configure
     return rep
 
 
+def _same_family_pins(pin: Path, info: dict[str, Any]) -> list[tuple[int, Path]]:
+    """(version, path) of the CT pins of `pin`'s family beside it (newest first), when `pin`
+    has a Calico CT pin name of its map's family; else none."""
+    ver, fam = info.get("version"), info.get("family")
+    named = ct_pin_version(pin.name)
+    if not ver or not fam or named is None or named[1] != fam:
+        return []
+    return [(ct_pin_version(n)[0], pin.with_name(n)) for n in CT_PIN_NAMES.get(fam, [])]
+
+
 def _newer_pin(pin: Path, info: dict[str, Any]) -> str | None:
     """The higher-version CT pin of the same family beside `pin`, if any."""
-    ver, fam = info.get("version"), info.get("family")
-    if not ver or not fam or not pin.name.startswith(f"cali_v{fam}_ct"):
-        return None
-    for higher in range(4, ver, -1):
-        p = pin.with_name(f"cali_v{fam}_ct{higher}")
-        if os.path.lexists(p):
+    for v, p in _same_family_pins(pin, info):
+        if v > info["version"] and os.path.lexists(p):
             return str(p)
     return None
 
@@ -378,9 +289,9 @@ def _explain(rep: MapReport, pin: Path, info: dict[str, Any], views: list[Object
     targets = sorted({r.expected for r in bad})
     for t in targets:
         srcs = ", ".join(r.source for r in bad if r.expected == t)
-        if not isinstance(t, int) or not 0 < t <= RESIZE_MAX:
+        if not isinstance(t, int) or not 0 < t <= MAX_ENTRIES_LIMIT:
             rep.remedy.append(f"{srcs} expects max_entries {fmt_value('max_entries', t)}, which no BPF map can have "
-                              f"(max_entries is a u32: 1 .. {RESIZE_MAX:,}; `ctscope resize` accepts no more): fix "
+                              f"(max_entries is a u32: 1 .. {MAX_ENTRIES_LIMIT:,}; `ctscope resize` accepts no more): fix "
                               "that setting rather than the map")
             continue
         rep.remedy.append(f"ctscope resize {pin} --max-entries {t} --yes    # max_entries {info['max_entries']:,} -> "
@@ -395,9 +306,9 @@ def _explain(rep: MapReport, pin: Path, info: dict[str, Any], views: list[Object
 
 
 def _interrupted(rep: MapReport, pin: Path, info: dict[str, Any]) -> None:
-    if pin.name.endswith("_old"):
+    if pin.name.endswith(OLD_PIN_SUFFIX):
         return
-    old = pin.with_name(pin.name + "_old")
+    old = old_pin(pin)
     if not os.path.lexists(old):
         return
     from ctscope.ctmap import open_map
@@ -419,12 +330,9 @@ def _interrupted(rep: MapReport, pin: Path, info: dict[str, Any]) -> None:
 
 
 def _leftovers(rep: MapReport, pin: Path, info: dict[str, Any]) -> None:
-    ver, fam = info.get("version"), info.get("family")
-    if not ver or not fam or not pin.name.startswith(f"cali_v{fam}_ct"):
-        return
-    for lower in range(2, ver):
-        p = pin.with_name(f"cali_v{fam}_ct{lower}")
-        if os.path.lexists(p):
+    ver = info.get("version")
+    for lower, p in reversed(_same_family_pins(pin, info)):
+        if lower < ver and os.path.lexists(p):
             rep.notes.append(f"{p} is a ct{lower} pin left beside ct{ver} (Felix does not remove it after an "
                              "upgrade); nothing loads it any more: dump it if you need it, then remove it")
 
@@ -481,9 +389,10 @@ def discover_pins(bpffs: str) -> list[Path]:
     d = globals_dir(bpffs)
     if not d.is_dir():
         raise BadArgument(f"{d}: no such directory; expected Calico's pins under BPFFS/{GLOBALS} (use --bpffs or name PINs)")
-    pins = [p for p in sorted(d.iterdir()) if is_ct_pin_name(p.name) and not p.name.endswith("_old")]
+    pins = [p for p in sorted(d.iterdir()) if is_ct_pin_name(p.name) and not p.name.endswith(OLD_PIN_SUFFIX)]
     # An `_old` without its pin: Felix died between the two pins; report it under the base name.
     for p in sorted(d.iterdir()):
-        if p.name.endswith("_old") and is_ct_pin_name(p.name) and not p.with_name(p.name[:-4]).exists():
-            pins.append(p.with_name(p.name[:-4]))
+        base = p.with_name(p.name.removesuffix(OLD_PIN_SUFFIX))
+        if base != p and is_ct_pin_name(p.name) and not base.exists():
+            pins.append(base)
     return sorted(set(pins))
