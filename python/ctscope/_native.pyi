@@ -1,4 +1,4 @@
-"""Types of `ctscope._native`, the Rust core (rust/src/python*.rs).
+"""Types of `ctscope._native`, the Rust core (rust/src/python/).
 
 Every name the module exports is here, and nothing else (tests/test_native_stub.py checks
 both ways); mypy checks the package's calls against these signatures (tests/test_types.py).
@@ -14,7 +14,7 @@ _Path = str | PathLike[str]
 # A map's parameters as a dict (libbpf's six fields plus id/name/version/family, MapInfo.as_dict keys).
 _Params = dict[str, Any]
 
-# --- errors (rust/src/python.rs; mapped to exit codes by ctscope.errors) ---------------------
+# --- errors (rust/src/python/errors.rs; mapped to exit codes by ctscope.errors) ---------------------
 
 class CtscopeError(Exception): ...
 class PinNotFound(CtscopeError): ...
@@ -23,7 +23,7 @@ class PermissionDenied(CtscopeError): ...
 class BadArgument(CtscopeError): ...
 class IterationLimit(CtscopeError): ...
 
-# --- reading a map (rust/src/python.rs) ------------------------------------------------------
+# --- reading a map (rust/src/python/{map_info,dump,synth}.rs) ------------------------------------------------------
 
 class MapInfo:
     path: str
@@ -83,7 +83,7 @@ def flag_labels() -> list[tuple[int, str]]: ...
 def ct_required_columns() -> list[str]: ...
 def ct_columns() -> list[str]: ...
 
-# --- repair: entries in Rust memory, live and new maps, backups (rust/src/python_repair.rs) ---
+# --- repair: entries in Rust memory, live and new maps, backups (rust/src/python/repair.rs) ---
 
 class MapEntries:
     """Raw key/value entries of one map, held in Rust memory, with that map's parameters."""
@@ -137,7 +137,7 @@ def rename_pin(src: _Path, dst: _Path) -> None: ...
 def swap_pin_name(pin: _Path) -> Path: ...
 def on_bpffs(path: _Path) -> bool: ...
 
-# --- acting on the table (rust/src/python_act.rs) ---------------------------------------------
+# --- acting on the table (rust/src/python/act.rs) ---------------------------------------------
 
 class Rows:
     num_rows: int
@@ -156,7 +156,7 @@ def insert_new(live: LiveMap, snap: MapEntries) -> tuple[int, int]: ...
 def detect_ct(name: str, pin: str, map_type: int, key_size: int, value_size: int) -> tuple[int | None, int | None]: ...
 def raw_delete_batch(live: LiveMap, snap: MapEntries) -> float: ...
 
-# --- Calico facts (rust/src/python_facts.rs; stated once in layout.rs/map.rs/migrate.rs) ------
+# --- Calico facts (rust/src/python/facts.rs; stated once in layout.rs/map.rs/migrate.rs) ------
 
 OLD_PIN_SUFFIX: Final[str]
 MAX_ENTRIES_LIMIT: Final[int]

@@ -7,9 +7,8 @@
 //! * `decode` — bytes → Arrow record batches
 //! * `stream` — reader thread + decoder = a dump in flight
 //! * `synth`  — realistic synthetic CT maps
-//! * `python` — the PyO3 classes and the Arrow C stream export
-//! * `object`, `backup`, `migrate`, `prog_refs`, `python_repair` — check / resize / restore
-//! * `python_facts` — Calico facts (layouts, releases, pin names, `<pin>_old`) for Python
+//! * `python/` — the PyO3 surface, one file per class or concern (see python/mod.rs)
+//! * `object`, `backup`, `migrate`, `prog_refs` — check / resize / restore
 
 pub mod act;
 pub mod backup;
@@ -24,9 +23,6 @@ pub mod parallel;
 pub mod prog_refs;
 pub mod python;
 pub mod pushdown;
-pub mod python_repair;
-pub mod python_act;
-pub mod python_facts;
 pub mod stream;
 pub mod synth;
 pub mod sys;

@@ -1,55 +1,23 @@
-//! PyO3 surface. Every syscall and every decode runs with the GIL released; record
-//! batches leave through the Arrow PyCapsule interface (`__arrow_c_stream__`), which
-//! polars (and pyarrow, duckdb, …) import without copying primitive columns.
+//! Reading a map into Arrow: NativeMap (an open pin), Dump (a dump in flight), Batch, their
+//! export through the Arrow C stream interface, the raw read the benchmarks use as their
+//! floor, and the clocks a dump's reference times come from.
 
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
 use arrow_array::ffi_stream::FFI_ArrowArrayStream;
 use arrow_array::{RecordBatch, RecordBatchIterator};
-use pyo3::create_exception;
-use pyo3::exceptions::PyException;
 use pyo3::prelude::*;
 use pyo3::types::{PyCapsule, PyDict};
 
+use super::errors::{CtscopeError, detached, locked};
+use super::map_info::MapInfo;
 use crate::error::CtError;
 use crate::iter::{self, MapReader, Method};
-use crate::layout::{self, Family, Layout};
-use crate::map::{MapParams, PinnedMap};
+use crate::layout::Layout;
+use crate::map::PinnedMap;
 use crate::stream::{DumpOptions, DumpStream, ReaderStatus};
-use crate::synth;
 use crate::sys;
-
-create_exception!(_native, CtscopeError, PyException, "Base class of ctscope's errors.");
-create_exception!(_native, PinNotFound, CtscopeError, "The pin path does not exist.");
-create_exception!(_native, NotACtMap, CtscopeError, "Not a usable (CT) map: wrong filesystem, object, type or sizes.");
-create_exception!(_native, PermissionDenied, CtscopeError, "Root or CAP_BPF is needed.");
-create_exception!(_native, BadArgument, CtscopeError, "An argument has a value ctscope cannot use.");
-create_exception!(_native, IterationLimit, CtscopeError, "The key-by-key walk exceeded its bound under churn.");
-
-impl From<CtError> for PyErr {
-    fn from(e: CtError) -> PyErr {
-        let msg = e.to_string();
-        match e {
-            CtError::PinNotFound(_) => PinNotFound::new_err(msg),
-            CtError::NotCtMap(_) => NotACtMap::new_err(msg),
-            CtError::Permission(_) => PermissionDenied::new_err(msg),
-            CtError::BadArgument(_) => BadArgument::new_err(msg),
-            CtError::IterationLimit(_) => IterationLimit::new_err(msg),
-            CtError::Os { .. } => CtscopeError::new_err(msg),
-        }
-    }
-}
-
-/// `py.detach(f)` under `error::guard`: the GIL released and any panic an error.
-pub(crate) fn detached<T: Send>(py: Python<'_>, what: &str, f: impl FnOnce() -> Result<T, CtError> + Send) -> Result<T, CtError> {
-    py.detach(|| crate::error::guard(what, f))
-}
-
-/// A mutex poisoned by a (caught) panic still holds usable data: never panic on it.
-fn locked<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 const STREAM_CAPSULE: &std::ffi::CStr = c"arrow_array_stream";
 
@@ -59,87 +27,6 @@ pub(crate) fn export_stream(py: Python<'_>, reader: Box<dyn arrow_array::RecordB
     PyCapsule::new_with_value(py, FFI_ArrowArrayStream::new(reader), STREAM_CAPSULE)
 }
 
-/// Live parameters of a map (kernel's view) plus the CT version/family ctscope detected.
-#[pyclass(frozen, module = "ctscope._native", get_all)]
-#[derive(Clone)]
-pub struct MapInfo {
-    pub path: String,
-    pub map_type: String,
-    pub map_type_id: u32,
-    pub id: u32,
-    pub key_size: u32,
-    pub value_size: u32,
-    pub max_entries: u32,
-    pub map_flags: u32,
-    pub name: String,
-    pub btf_id: u32,
-    pub map_extra: u64,
-    pub version: Option<u8>,
-    pub family: Option<u8>,
-    /// The layout `auto` picks without reading data ("v3?" for ct3: decided from the data).
-    pub layout: Option<String>,
-}
-
-impl MapInfo {
-    pub(crate) fn from_params(path: &str, p: &MapParams) -> Self {
-        MapInfo {
-            path: path.to_string(),
-            map_type: layout::map_type_name(p.map_type),
-            map_type_id: p.map_type,
-            id: p.id,
-            key_size: p.key_size,
-            value_size: p.value_size,
-            max_entries: p.max_entries,
-            map_flags: p.map_flags,
-            name: p.name.clone(),
-            btf_id: p.btf_id,
-            map_extra: p.map_extra,
-            version: p.version,
-            family: p.family.map(Family::number),
-            layout: match (p.static_layout(), p.version) {
-                (Some(l), _) => Some(l.name().to_string()),
-                (None, Some(3)) => Some("v3?".to_string()),
-                _ => None,
-            },
-        }
-    }
-}
-
-#[pymethods]
-impl MapInfo {
-    pub(crate) fn as_dict<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
-        let d = PyDict::new(py);
-        d.set_item("path", &self.path)?;
-        d.set_item("name", &self.name)?;
-        d.set_item("id", self.id)?;
-        let (ks, vs, max, flags) = (self.key_size, self.value_size, self.max_entries, self.map_flags);
-        set_map_fields(&d, self.map_type_id, ks, vs, max, flags, self.map_extra)?;
-        d.set_item("btf_id", self.btf_id)?;
-        d.set_item("version", self.version)?;
-        d.set_item("family", self.family)?;
-        d.set_item("layout", &self.layout)?;
-        Ok(d)
-    }
-
-    fn __repr__(&self) -> String {
-        format!(
-            "MapInfo(name={:?}, type={}, key_size={}, value_size={}, max_entries={}, flags={:#x}, version={}, family={})",
-            self.name,
-            self.map_type,
-            self.key_size,
-            self.value_size,
-            self.max_entries,
-            self.map_flags,
-            py_opt(self.version),
-            py_opt(self.family)
-        )
-    }
-}
-
-/// An optional number as Python prints it: `2` or `None`.
-fn py_opt<T: std::fmt::Display>(v: Option<T>) -> String {
-    v.map_or_else(|| "None".to_string(), |x| x.to_string())
-}
 
 /// A pinned map opened read-only (or read-write for repair commands).
 #[pyclass(module = "ctscope._native")]
@@ -353,42 +240,6 @@ impl Batch {
     }
 }
 
-/// Create, fill and pin a synthetic Calico CT map. Returns a dict describing it.
-#[pyfunction]
-#[pyo3(signature = (pin, entries, max_entries, layout="v4", ipv6=false, seed=0, now_ns=None, profile="classic"))]
-#[allow(clippy::too_many_arguments)]
-fn synth_map<'py>(
-    py: Python<'py>,
-    pin: PathBuf,
-    entries: u64,
-    max_entries: u32,
-    layout: &str,
-    ipv6: bool,
-    seed: u64,
-    now_ns: Option<u64>,
-    profile: &str,
-) -> PyResult<Bound<'py, PyDict>> {
-    let layout = Layout::parse(layout)?.unwrap_or(Layout::V4);
-    let family = if ipv6 { Family::V6 } else { Family::V4 };
-    let spec = synth::SynthSpec {
-        entries,
-        max_entries,
-        layout,
-        family,
-        seed,
-        now_ns: now_ns.unwrap_or_else(sys::monotonic_ns),
-        profile: synth::Profile::parse(profile)?,
-    };
-    let rep = detached(py, "synth_map", || synth::create_and_fill(&pin, &spec))?;
-    let d = PyDict::new(py);
-    d.set_item("pin", pin.to_string_lossy())?;
-    d.set_item("name", rep.name)?;
-    d.set_item("map_type", layout::map_type_name(rep.map_type))?;
-    d.set_item("entries", rep.written)?;
-    d.set_item("max_entries", max_entries)?;
-    d.set_item("layout", layout.name())?;
-    Ok(d)
-}
 
 /// The benchmark floor: read every entry with `BPF_MAP_LOOKUP_BATCH` (or the chosen
 /// method) and decode nothing. Returns (entries, seconds).
@@ -421,68 +272,13 @@ fn realtime_ns() -> u64 {
     sys::realtime_ns()
 }
 
-/// Flag labels in bit order, for documentation and filters.
-#[pyfunction]
-fn flag_labels() -> Vec<(u32, &'static str)> {
-    layout::FLAG_LABELS.to_vec()
-}
 
-/// The columns every decoded dump has (the non-nullable ones of the CT schema): what a
-/// snapshot file must hold to be analysed.
-#[pyfunction]
-fn ct_required_columns() -> Vec<String> {
-    crate::decode::ct_schema().fields().iter().filter(|f| !f.is_nullable()).map(|f| f.name().clone()).collect()
-}
-
-/// The public CT schema's column names, in order.
-#[pyfunction]
-fn ct_columns() -> Vec<String> {
-    crate::decode::ct_schema().fields().iter().map(|f| f.name().clone()).collect()
-}
-
-/// libbpf's six map fields (facts §7), under the same keys wherever a dict describes a map:
-/// a pin's info, a backup's source map, an object's map definition.
-pub(crate) fn set_map_fields(
-    d: &Bound<'_, PyDict>,
-    map_type: u32,
-    key_size: u32,
-    value_size: u32,
-    max_entries: u32,
-    map_flags: u32,
-    map_extra: u64,
-) -> PyResult<()> {
-    d.set_item("map_type", layout::map_type_name(map_type))?;
-    d.set_item("map_type_id", map_type)?;
-    d.set_item("key_size", key_size)?;
-    d.set_item("value_size", value_size)?;
-    d.set_item("max_entries", max_entries)?;
-    d.set_item("map_flags", map_flags)?;
-    d.set_item("map_extra", map_extra)?;
-    Ok(())
-}
-
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
-    let py = m.py();
-    crate::error::quiet_panics();
-    m.add("CtscopeError", py.get_type::<CtscopeError>())?;
-    m.add("PinNotFound", py.get_type::<PinNotFound>())?;
-    m.add("NotACtMap", py.get_type::<NotACtMap>())?;
-    m.add("PermissionDenied", py.get_type::<PermissionDenied>())?;
-    m.add("BadArgument", py.get_type::<BadArgument>())?;
-    m.add("IterationLimit", py.get_type::<IterationLimit>())?;
-    m.add_class::<MapInfo>()?;
+pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<NativeMap>()?;
     m.add_class::<Dump>()?;
     m.add_class::<Batch>()?;
-    m.add_function(wrap_pyfunction!(synth_map, m)?)?;
     m.add_function(wrap_pyfunction!(raw_read, m)?)?;
     m.add_function(wrap_pyfunction!(monotonic_ns, m)?)?;
     m.add_function(wrap_pyfunction!(realtime_ns, m)?)?;
-    m.add_function(wrap_pyfunction!(flag_labels, m)?)?;
-    m.add_function(wrap_pyfunction!(ct_required_columns, m)?)?;
-    m.add_function(wrap_pyfunction!(ct_columns, m)?)?;
-    crate::python_repair::register(m)?;
-    crate::python_act::register(m)?;
-    crate::python_facts::register(m)?;
     Ok(())
 }

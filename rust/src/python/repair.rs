@@ -12,14 +12,15 @@ use pyo3::types::{PyDict, PyList};
 use crate::backup::{self, Entries, SourceMap};
 use crate::error::CtError;
 use crate::map::{MapParams, PinnedMap};
-use crate::python::{detached, set_map_fields};
+use super::errors::detached;
+use super::map_info::set_map_fields;
 use crate::migrate::{self, Comparison};
 use crate::object;
 use crate::prog_refs;
 use crate::sys;
 
 fn params_dict<'py>(py: Python<'py>, path: &str, p: &MapParams) -> PyResult<Bound<'py, PyDict>> {
-    crate::python::MapInfo::from_params(path, p).as_dict(py)
+    super::map_info::MapInfo::from_params(path, p).as_dict(py)
 }
 
 fn source_of(path: &str, p: &MapParams) -> SourceMap {
@@ -370,7 +371,7 @@ fn on_bpffs(path: PathBuf) -> bool {
     sys::fs_type(&path).ok() == Some(sys::BPF_FS_MAGIC)
 }
 
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<MapEntries>()?;
     m.add_class::<LiveMap>()?;
     m.add_class::<NewMap>()?;

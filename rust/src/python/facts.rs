@@ -1,4 +1,4 @@
-//! Calico facts for Python: the CT map parameters Calico creates per version and family,
+//! Calico facts and the public schema's column names for Python: the CT map parameters Calico creates per version and family,
 //! the releases behind each version, the CT pin names, `<pin>_old`, Calico's default and
 //! the largest max_entries, and the pin rules of the write commands. They are stated once, in
 //! layout.rs / map.rs / migrate.rs; the Python package keeps no copy.
@@ -72,7 +72,30 @@ fn canonical_pin(pin: PathBuf) -> PyResult<PathBuf> {
     Ok(map::canonical_pin(&pin)?)
 }
 
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+/// Flag labels in bit order, for documentation and filters.
+#[pyfunction]
+fn flag_labels() -> Vec<(u32, &'static str)> {
+    layout::FLAG_LABELS.to_vec()
+}
+
+/// The columns every decoded dump has (the non-nullable ones of the CT schema): what a
+/// snapshot file must hold to be analysed.
+#[pyfunction]
+fn ct_required_columns() -> Vec<String> {
+    crate::decode::ct_schema().fields().iter().filter(|f| !f.is_nullable()).map(|f| f.name().clone()).collect()
+}
+
+/// The public CT schema's column names, in order.
+#[pyfunction]
+fn ct_columns() -> Vec<String> {
+    crate::decode::ct_schema().fields().iter().map(|f| f.name().clone()).collect()
+}
+
+
+pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_function(wrap_pyfunction!(flag_labels, m)?)?;
+    m.add_function(wrap_pyfunction!(ct_required_columns, m)?)?;
+    m.add_function(wrap_pyfunction!(ct_columns, m)?)?;
     m.add("OLD_PIN_SUFFIX", layout::OLD_PIN_SUFFIX)?;
     m.add("MAX_ENTRIES_LIMIT", migrate::MAX_ENTRIES_LIMIT)?;
     m.add("CT_DEFAULT_MAX_ENTRIES", layout::CT_DEFAULT_MAX_ENTRIES)?;

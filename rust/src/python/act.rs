@@ -16,8 +16,8 @@ use crate::error::CtError;
 use crate::iter::{MapReader, Method};
 use crate::layout::{self, Family, Layout};
 use crate::map::{MapParams, PinnedMap};
-use crate::python::detached;
-use crate::python_repair::{LiveMap, MapEntries};
+use super::errors::detached;
+use super::repair::{LiveMap, MapEntries};
 
 /// Decoded rows (one record batch), importable by polars: `pl.DataFrame(rows)`.
 #[pyclass(module = "ctscope._native")]
@@ -34,7 +34,7 @@ impl Rows {
         let _ = requested_schema;
         let b = self.batches.lock().unwrap().take().ok_or_else(|| CtError::BadArgument("rows already consumed".into()))?;
         let schema = crate::decode::ct_schema();
-        crate::python::export_stream(py, Box::new(RecordBatchIterator::new(b.into_iter().map(Ok), schema)))
+        super::dump::export_stream(py, Box::new(RecordBatchIterator::new(b.into_iter().map(Ok), schema)))
     }
 }
 
@@ -138,7 +138,7 @@ fn lookup_keys<'py>(py: Python<'py>, path: PathBuf, keys: Vec<(Vec<u8>, String)>
         let rows = decode_rows(lay, fam, now, &e.keys, &e.values, e.count)?;
         Ok::<_, CtError>((rows, lay, found.into_iter().map(|f| f.how).collect::<Vec<_>>(), m.params.clone()))
     })?;
-    let d = crate::python::MapInfo::from_params(&path.to_string_lossy(), &params).as_dict(py)?;
+    let d = super::map_info::MapInfo::from_params(&path.to_string_lossy(), &params).as_dict(py)?;
     Ok((rows, lay.name().to_string(), hows, d))
 }
 
@@ -241,7 +241,7 @@ fn raw_delete_batch(py: Python<'_>, live: &LiveMap, snap: &MapEntries) -> PyResu
 }
 
 
-pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<Rows>()?;
     m.add_function(wrap_pyfunction!(build_key, m)?)?;
     m.add_function(wrap_pyfunction!(lookup_keys, m)?)?;
