@@ -69,7 +69,7 @@ def measure(pin: str, repeat: int) -> dict:
     }
     with tempfile.TemporaryDirectory() as tmp:
         snap = Path(tmp) / "snap.parquet"
-        from ctscope.snapshots import write_snapshot
+        from ctscope.snapshot_dir import write_snapshot
 
         write_snapshot(pin, output=snap)
         res = best_of({

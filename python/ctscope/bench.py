@@ -26,9 +26,10 @@ def map_to_measure(pin: str | None, entries: int) -> Iterator[str]:
         return
     from ctscope.bpffs import private_bpffs
     from ctscope.cli.synth import synth
+    from ctscope.pins import default_ct_pin
 
     with private_bpffs() as fs:
-        path = fs / "tc" / "globals" / "cali_v4_ct4"
+        path = default_ct_pin(fs)  # nothing is pinned yet: the newest v4 CT pin name
         t = time.perf_counter()
         synth(str(path), entries, profile="node")
         print(f"synthesised {entries:,} entries in {time.perf_counter() - t:.1f} s", file=sys.stderr)

@@ -15,10 +15,10 @@ from ctscope._native import Dump, MapInfo, NativeMap
 
 
 class CtMap:
-    """A pinned map, opened read-only unless `writable=True` (repair commands only)."""
+    """A pinned map, opened read-only (write commands open theirs through `_native.LiveMap`)."""
 
-    def __init__(self, path: str | PathLike[str], layout: str = "auto", writable: bool = False):
-        self._native = NativeMap(str(path), writable)
+    def __init__(self, path: str | PathLike[str], layout: str = "auto"):
+        self._native = NativeMap(str(path))
         self.layout = layout
 
     @property

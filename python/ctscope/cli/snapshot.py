@@ -10,7 +10,7 @@ import typer
 
 from ctscope.cli import analysis_io as io
 from ctscope.cli.app import app
-from ctscope.snapshots import write_snapshot
+from ctscope.snapshot_dir import write_snapshot
 
 
 @app.command()

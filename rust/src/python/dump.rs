@@ -38,9 +38,8 @@ pub struct NativeMap {
 #[pymethods]
 impl NativeMap {
     #[new]
-    #[pyo3(signature = (path, writable=false))]
-    fn new(py: Python<'_>, path: PathBuf, writable: bool) -> PyResult<Self> {
-        let inner = detached(py, "open", || PinnedMap::open(&path, writable))?;
+    fn new(py: Python<'_>, path: PathBuf) -> PyResult<Self> {
+        let inner = detached(py, "open", || PinnedMap::open(&path, false))?;
         let info = MapInfo::from_params(&path.to_string_lossy(), &inner.params);
         Ok(NativeMap { inner: Arc::new(inner), info })
     }
