@@ -411,6 +411,26 @@ def test_sigkill_after_backup_before_delete(make_ct_map):
     assert m.items() == {}
 
 
+def test_rerun_removes_partial_backups_of_killed_runs(make_ct_map):
+    """A SIGKILL while the backup is written leaves `.<backup>.<pid>.partial` (connection
+    data, never finished): the rerun removes it, as resize's rerun does; a live pid's stays."""
+    m = make_ct_map("v4", 4)
+    m.fill(normal("v4", 4, cb.UDP, i, now()) for i in range(20))
+    bdir = Path(os.environ["CTSCOPE_BACKUP_DIR"])
+    bdir.mkdir(mode=0o700)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    name = m.info.name
+    dead = bdir / f".ctscope-flush-{name}-20260101T000000Z.arrow.{gone.pid}.partial"
+    live = bdir / f".ctscope-clean-{name}-20260101T000000Z.arrow.{os.getpid()}.partial"
+    other = bdir / f".ctscope-flush-othermap-20260101T000000Z.arrow.{gone.pid}.partial"
+    for f in (dead, live, other):
+        f.write_bytes(b"partial")
+    r = cli("delete", str(m.path), "--where", "proto = 17", "--yes")
+    assert r.returncode == 0, r.stderr
+    assert not dead.exists() and str(dead) in r.stdout
+    assert live.exists() and other.exists()
+
 def test_write_commands_refuse_symlinks_and_busy_lock(make_ct_map, pin_dir):
     m = make_ct_map("v4", 4)
     link = pin_dir / "link"

@@ -146,6 +146,39 @@ def new_backup_path(directory: Path, command: str, map_name: str) -> Path:
     return path
 
 
+def remove_stale_partials(directory: Path, map_name: str, say: Say) -> list[str]:
+    """Remove the partial backups (`.<backup>.<pid>.partial`) of delete/clean/flush of this
+    map that a kill during the backup left, once their pid is gone (as resize's rerun does
+    for its own): they hold connection data and no run will ever finish them. Those of a
+    live pid (a run in progress) are left alone."""
+    import re
+
+    from ctscope.resize import PARTIAL_RE, _pid_alive
+
+    safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in map_name) or "map"
+    ours = re.compile(rf"^ctscope-(delete|clean|flush)-{re.escape(safe)}-\d{{8}}T\d{{6}}Z(-\d+)?\.arrow$")
+    removed = []
+    try:
+        names = sorted(os.listdir(directory))
+    except OSError:
+        return removed
+    for name in names:
+        m = PARTIAL_RE.match(name)
+        if not m or not ours.match(m["file"]):
+            continue
+        pid = int(m["pid"])
+        q = directory / name
+        if pid == os.getpid() or _pid_alive(pid) or q.is_symlink() or not q.is_file():
+            continue
+        try:
+            os.unlink(q)
+        except FileNotFoundError:
+            continue
+        removed.append(str(q))
+        say(f"removed {q}: a partial backup left by a killed run (pid {pid} is gone)")
+    return removed
+
+
 def _crash_point(phase: str) -> None:
     from ctscope.resize import crash_point
 
@@ -261,6 +294,8 @@ def _run_locked(res: ActResult, p: Path, select, *, yes: bool, max_delete: int |
         raise NotACtMap(f"{p}: {params['map_type']} map {params['name']!r} with {params['key_size']}/"
                         f"{params['value_size']}-byte entries is not a Calico CT map; {res.command} acts on CT maps "
                         "only (it needs last_seen to delete race-safely)")
+    if yes and bdir is not None:
+        remove_stale_partials(bdir, params["name"], say)
     clock = [time.perf_counter()]
 
     def mark(phase: str) -> None:
