@@ -431,6 +431,23 @@ def test_rerun_removes_partial_backups_of_killed_runs(make_ct_map):
     assert not dead.exists() and str(dead) in r.stdout
     assert live.exists() and other.exists()
 
+def test_unsafe_backup_directory_is_exit_4_and_changes_nothing(make_ct_map, tmp_path):
+    """README "Exit codes": output that may not be written there (a link, a directory others
+    can write) is exit 4, like every other refused output path; not a generic exit 1."""
+    m = make_ct_map("v4", 4)
+    m.fill(normal("v4", 4, cb.UDP, i, now()) for i in range(5))
+    before = m.items()
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(real)
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    os.chmod(wide, 0o1777)
+    for d in (tmp_path / "link", wide):
+        r = cli("flush", str(m.path), "--yes", "--backup-dir", str(d))
+        assert r.returncode == 4 and "backup directory" in r.stderr, r.stderr
+    assert m.items() == before
+
 def test_write_commands_refuse_symlinks_and_busy_lock(make_ct_map, pin_dir):
     m = make_ct_map("v4", 4)
     link = pin_dir / "link"

@@ -49,9 +49,9 @@ def ensure_private_dir(d: Path, what: str = "lock directory") -> None:
                                "of yours)") from None
     st = os.lstat(d)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise CtscopeError(f"{what} {d}: is not a directory (a symlink?); refusing to use it")
+        raise PermissionDenied(f"{what} {d}: is not a directory (a symlink?); refusing to use it")
     if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        raise CtscopeError(f"{what} {d}: owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):o}; "
+        raise PermissionDenied(f"{what} {d}: owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):o}; "
                            f"expected owned by uid {os.geteuid()} and writable by it alone")
 
 
