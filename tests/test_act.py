@@ -541,6 +541,19 @@ def test_clean_deletes_exactly_what_expired_lists(make_ct_map):
     assert set(entries) - set(m.items()) == want
 
 
+def test_clean_where_sees_expire_reason_as_expired_does(make_ct_map):
+    """README: clean's --where is "as for expired", whose --where can name expire_reason."""
+    m = make_ct_map("v4", 4, 4096)
+    t = now()
+    m.fill(normal("v4", 4, cb.UDP, i, t - 300 * S) for i in range(10))   # idle UDP: expired
+    m.fill(normal("v4", 4, cb.ICMP, i, t - 60 * S) for i in range(10, 15))  # idle ICMP: expired
+    where = "expire_reason LIKE '%ICMP%'"
+    listed = ctscope.expired(str(m.path), where=where)
+    assert listed.height == 5
+    res = act.clean(m.path, where=where, yes=True, say=lambda s: None)
+    assert res.deleted == 5
+    assert {struct.unpack_from("<I", k)[0] for k in m.items()} == {cb.UDP}
+
 def test_nothing_matched_writes_no_backup(make_ct_map, tmp_path):
     m = make_ct_map("v4", 4)
     m.fill([normal("v4", 4, cb.TCP, 1, now())])

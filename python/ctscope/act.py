@@ -417,8 +417,8 @@ def clean(pin: str | os.PathLike[str] | None = None, *, timeouts: str | None = N
 
     def select(rows: pl.DataFrame, snap, now) -> list[int]:
         judged = with_expiry(rows, t, now).filter(pl.col("expired"))
-        if where:
-            judged = judged.filter(parse_where(where, rows.schema))
+        if where:  # as `expired --where`: the judged columns (expired, expire_reason) too
+            judged = judged.filter(parse_where(where, judged.collect_schema()))
         return judged.select("_i").collect()["_i"].to_list()
 
     return run("clean", pin, select, rule=f"Felix's expiry rules ({t.spec()})" + (f", --where {where}" if where else ""),
