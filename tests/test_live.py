@@ -352,6 +352,17 @@ def test_serve_formats_health_shared_reads_and_sigterm(make_ct_map):
         p.wait()
 
 
+def test_serve_on_a_taken_port_names_the_listen_option(make_ct_map):
+    m = make_ct_map("v4", 4, 100)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = subprocess.run([*CTSCOPE, "serve", str(m.path), "--listen", f"127.0.0.1:{port}"], capture_output=True,
+                           text=True, env=ENV, timeout=PATIENCE_S)
+    assert r.returncode == 1
+    assert r.stderr.strip() == f"ctscope: error: --listen 127.0.0.1:{port}: cannot listen there: Address already in use"
+
 def test_serve_survives_a_missing_pin_and_counts_the_error(bpffs, tmp_path):
     missing = bpffs / f"nothing-here-{os.getpid()}"
     p, base = start_serve(str(missing), min_interval=0)
