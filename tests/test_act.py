@@ -265,6 +265,21 @@ def test_restore_keeps_newer_entries_unless_overwrite(make_ct_map):
     assert r.returncode == 0 and m.items() == entries
 
 
+def test_restore_counts_entries_already_in_the_map(make_ct_map):
+    """A rerun of a restore that completed finds every entry identical: it must say so,
+    not "kept 0" as if the backup's entries were nowhere."""
+    m = make_ct_map("v4", 4)
+    entries = dict(normal("v4", 4, cb.TCP, i, now()) for i in range(10))
+    m.fill(entries.items())
+    res = act.flush(m.path, yes=True, say=lambda s: None)
+    assert cli("restore", str(m.path), "--from", res.backup, "--yes").returncode == 0
+    r = cli("restore", str(m.path), "--from", res.backup, "--yes")
+    assert r.returncode == 0, r.stderr
+    assert "0 new keys, 0 older entries replaced" in r.stdout and "10 already identical" in r.stdout
+    r = cli("restore", str(m.path), "--from", res.backup)
+    assert "10 are already identical" in r.stdout
+    assert m.items() == entries
+
 def test_restore_refuses_version_change_and_non_ct(make_ct_map, make_map):
     src = make_ct_map("v4", 4)
     t = now()
