@@ -96,6 +96,17 @@ def test_backup_that_is_not_a_regular_file_is_refused(pin, tmp_path, kind):
     assert_one_line_error(r, EXIT_BAD_INPUT, str(path), "not a regular file")
 
 @pytest.mark.kernel
+@pytest.mark.parametrize("option,needle", [("--size-file", "expected a number"), ("--object", "not a regular file")])
+def test_check_inputs_from_dev_zero_are_bounded(pin, option, needle):
+    """`check --size-file /dev/zero` / `--object /dev/zero` read to the end: unbounded memory."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (2048 << 20, 2048 << 20))
+
+    r = subprocess.run([sys.executable, "-m", "ctscope", "check", str(pin), option, "/dev/zero"], capture_output=True,
+                       text=True, timeout=120, preexec_fn=limit)
+    assert_one_line_error(r, EXIT_BAD_INPUT, "/dev/zero", needle)
+
+@pytest.mark.kernel
 def test_good_backup_still_reads(pin, backup):
     from ctscope._native import read_backup
 
