@@ -463,6 +463,33 @@ def test_unsafe_backup_directory_is_exit_4_and_changes_nothing(make_ct_map, tmp_
         assert r.returncode == 4 and "backup directory" in r.stderr, r.stderr
     assert m.items() == before
 
+def test_one_write_command_per_map_through_any_pin_name(make_ct_map, pin_dir, tmp_path):
+    """The same map under a second pin name (a hard link on the bpffs, or `bpftool map pin`)
+    had its own pin lock: a delete through it ran while a flush through the first name was
+    between its backup and its deletes. The map's own lock makes the second one exit 5."""
+    m = make_ct_map("v4", 4)
+    m.fill(normal("v4", 4, cb.UDP, i, now()) for i in range(20))
+    other = pin_dir / "cali_v4_ct4_again"
+    os.link(m.path, other)
+    hold = str(tmp_path / "hold")
+    p = subprocess.Popen([sys.executable, "-m", "ctscope", "flush", str(m.path), "--yes"],
+                         env={**os.environ, "CTSCOPE_TEST_HOLD_AFTER_BACKUP": hold},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while not os.path.exists(hold + ".ready"):
+            assert p.poll() is None, p.stderr.read()
+            time.sleep(0.05)
+        for args in (["delete", str(other), "--where", "proto = 17", "--yes"],
+                     ["restore", str(other), "--from", str(next(Path(os.environ["CTSCOPE_BACKUP_DIR"]).glob("*.arrow"))),
+                      "--yes"]):
+            r = cli(*args)
+            assert r.returncode == 5 and str(m.path) in r.stderr, (args, r.stderr)
+    finally:
+        Path(hold + ".go").touch()
+        assert p.wait(timeout=120) == 0
+    os.unlink(other)
+    assert "deleted 20," in p.stdout.read()
+
 def test_write_commands_refuse_symlinks_and_busy_lock(make_ct_map, pin_dir):
     m = make_ct_map("v4", 4)
     link = pin_dir / "link"

@@ -21,7 +21,8 @@ from __future__ import annotations
 import ipaddress
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -275,7 +276,7 @@ def run(command: str, pin: str | os.PathLike[str] | None, select: Callable[[pl.D
     res = ActResult(command=command, pin=str(p), dry_run=not yes, rule=rule)
     if yes:
         bdir = backup_dir(backup_directory)  # checked before the lock and the scan: fail early
-        with pin_lock(p, command, wait=wait):
+        with pin_lock(p, command, wait=wait), map_lock(p, command, wait=wait):
             _run_locked(res, p, select, yes=True, max_delete=max_delete, force=force, bdir=bdir, layout=layout,
                         show=show, say=say)
     else:
@@ -284,6 +285,16 @@ def run(command: str, pin: str | os.PathLike[str] | None, select: Callable[[pl.D
     res.seconds = round(time.perf_counter() - t0, 3)
     say(res.summary())
     return res
+
+
+@contextmanager
+def map_lock(pin: Path, command: str, *, wait: float = 0.0) -> Iterator[None]:
+    """The lock of the map behind `pin`, by its map id: the same map pinned under another
+    name (a hard link, `bpftool map pin`) has another pin lock, and two write commands
+    through two names ran at once. Taken after the pin's lock, by delete/clean/flush/restore."""
+    mid = LiveMap(str(pin), writable=False).id
+    with pin_lock(f"/bpf-map-id/map-id-{mid}", f"{command} {pin}", wait=wait):
+        yield
 
 
 def _run_locked(res: ActResult, p: Path, select, *, yes: bool, max_delete: int | None, force: bool,

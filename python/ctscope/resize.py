@@ -721,7 +721,10 @@ def restore(pin: str | os.PathLike[str], source: str, *, yes: bool = False, over
     snap = read_backup(source)
     if not os.path.lexists(pin):
         raise PinNotFound(f"{pin}: no such pin")
-    with pin_lock(pin, "restore", wait=wait) if yes else nullcontext():
+    from ctscope.act import map_lock
+
+    with pin_lock(pin, "restore", wait=wait) if yes else nullcontext(), \
+            map_lock(pin, "restore", wait=wait) if yes else nullcontext():
         target = LiveMap(str(pin), writable=yes)
         p, s = target.params, snap.source
         if (p["key_size"], p["value_size"]) != (s["key_size"], s["value_size"]):
