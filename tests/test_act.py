@@ -265,6 +265,21 @@ def test_restore_keeps_newer_entries_unless_overwrite(make_ct_map):
     assert r.returncode == 0 and m.items() == entries
 
 
+def test_restore_counts_entries_already_in_the_map(make_ct_map):
+    """A rerun of a restore that completed finds every entry identical: it must say so,
+    not "kept 0" as if the backup's entries were nowhere."""
+    m = make_ct_map("v4", 4)
+    entries = dict(normal("v4", 4, cb.TCP, i, now()) for i in range(10))
+    m.fill(entries.items())
+    res = act.flush(m.path, yes=True, say=lambda s: None)
+    assert cli("restore", str(m.path), "--from", res.backup, "--yes").returncode == 0
+    r = cli("restore", str(m.path), "--from", res.backup, "--yes")
+    assert r.returncode == 0, r.stderr
+    assert "0 new keys, 0 older entries replaced" in r.stdout and "10 already identical" in r.stdout
+    r = cli("restore", str(m.path), "--from", res.backup)
+    assert "10 are already identical" in r.stdout
+    assert m.items() == entries
+
 def test_restore_refuses_version_change_and_non_ct(make_ct_map, make_map):
     src = make_ct_map("v4", 4)
     t = now()
@@ -411,6 +426,70 @@ def test_sigkill_after_backup_before_delete(make_ct_map):
     assert m.items() == {}
 
 
+def test_rerun_removes_partial_backups_of_killed_runs(make_ct_map):
+    """A SIGKILL while the backup is written leaves `.<backup>.<pid>.partial` (connection
+    data, never finished): the rerun removes it, as resize's rerun does; a live pid's stays."""
+    m = make_ct_map("v4", 4)
+    m.fill(normal("v4", 4, cb.UDP, i, now()) for i in range(20))
+    bdir = Path(os.environ["CTSCOPE_BACKUP_DIR"])
+    bdir.mkdir(mode=0o700)
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    name = m.info.name
+    dead = bdir / f".ctscope-flush-{name}-20260101T000000Z.arrow.{gone.pid}.partial"
+    live = bdir / f".ctscope-clean-{name}-20260101T000000Z.arrow.{os.getpid()}.partial"
+    other = bdir / f".ctscope-flush-othermap-20260101T000000Z.arrow.{gone.pid}.partial"
+    for f in (dead, live, other):
+        f.write_bytes(b"partial")
+    r = cli("delete", str(m.path), "--where", "proto = 17", "--yes")
+    assert r.returncode == 0, r.stderr
+    assert not dead.exists() and str(dead) in r.stdout
+    assert live.exists() and other.exists()
+
+def test_unsafe_backup_directory_is_exit_4_and_changes_nothing(make_ct_map, tmp_path):
+    """README "Exit codes": output that may not be written there (a link, a directory others
+    can write) is exit 4, like every other refused output path; not a generic exit 1."""
+    m = make_ct_map("v4", 4)
+    m.fill(normal("v4", 4, cb.UDP, i, now()) for i in range(5))
+    before = m.items()
+    real = tmp_path / "real"
+    real.mkdir(mode=0o700)
+    (tmp_path / "link").symlink_to(real)
+    wide = tmp_path / "wide"
+    wide.mkdir()
+    os.chmod(wide, 0o1777)
+    for d in (tmp_path / "link", wide):
+        r = cli("flush", str(m.path), "--yes", "--backup-dir", str(d))
+        assert r.returncode == 4 and "backup directory" in r.stderr, r.stderr
+    assert m.items() == before
+
+def test_one_write_command_per_map_through_any_pin_name(make_ct_map, pin_dir, tmp_path):
+    """The same map under a second pin name (a hard link on the bpffs, or `bpftool map pin`)
+    had its own pin lock: a delete through it ran while a flush through the first name was
+    between its backup and its deletes. The map's own lock makes the second one exit 5."""
+    m = make_ct_map("v4", 4)
+    m.fill(normal("v4", 4, cb.UDP, i, now()) for i in range(20))
+    other = pin_dir / "cali_v4_ct4_again"
+    os.link(m.path, other)
+    hold = str(tmp_path / "hold")
+    p = subprocess.Popen([sys.executable, "-m", "ctscope", "flush", str(m.path), "--yes"],
+                         env={**os.environ, "CTSCOPE_TEST_HOLD_AFTER_BACKUP": hold},
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        while not os.path.exists(hold + ".ready"):
+            assert p.poll() is None, p.stderr.read()
+            time.sleep(0.05)
+        for args in (["delete", str(other), "--where", "proto = 17", "--yes"],
+                     ["restore", str(other), "--from", str(next(Path(os.environ["CTSCOPE_BACKUP_DIR"]).glob("*.arrow"))),
+                      "--yes"]):
+            r = cli(*args)
+            assert r.returncode == 5 and str(m.path) in r.stderr, (args, r.stderr)
+    finally:
+        Path(hold + ".go").touch()
+        assert p.wait(timeout=120) == 0
+    os.unlink(other)
+    assert "deleted 20," in p.stdout.read()
+
 def test_write_commands_refuse_symlinks_and_busy_lock(make_ct_map, pin_dir):
     m = make_ct_map("v4", 4)
     link = pin_dir / "link"
@@ -503,6 +582,19 @@ def test_clean_deletes_exactly_what_expired_lists(make_ct_map):
     assert res.deleted == len(want) and res.nat_pairs == 1
     assert set(entries) - set(m.items()) == want
 
+
+def test_clean_where_sees_expire_reason_as_expired_does(make_ct_map):
+    """README: clean's --where is "as for expired", whose --where can name expire_reason."""
+    m = make_ct_map("v4", 4, 4096)
+    t = now()
+    m.fill(normal("v4", 4, cb.UDP, i, t - 300 * S) for i in range(10))   # idle UDP: expired
+    m.fill(normal("v4", 4, cb.ICMP, i, t - 60 * S) for i in range(10, 15))  # idle ICMP: expired
+    where = "expire_reason LIKE '%ICMP%'"
+    listed = ctscope.expired(str(m.path), where=where)
+    assert listed.height == 5
+    res = act.clean(m.path, where=where, yes=True, say=lambda s: None)
+    assert res.deleted == 5
+    assert {struct.unpack_from("<I", k)[0] for k in m.items()} == {cb.UDP}
 
 def test_nothing_matched_writes_no_backup(make_ct_map, tmp_path):
     m = make_ct_map("v4", 4)

@@ -81,6 +81,32 @@ def test_crafted_backups_are_one_line_exit_2(pin, backup, tmp_path, case, meta, 
 
 
 @pytest.mark.kernel
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo", "directory"])
+def test_backup_that_is_not_a_regular_file_is_refused(pin, tmp_path, kind):
+    """`restore --from /dev/zero` read to its end grew without bound (23 GB in 6 s, then the
+    OOM killer); a FIFO blocked forever; a directory was exit 1. Each is bad input."""
+    if kind == "dev-zero":
+        path = Path("/dev/zero")
+    elif kind == "fifo":
+        path = tmp_path / "fifo"
+        os.mkfifo(path)
+    else:
+        path = tmp_path
+    r = restore(pin, path)
+    assert_one_line_error(r, EXIT_BAD_INPUT, str(path), "not a regular file")
+
+@pytest.mark.kernel
+@pytest.mark.parametrize("option,needle", [("--size-file", "expected a number"), ("--object", "not a regular file")])
+def test_check_inputs_from_dev_zero_are_bounded(pin, option, needle):
+    """`check --size-file /dev/zero` / `--object /dev/zero` read to the end: unbounded memory."""
+    def limit():
+        resource.setrlimit(resource.RLIMIT_AS, (2048 << 20, 2048 << 20))
+
+    r = subprocess.run([sys.executable, "-m", "ctscope", "check", str(pin), option, "/dev/zero"], capture_output=True,
+                       text=True, timeout=120, preexec_fn=limit)
+    assert_one_line_error(r, EXIT_BAD_INPUT, "/dev/zero", needle)
+
+@pytest.mark.kernel
 def test_good_backup_still_reads(pin, backup):
     from ctscope._native import read_backup
 

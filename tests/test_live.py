@@ -189,6 +189,26 @@ def test_plain_lines_when_piped(make_ct_map):
         assert " entries=250 max_entries=1000 fill=25.0% " in line and "verdict=ok" in line and "new/s=" in line
 
 
+
+@pytest.mark.parametrize("events", [True, False])
+def test_watch_ends_when_its_reader_goes_away(make_ct_map, events):
+    """`watch --events | head -1` on a quiet map: nothing more is ever written, so no EPIPE
+    comes; watch must notice the closed pipe itself instead of running until --duration."""
+    m = make_ct_map("v4", 4, 1000)
+    m.update(key(1).pack(), value(now_ns()))
+    r, w = os.pipe()
+    p = subprocess.Popen([*CTSCOPE, "watch", str(m.path), "--interval", "600", *(["--events"] if events else [])],
+                         stdout=w, stderr=subprocess.PIPE, text=True, env=ENV)
+    os.close(w)
+    if not events:
+        assert os.read(r, 4096)  # the first summary line, then the reader leaves
+    os.close(r)
+    try:
+        rc = p.wait(timeout=PATIENCE_S)  # the interval is 600 s: only the closed pipe can end it sooner
+    finally:
+        p.kill()
+    assert rc == 0, p.stderr.read()
+
 def tmux(*args: str, sock: str) -> str:
     return subprocess.run(["tmux", "-L", sock, *args], capture_output=True, text=True, check=True).stdout
 
@@ -331,6 +351,17 @@ def test_serve_formats_health_shared_reads_and_sigterm(make_ct_map):
         p.kill()
         p.wait()
 
+
+def test_serve_on_a_taken_port_names_the_listen_option(make_ct_map):
+    m = make_ct_map("v4", 4, 100)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        r = subprocess.run([*CTSCOPE, "serve", str(m.path), "--listen", f"127.0.0.1:{port}"], capture_output=True,
+                           text=True, env=ENV, timeout=PATIENCE_S)
+    assert r.returncode == 1
+    assert r.stderr.strip() == f"ctscope: error: --listen 127.0.0.1:{port}: cannot listen there: Address already in use"
 
 def test_serve_survives_a_missing_pin_and_counts_the_error(bpffs, tmp_path):
     missing = bpffs / f"nothing-here-{os.getpid()}"

@@ -174,6 +174,24 @@ def test_a_second_write_command_refuses_while_a_migration_runs(ns, tmp_path):
     assert r.returncode == 0 and pin_state(ns)["max_entries"] == 50_000, r.stdout + r.stderr
 
 
+def test_a_write_command_through_another_name_of_the_map_refuses_during_a_resize(ns, tmp_path):
+    """The pin lock alone let a delete through a second pin name of the same map (a hard link,
+    `bpftool map pin`) run mid-migration, into the old map whose later writes resize cannot
+    carry: resize also holds its map's lock (by map id), so the delete exits 5."""
+    make_map(ns, PIN, bpfkernel.LRU_HASH, 20_000, SMALL)
+    alias = "/sys/fs/bpf/ct_alias"
+    assert ns.run("ln", PIN, alias).returncode == 0
+    before = pin_state(ns)["entries"]
+    a = start(ns, "resize", PIN, "--max-entries", "40000", "--yes", cwd=tmp_path, pause="swap")
+    wait_stopped(a)
+    r = ns.ctscope("delete", alias, "--where", "proto >= 0", "--force", "--yes", "--backup-dir", str(tmp_path),
+                   cwd=tmp_path)
+    assert r.returncode == 5 and f"pid {a.pid}: ctscope resize" in r.stderr, r.stdout + r.stderr
+    stdout, stderr = resume(a)
+    assert a.returncode == 0, stdout + stderr
+    assert_same_entries(pin_state(ns)["entries"], before)
+
+
 def test_wait_must_not_be_negative():
     r = subprocess.run([sys.executable, "-m", "ctscope", "resize", "/sys/fs/bpf/x", "--max-entries", "10", "--yes",
                         "--wait", "-1"], capture_output=True, text=True)

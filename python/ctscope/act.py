@@ -31,7 +31,7 @@ import polars as pl
 from ctscope import _native
 from ctscope._native import LiveMap, monotonic_ns
 from ctscope.errors import BadArgument, CtscopeError, NoEntry, NotACtMap, PinNotFound
-from ctscope.pinlock import ensure_private_dir, pin_lock
+from ctscope.pinlock import ensure_private_dir, write_lock
 from ctscope.pins import DEFAULT_BPFFS, default_ct_pin
 
 Say = Callable[[str], None]
@@ -146,6 +146,28 @@ def new_backup_path(directory: Path, command: str, map_name: str) -> Path:
     return path
 
 
+def remove_stale_partials(directory: Path, map_name: str, say: Say) -> list[str]:
+    """Remove the partial backups (`.<backup>.<pid>.partial`) of delete/clean/flush of this
+    map that a kill during the backup left, once their pid is gone (as resize's rerun does
+    for its own): they hold connection data and no run will ever finish them. Those of a
+    live pid (a run in progress) are left alone."""
+    import re
+
+    from ctscope.repair.backups import stale_partials
+
+    safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in map_name) or "map"
+    ours = re.compile(rf"^ctscope-(delete|clean|flush)-{re.escape(safe)}-\d{{8}}T\d{{6}}Z(-\d+)?\.arrow$")
+    removed = []
+    for q, pid in stale_partials(directory, lambda f: bool(ours.match(f))):
+        try:
+            os.unlink(q)
+        except FileNotFoundError:
+            continue
+        removed.append(str(q))
+        say(f"removed {q}: a partial backup left by a killed run (pid {pid} is gone)")
+    return removed
+
+
 def _crash_point(phase: str) -> None:
     from ctscope.repair.common import crash_point
 
@@ -242,7 +264,7 @@ def run(command: str, pin: str | os.PathLike[str] | None, select: Callable[[pl.D
     res = ActResult(command=command, pin=str(p), dry_run=not yes, rule=rule)
     if yes:
         bdir = backup_dir(backup_directory)  # checked before the lock and the scan: fail early
-        with pin_lock(p, command, wait=wait):
+        with write_lock(p, command, wait=wait):
             _run_locked(res, p, select, yes=True, max_delete=max_delete, force=force, bdir=bdir, layout=layout,
                         show=show, say=say)
     else:
@@ -261,6 +283,8 @@ def _run_locked(res: ActResult, p: Path, select, *, yes: bool, max_delete: int |
         raise NotACtMap(f"{p}: {params['map_type']} map {params['name']!r} with {params['key_size']}/"
                         f"{params['value_size']}-byte entries is not a Calico CT map; {res.command} acts on CT maps "
                         "only (it needs last_seen to delete race-safely)")
+    if yes and bdir is not None:
+        remove_stale_partials(bdir, params["name"], say)
     clock = [time.perf_counter()]
 
     def mark(phase: str) -> None:
@@ -383,8 +407,8 @@ def clean(pin: str | os.PathLike[str] | None = None, *, timeouts: str | None = N
 
     def select(rows: pl.DataFrame, snap, now) -> list[int]:
         judged = with_expiry(rows, t, now).filter(pl.col("expired"))
-        if where:
-            judged = judged.filter(parse_where(where, rows.schema))
+        if where:  # as `expired --where`: the judged columns (expired, expire_reason) too
+            judged = judged.filter(parse_where(where, judged.collect_schema()))
         return judged.select("_i").collect()["_i"].to_list()
 
     return run("clean", pin, select, rule=f"Felix's expiry rules ({t.spec()})" + (f", --where {where}" if where else ""),

@@ -215,7 +215,8 @@ def felix_size(config_path: str | None, size_file: str | None, cpus_path: str = 
         size, source = per_cpu * cpus, f"{where}: bpfMapSizePerCPUConntrack {per_cpu} x {cpus} possible CPUs"
     sf = size_file or DEFAULT_SIZE_FILE
     try:
-        text = Path(sf).read_text().strip()
+        with open(sf, "rb") as f:  # a number: 4 KiB is plenty (`--size-file /dev/zero` grew without bound)
+            text = f.read(4096).decode("utf-8", "replace").strip()
     except FileNotFoundError:
         if size_file:
             raise BadArgument(f"{sf}: no such size file") from None

@@ -9,7 +9,10 @@ pin's canonical path, so:
   after `wait` seconds) with `LockBusy` (exit 5), naming the holder's pid and command;
 * a process killed at any point (SIGKILL, OOM) releases it with its last fd: a rerun never
   finds a stale lock and never has to guess whether a pid is still alive;
-* `<pin>` and `<pin>_old` share one lock (a resize moves maps between the two names).
+* `<pin>` and `<pin>_old` share one lock (a resize moves maps between the two names);
+* `write_lock` also locks the map behind the pin by its id: the same map pinned under a
+  second name (a hard link on the bpffs, `bpftool map pin`) would otherwise have a second
+  pin lock, and two write commands through two names would run at once.
 
 bpffs files cannot be opened with open(2), so the lock cannot live on the pin itself. The
 lock keeps out other ctscope writers only: Calico's programs and Felix do not take it.
@@ -49,9 +52,9 @@ def ensure_private_dir(d: Path, what: str = "lock directory") -> None:
                                "of yours)") from None
     st = os.lstat(d)
     if stat.S_ISLNK(st.st_mode) or not stat.S_ISDIR(st.st_mode):
-        raise CtscopeError(f"{what} {d}: is not a directory (a symlink?); refusing to use it")
+        raise PermissionDenied(f"{what} {d}: is not a directory (a symlink?); refusing to use it")
     if st.st_uid != os.geteuid() or st.st_mode & 0o022:
-        raise CtscopeError(f"{what} {d}: owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):o}; "
+        raise PermissionDenied(f"{what} {d}: owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):o}; "
                            f"expected owned by uid {os.geteuid()} and writable by it alone")
 
 
@@ -103,3 +106,25 @@ def pin_lock(pin: str | os.PathLike[str], command: str, *, wait: float = 0.0) ->
         yield path
     finally:
         os.close(fd)  # releases the flock; the file stays (unlinking it would race with a waiter)
+
+
+@contextmanager
+def map_lock(pin: str | os.PathLike[str], command: str, *, wait: float = 0.0) -> Iterator[None]:
+    """The lock of the map behind `pin`, by its map id (nothing when no map is pinned there:
+    a recovery may find `<pin>` missing; the command itself reports what is wrong)."""
+    from ctscope._native import LiveMap
+
+    try:
+        mid = LiveMap(str(pin), writable=False).id
+    except (CtscopeError, OSError):
+        yield
+        return
+    with pin_lock(f"/bpf-map-id/map-id-{mid}", f"{command} {pin}", wait=wait):
+        yield
+
+
+@contextmanager
+def write_lock(pin: str | os.PathLike[str], command: str, *, wait: float = 0.0) -> Iterator[None]:
+    """What every write command holds for its whole run: the pin's lock, then its map's."""
+    with pin_lock(pin, command, wait=wait), map_lock(pin, command, wait=wait):
+        yield

@@ -254,10 +254,19 @@ pub fn sync_dir(dir: &Path) -> Result<()> {
 /// BadArgument, never an allocation abort or a panic.
 pub fn read(path: &Path) -> Result<Backup> {
     let shown = path.display();
-    let data = std::fs::read(path).map_err(|e| match e.kind() {
+    let open_err = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::NotFound => CtError::PinNotFound(format!("{shown}: no such backup file")),
         _ => CtError::os(format!("{shown}: open backup"), e),
-    })?;
+    };
+    // Only a regular file, read up to the length fstat gave: `--from /dev/zero` read to its
+    // end grew without bound (23 GB in 6 s, then the OOM killer), and a FIFO blocked forever.
+    let file = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK).open(path).map_err(open_err)?;
+    let meta = file.metadata().map_err(open_err)?;
+    if !meta.is_file() {
+        return Err(bad(path, "not a regular file; expected a ctscope backup file (Arrow IPC)"));
+    }
+    let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    std::io::Read::read_to_end(&mut std::io::Read::take(&file, meta.len()), &mut data).map_err(open_err)?;
     let file_len = data.len();
     let not_ipc = |why: &str| bad(path, format!("not a complete ctscope backup (Arrow IPC file): {why}"));
     if file_len < 16 || &data[..6] != b"ARROW1" || &data[file_len - 6..] != b"ARROW1" {

@@ -28,10 +28,18 @@ pub struct ObjectMap {
 /// Parse `path` and list its map definitions, sorted by name.
 pub fn object_maps(path: &Path) -> Result<Vec<ObjectMap>> {
     let shown = path.display();
-    let data = std::fs::read(path).map_err(|e| match e.kind() {
+    let open_err = |e: std::io::Error| match e.kind() {
         std::io::ErrorKind::NotFound => CtError::PinNotFound(format!("{shown}: no such BPF object file")),
         _ => CtError::os(format!("{shown}: reading BPF object"), e),
-    })?;
+    };
+    // Only a regular file, read up to its fstat length (`--object /dev/zero` grew without bound).
+    let file = std::fs::File::open(path).map_err(open_err)?;
+    let meta = file.metadata().map_err(open_err)?;
+    if !meta.is_file() {
+        return Err(CtError::BadArgument(format!("{shown}: not a regular file; expected a BPF object (ELF) file")));
+    }
+    let mut data = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    std::io::Read::read_to_end(&mut std::io::Read::take(&file, meta.len()), &mut data).map_err(open_err)?;
     parse_maps(&data).map_err(|e| CtError::BadArgument(format!("{shown}: {e}")))
 }
 

@@ -23,7 +23,7 @@ from ctscope.analysis.metrics import Exposition, exporter_families, families
 from ctscope.cli import analysis_io as io
 from ctscope.cli.app import app
 from ctscope.cli.watch import PIN_HELP
-from ctscope.errors import BadArgument
+from ctscope.errors import BadArgument, CtscopeError
 
 DEFAULT_LISTEN = "127.0.0.1:9769"  # 9769: not taken in Prometheus' default port allocations list
 
@@ -154,7 +154,10 @@ def serve(
     w = Watcher(pin, bpffs=bpffs, ipv6=ipv6, layout=layout, where=where, timeouts=timeouts, felix_config=felix_config)
     exporter = Exporter(w, min_interval)
     exporter.exposition()  # the first read now: a --where typo is a usage error (exit 2), not a scrape error
-    server = make_server(exporter, host, port)
+    try:
+        server = make_server(exporter, host, port)
+    except OSError as e:  # port taken, address not on this host: name the option, not just "[Errno 98]"
+        raise CtscopeError(f"--listen {listen}: cannot listen there: {e.strerror or e}") from None
 
     def stop(signum, frame):
         threading.Thread(target=server.shutdown, daemon=True).start()

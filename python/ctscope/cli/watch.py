@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import select
+import stat
 import sys
 import time
 from typing import Optional
@@ -85,10 +86,28 @@ def _ticks(interval: float, deadline: float | None, keys=None):
 
 
 # ------------------------------------------------------------------------------------------ --events
+def _reader_gone(timeout: float) -> bool:
+    """Wait `timeout` seconds; True as soon as stdout is a pipe or socket whose reader went
+    away (`watch --events | head -1`): without this check a quiet map writes nothing, so
+    no EPIPE ever comes and the watch would outlive its reader forever."""
+    try:
+        fd = sys.stdout.fileno()
+        mode = os.fstat(fd).st_mode
+    except (OSError, ValueError, AttributeError):
+        time.sleep(timeout)
+        return False
+    if not (stat.S_ISFIFO(mode) or stat.S_ISSOCK(mode)):
+        time.sleep(timeout)
+        return False
+    p = select.poll()
+    p.register(fd, 0)  # no events asked: only POLLERR/POLLHUP (the read end closed) wake it
+    return bool(p.poll(max(0, int(timeout * 1000))))
+
+
 def _events(w: Watcher, interval: float, deadline: float | None, fmt: str, count: int | None) -> None:
     seen = 0
     header = fmt == "csv"
-    for _ in _ticks(interval, deadline):
+    for _ in _ticks(interval, deadline, _reader_gone):
         df = event_rows(w.refresh())
         if df.height == 0:
             continue
@@ -134,7 +153,7 @@ def summary_line(r: Refresh) -> str:
 
 def _lines(w: Watcher, first: Refresh, interval: float, deadline: float | None) -> None:
     print(summary_line(first), flush=True)
-    for _ in _ticks(interval, deadline):
+    for _ in _ticks(interval, deadline, _reader_gone):
         print(summary_line(w.refresh()), flush=True)
 
 

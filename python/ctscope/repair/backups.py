@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import re
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ctscope.errors import BadArgument, PermissionDenied
@@ -24,12 +25,10 @@ def _pid_alive(pid: int) -> bool:
     return True
 
 
-def stale_partial_backups(bpath: Path, map_name: str) -> list[tuple[Path, int]]:
+def stale_partials(directory: Path, ours: Callable[[str], bool]) -> list[tuple[Path, int]]:
     """Partial backup files (`.<backup>.<pid>.partial`, written before the rename into place)
-    of this map in the backup's directory whose writer is gone: left by a kill during the
-    backup. Those of a live pid (a concurrent run) are not touched."""
-    directory = bpath.parent
-    default = re.compile(rf"^ctscope-backup-{re.escape(map_name)}-\d{{8}}T\d{{6}}Z(-\d+)?\.arrow$")
+    in `directory` whose final name `ours` claims and whose writer is gone: left by a kill
+    during a backup. Those of a live pid (a concurrent run) are not touched."""
     out = []
     try:
         names = os.listdir(directory)
@@ -37,13 +36,19 @@ def stale_partial_backups(bpath: Path, map_name: str) -> list[tuple[Path, int]]:
         return []
     for name in sorted(names):
         m = PARTIAL_RE.match(name)
-        if not m or not (m["file"] == bpath.name or default.match(m["file"])):
+        if not m or not ours(m["file"]):
             continue
         pid = int(m["pid"])
         path = directory / name
         if pid != os.getpid() and not _pid_alive(pid) and path.is_file() and not path.is_symlink():
             out.append((path, pid))
     return out
+
+
+def stale_partial_backups(bpath: Path, map_name: str) -> list[tuple[Path, int]]:
+    """resize's: those of `bpath` or of this map's default backup names."""
+    default = re.compile(rf"^ctscope-backup-{re.escape(map_name)}-\d{{8}}T\d{{6}}Z(-\d+)?\.arrow$")
+    return stale_partials(bpath.parent, lambda f: f == bpath.name or bool(default.match(f)))
 
 
 def default_backup_path(name: str, directory: str | os.PathLike[str] = ".") -> Path:

@@ -14,7 +14,7 @@ from typing import Any
 from ctscope import _native
 from ctscope.errors import BadArgument
 from ctscope.felixconfig import possible_cpus
-from ctscope.pinlock import pin_lock
+from ctscope.pinlock import write_lock
 
 PAUSE_ENV = "CTSCOPE_TEST_PAUSE_AFTER"
 PHASES = ("plan", "backup", "create", "copy", "verify", "pin-old", "pin-new", "swap", "delta", "remove-old")
@@ -52,10 +52,10 @@ def old_pin(pin: Path) -> Path:
 
 
 def locked(pin: Path, command: str, act: bool, wait: float):
-    """The pin's write lock for an acting run (nothing for a plan, which changes nothing)."""
+    """The write lock (pin, then its map) for an acting run (nothing for a plan, which changes nothing)."""
     if wait < 0:
         raise BadArgument(f"--wait {wait:g}: expected seconds >= 0")
-    return pin_lock(pin, command, wait=wait) if act else contextlib.nullcontext()
+    return write_lock(pin, command, wait=wait) if act else contextlib.nullcontext()
 
 
 def prog_list(progs: list[dict[str, Any]]) -> str:

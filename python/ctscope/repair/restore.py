@@ -9,7 +9,7 @@ from contextlib import nullcontext
 
 from ctscope._native import LiveMap, detect_ct, insert_new, read_backup, snapshot_rows
 from ctscope.errors import BadArgument, CtscopeError, PinNotFound
-from ctscope.pinlock import pin_lock
+from ctscope.pinlock import write_lock
 from ctscope.pins import ct_pin_version
 from ctscope.repair.common import LRU_HEADROOM, Result, Say, canonical_pin, capacity, is_ct_layout, show_plan
 
@@ -27,7 +27,7 @@ def restore(pin: str | os.PathLike[str], source: str, *, yes: bool = False, over
     snap = read_backup(source)
     if not os.path.lexists(pin):
         raise PinNotFound(f"{pin}: no such pin")
-    with pin_lock(pin, "restore", wait=wait) if yes else nullcontext():
+    with write_lock(pin, "restore", wait=wait) if yes else nullcontext():
         target = LiveMap(str(pin), writable=yes)
         p, s = target.params, snap.source
         if (p["key_size"], p["value_size"]) != (s["key_size"], s["value_size"]):
@@ -66,6 +66,7 @@ def restore(pin: str | os.PathLike[str], source: str, *, yes: bool = False, over
                     "keys the map holds are kept (not a CT map: no last_seen; --overwrite replaces them)")
         # The map keeps its other entries: those and the new keys must fit, and an LRU map
         # evicts before it is full (facts §8), so it needs headroom, not just max_entries.
+        same = snap.count - add.count - update.count - kept  # already in the map, byte for byte
         union = held.count + add.count
         lru = p["map_type"] == "lru_hash"
         if union > capacity(p):
@@ -80,7 +81,8 @@ def restore(pin: str | os.PathLike[str], source: str, *, yes: bool = False, over
         res.plan = [f"write {add.count + update.count:,} of the {snap.count:,} entries of {s['name']} (map id {s['id']}, "
                     f"backup CRC ok) into {pin} (map id {target.id}: {held.count:,} entries, max_entries "
                     f"{p['max_entries']:,}): {add.count:,} keys it lacks (BPF_NOEXIST), {update.count:,} it holds older",
-                    f"{rule}; {kept:,} entries of the map are newer or as new and stay; no entry is deleted"]
+                    f"{rule}; {kept:,} entries of the map are newer or as new and stay, {same:,} are already identical; "
+                    "no entry is deleted"]
         for w in why:
             res.plan.append(f"--force: {w}")
         if not yes:
@@ -97,7 +99,7 @@ def restore(pin: str | os.PathLike[str], source: str, *, yes: bool = False, over
             raise CtscopeError(f"{pin}: after restore {bad:,} of the {add.count + update.count:,} entries written are "
                                "missing or differ (evicted by LRU, or rewritten by a live program)")
         say(f"restored and verified {res.copied:,} entries from {source} into {pin}: {written:,} new keys, {replaced:,} "
-            f"older entries replaced; kept {kept + created:,} the map holds as new or newer"
+            f"older entries replaced; kept {kept + created:,} the map holds as new or newer, {same:,} already identical"
             + (f" ({created:,} created while restoring)" if created else "") + f" (rule: {rule})")
     res.done = True
     return res
