@@ -458,9 +458,14 @@ def test_unsafe_backup_directory_is_exit_4_and_changes_nothing(make_ct_map, tmp_
     wide = tmp_path / "wide"
     wide.mkdir()
     os.chmod(wide, 0o1777)
-    for d in (tmp_path / "link", wide):
+    # a directory of its own inside one another user owns: that user could rename it away
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)
+    for d in (tmp_path / "link", wide, theirs / "b"):
         r = cli("flush", str(m.path), "--yes", "--backup-dir", str(d))
         assert r.returncode == 4 and "backup directory" in r.stderr, r.stderr
+    assert "parent" in r.stderr and not (theirs / "b").exists()
     assert m.items() == before
 
 def test_one_write_command_per_map_through_any_pin_name(make_ct_map, pin_dir, tmp_path):
@@ -603,3 +608,10 @@ def test_nothing_matched_writes_no_backup(make_ct_map, tmp_path):
     assert r.returncode == 0 and "deleted 0," in r.stdout and "backup none" in r.stdout
     assert not list((tmp_path / "backups").glob("*.arrow"))
     assert len(m.items()) == 1
+
+
+def test_get_endpoint_syntax_errors_are_one_line_exit_2():
+    """Ports are ASCII digits only: `isdigit()` alone took '٣' (Arabic-Indic three) as port 3."""
+    for src in ("10.0.0.1:\u0663", "10.0.0.1:65536", "10.0.0.1:-1", "[fd00::1]x", "nonsense:1"):
+        r = cli("get", "tcp", src, "10.0.0.2:80", "/nonexistent/cali_v4_ct4")
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, (src, r.stderr)

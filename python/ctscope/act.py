@@ -81,7 +81,7 @@ def parse_endpoint(text: str) -> tuple[ipaddress.IPv4Address | ipaddress.IPv6Add
                           "([addr]:PORT for IPv6)") from None
     p = None
     if port is not None:
-        if not port.isdigit() or not 0 <= int(port) <= 65535:
+        if not (port.isascii() and port.isdigit()) or not 0 <= int(port) <= 65535:
             raise BadArgument(f"endpoint {text!r}: port {port!r} is not 0-65535")
         p = int(port)
     return addr, p

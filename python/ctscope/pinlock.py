@@ -44,6 +44,7 @@ def ensure_private_dir(d: Path, what: str = "lock directory") -> None:
     """The directory exists, is a real directory owned by us and writable by nobody else
     (else another user could pre-create files in it, or swap in a symlink). Also used for
     ctscope's backup directory."""
+    _safe_ancestors(Path(os.path.abspath(d)), what)
     try:
         os.makedirs(d, mode=0o700, exist_ok=True)
     except PermissionError as e:
@@ -56,6 +57,22 @@ def ensure_private_dir(d: Path, what: str = "lock directory") -> None:
     if st.st_uid != os.geteuid() or st.st_mode & 0o022:
         raise PermissionDenied(f"{what} {d}: owned by uid {st.st_uid} with mode {stat.S_IMODE(st.st_mode):o}; "
                            f"expected owned by uid {os.geteuid()} and writable by it alone")
+
+
+def _safe_ancestors(d: Path, what: str) -> None:
+    """Every existing directory above `d` is root's or ours, and one that others may write is
+    sticky (as /tmp is): otherwise its owner could rename `d` away and put their own in its
+    place between our checks and our writes."""
+    euid = os.geteuid()
+    for a in reversed(d.parents):
+        try:
+            st = os.stat(a)  # a link among the parents is judged by where it leads
+        except FileNotFoundError:
+            return
+        if st.st_uid not in (0, euid) or (st.st_mode & 0o022 and not st.st_mode & stat.S_ISVTX):
+            raise PermissionDenied(f"{what} {d}: its parent {a} is owned by uid {st.st_uid} with mode "
+                                   f"{stat.S_IMODE(st.st_mode):o}; expected every parent owned by root or uid {euid}, "
+                                   "and sticky where others may write")
 
 
 def lock_key(pin: str | os.PathLike[str]) -> str:

@@ -91,7 +91,7 @@ class Exporter:
 def parse_listen(listen: str) -> tuple[str, int]:
     host, sep, port = listen.rpartition(":")
     host = host.strip("[]")
-    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+    if not sep or not host or not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise BadArgument(f"--listen {listen!r}: expected HOST:PORT, e.g. {DEFAULT_LISTEN} or 0.0.0.0:9769")
     return host, int(port)
 
