@@ -133,6 +133,10 @@ def test_get_hits_misses_both_orders_and_nat_follow(make_ct_map, layout, family,
     assert df["found_by"].to_list() == ["key", "nat_rev"]
     # `any` finds it too.
     assert act.lookup("any", f"{br(client)}:{30007}", f"{vip}:53", m.path).height == 2
+    # The table says how each row was found, as every other format does.
+    r = cli("get", "udp", f"{br(client)}:{30007}", f"{vip}:53", str(m.path), "-f", "table")
+    header, fwd_row, rev_row = r.stdout.splitlines()[:3]
+    assert header.split()[0] == "FOUND_BY" and fwd_row.split()[0] == "key" and rev_row.split()[0] == "nat_rev", r.stdout
 
     # Misses: wrong port, wrong protocol. The CLI says so with exit 6, in every format.
     assert act.lookup("tcp", f"{br(a)}:40004", f"{br(b)}:443", m.path).height == 0

@@ -13,6 +13,9 @@ from ctscope.errors import NoEntry
 from ctscope.outfile import output_file
 from ctscope.pins import DEFAULT_BPFFS
 
+# the table shows how each row was found (the key, its other order, the NAT rev of a fwd)
+TABLE = ["found_by", *export.TABLE_COLUMNS]
+
 
 @app.command()
 def get(
@@ -41,6 +44,6 @@ def get(
             export.write_binary(iter([df]), df.schema, fmt, target, None)
     elif output:
         with output_file(output) as tmp, open(tmp, "w", encoding="utf-8") as f:
-            export.write_text(iter([df]), fmt, f)
+            export.write_text(iter([df]), fmt, f, df.schema, TABLE)
     else:
-        export.write_text(iter([df]), fmt, sys.stdout)
+        export.write_text(iter([df]), fmt, sys.stdout, df.schema, TABLE)
