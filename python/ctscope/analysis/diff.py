@@ -54,6 +54,11 @@ def _side(src: Source, where: str | None) -> pl.LazyFrame:
     return side(lf)
 
 
+# The public columns `side` reads (a live source decodes only these: live.py).
+SIDE_INPUT = [*KEY, "src", "sport", "dst", "dport", "type", "tcp_state", "flags", "last_seen_ns", "created_ns",
+              "idle_s", "a2b_bytes", "b2a_bytes", "a2b_packets", "b2a_packets"]
+
+
 def side(lf: pl.LazyFrame, *extra: str) -> pl.LazyFrame:
     """The columns `classify` compares (and `extra` ones), from entries in the public schema
     (live.py keeps the generations of a live map in this shape)."""

@@ -22,9 +22,9 @@ import time
 import polars as pl
 
 from ctscope.analysis import stats as stats_mod
-from ctscope.analysis.diff import COLLISION, KEY, KEY_HASH, classify, key_hash, side
-from ctscope.analysis.expiry import _CODE, judged_parts, timeouts_for
-from ctscope.analysis.sources import Snapshot, open_source
+from ctscope.analysis.diff import COLLISION, KEY, KEY_HASH, SIDE_INPUT, classify, key_hash, side
+from ctscope.analysis.expiry import _CODE, EXPIRY_COLUMNS, judged_parts, timeouts_for
+from ctscope.analysis.sources import Snapshot, needed_columns, open_source
 from ctscope.analysis.timeouts import Timeouts
 from ctscope.errors import BadArgument
 
@@ -81,7 +81,9 @@ class Watcher:
 
     def read(self) -> Generation:
         t0, c0 = time.perf_counter(), time.process_time()
-        src = open_source(self.pin, bpffs=self.bpffs, ipv6=self.ipv6, layout=self.layout)
+        # Only what a refresh reads is decoded: side()'s columns, Felix's verdict's, --where's.
+        src = open_source(self.pin, bpffs=self.bpffs, ipv6=self.ipv6, layout=self.layout,
+                          columns=needed_columns([*SIDE_INPUT, *EXPIRY_COLUMNS], self.where))
         if src.files:
             raise BadArgument(f"{src.spec}: a snapshot file; watch and serve read a live pin")
         if self._t is None:
