@@ -477,3 +477,17 @@ def test_readme_alert_rule_is_valid_for_prometheus(tmp_path):
     p = subprocess.run([promtool, "check", "rules", str(tmp_path / "rules.yml")], capture_output=True, text=True)
     assert p.returncode == 0 and "2 rules found" in p.stdout, p.stdout + p.stderr
     assert "ctscope_conntrack_fill_after_sweep_ratio > 0.90" in block  # Felix's grow threshold
+
+
+def test_serve_refuses_at_start_what_can_never_be_a_ct_map(bpffs, tmp_path):
+    """A regular file, a snapshot file or a non-CT map is a configuration error: exit 2 with one
+    line at start, not an exporter that serves read errors forever (a missing pin is waited for)."""
+    plain = tmp_path / "not-a-pin.json"
+    plain.write_text("{}")
+    snap = tmp_path / "x.parquet"
+    snap.write_bytes(b"PAR1")
+    for target in (plain, snap):
+        r = subprocess.run([*CTSCOPE, "serve", str(target), "--listen", f"127.0.0.1:{free_port()}"],
+                           capture_output=True, text=True, env=ENV, timeout=PATIENCE_S)
+        assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and str(target) in r.stderr, \
+            (target, r.stderr)

@@ -23,7 +23,7 @@ from ctscope.analysis.metrics import Exposition, exporter_families, families
 from ctscope.cli import analysis_io as io
 from ctscope.cli.app import app
 from ctscope.cli.watch import PIN_HELP
-from ctscope.errors import BadArgument, CtscopeError
+from ctscope.errors import EXIT_BAD_INPUT, BadArgument, CtscopeError, exit_code
 
 DEFAULT_LISTEN = "127.0.0.1:9769"  # 9769: not taken in Prometheus' default port allocations list
 
@@ -48,8 +48,11 @@ class Exporter:
         self.reads += 1
         try:
             r = self.watcher.refresh()
-        except BadArgument as e:
-            if str(e).startswith("--where"):
+        except CtscopeError as e:
+            # A --where typo, or a first read finding something that can never be a CT map (a
+            # regular file, a snapshot, a non-CT map): a configuration error, refused at start
+            # (exit 2) instead of served as read errors forever. A missing pin is waited for.
+            if str(e).startswith("--where") or (self.reads == 1 and exit_code(e) == EXIT_BAD_INPUT):
                 raise
             self._failed(e)
         except Exception as e:  # a missing pin (Calico not up yet), a map replaced mid-read ...
