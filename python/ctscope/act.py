@@ -32,6 +32,7 @@ from ctscope import _native
 from ctscope._native import LiveMap, monotonic_ns
 from ctscope.errors import BadArgument, CtscopeError, NoEntry, NotACtMap, PinNotFound
 from ctscope.pinlock import ensure_private_dir, write_lock
+from ctscope.repair.common import is_ct_layout
 from ctscope.pins import DEFAULT_BPFFS, default_ct_pin
 
 Say = Callable[[str], None]
@@ -135,15 +136,14 @@ def backup_dir(directory: str | os.PathLike[str] | None = None) -> Path:
     return d
 
 
+def _safe_name(map_name: str) -> str:
+    return "".join(c if c.isalnum() or c in "_-" else "_" for c in map_name) or "map"
+
+
 def new_backup_path(directory: Path, command: str, map_name: str) -> Path:
-    stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in map_name) or "map"
-    path = directory / f"ctscope-{command}-{safe}-{stamp}.arrow"
-    n = 1
-    while os.path.lexists(path):  # never overwritten (backup.rs refuses too)
-        n += 1
-        path = directory / f"ctscope-{command}-{safe}-{stamp}-{n}.arrow"
-    return path
+    from ctscope.repair.backups import free_backup_path
+
+    return free_backup_path(directory, f"ctscope-{command}-{_safe_name(map_name)}")
 
 
 def remove_stale_partials(directory: Path, map_name: str, say: Say) -> list[str]:
@@ -153,10 +153,9 @@ def remove_stale_partials(directory: Path, map_name: str, say: Say) -> list[str]
     live pid (a run in progress) are left alone."""
     import re
 
-    from ctscope.repair.backups import stale_partials
+    from ctscope.repair.backups import STAMP_RE, stale_partials
 
-    safe = "".join(c if c.isalnum() or c in "_-" else "_" for c in map_name) or "map"
-    ours = re.compile(rf"^ctscope-(delete|clean|flush)-{re.escape(safe)}-\d{{8}}T\d{{6}}Z(-\d+)?\.arrow$")
+    ours = re.compile(rf"^ctscope-(delete|clean|flush)-{re.escape(_safe_name(map_name))}-{STAMP_RE}\.arrow$")
     removed = []
     for q, pid in stale_partials(directory, lambda f: bool(ours.match(f))):
         try:
@@ -279,7 +278,7 @@ def _run_locked(res: ActResult, p: Path, select, *, yes: bool, max_delete: int |
                 bdir: Path | None, layout: str, show: int, say: Say) -> None:
     live = LiveMap(str(p), writable=yes)
     params = live.params
-    if params.get("family") is None:
+    if not is_ct_layout(params):
         raise NotACtMap(f"{p}: {params['map_type']} map {params['name']!r} with {params['key_size']}/"
                         f"{params['value_size']}-byte entries is not a Calico CT map; {res.command} acts on CT maps "
                         "only (it needs last_seen to delete race-safely)")

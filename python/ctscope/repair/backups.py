@@ -12,6 +12,7 @@ from pathlib import Path
 from ctscope.errors import BadArgument, PermissionDenied
 
 
+STAMP_RE = r"\d{8}T\d{6}Z(-\d+)?"  # what free_backup_path appends to a stem
 PARTIAL_RE = re.compile(r"^\.(?P<file>.+)\.(?P<pid>\d+)\.partial$")
 
 
@@ -47,20 +48,25 @@ def stale_partials(directory: Path, ours: Callable[[str], bool]) -> list[tuple[P
 
 def stale_partial_backups(bpath: Path, map_name: str) -> list[tuple[Path, int]]:
     """resize's: those of `bpath` or of this map's default backup names."""
-    default = re.compile(rf"^ctscope-backup-{re.escape(map_name)}-\d{{8}}T\d{{6}}Z(-\d+)?\.arrow$")
+    default = re.compile(rf"^ctscope-backup-{re.escape(map_name)}-{STAMP_RE}\.arrow$")
     return stale_partials(bpath.parent, lambda f: f == bpath.name or bool(default.match(f)))
 
 
-def default_backup_path(name: str, directory: str | os.PathLike[str] = ".") -> Path:
-    """The default backup name (a free one when planned; the write claims the first free
-    `-N` of it atomically, so two runs in the same second get two files)."""
+def free_backup_path(directory: str | os.PathLike[str], stem: str) -> Path:
+    """`DIR/<stem>-<UTC time>.arrow`, or its first free `-N` (a free one when planned; the write
+    claims its name atomically, so two runs in the same second get two files)."""
     stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
-    path = Path(directory) / f"ctscope-backup-{name}-{stamp}.arrow"
+    path = Path(directory) / f"{stem}-{stamp}.arrow"
     n = 1
     while os.path.lexists(path):  # a rerun within the same second: backups are never overwritten
         n += 1
-        path = Path(directory) / f"ctscope-backup-{name}-{stamp}-{n}.arrow"
+        path = Path(directory) / f"{stem}-{stamp}-{n}.arrow"
     return path
+
+
+def default_backup_path(name: str, directory: str | os.PathLike[str] = ".") -> Path:
+    """resize's default backup name."""
+    return free_backup_path(directory, f"ctscope-backup-{name}")
 
 
 def check_backup_target(bpath: Path, explicit: bool) -> None:
