@@ -12,7 +12,7 @@ Two readings of one map:
 A dump is not atomic. A walk over a map that changes under it can read more distinct keys
 than the map can hold (keys inserted ahead of the cursor while keys behind it are evicted).
 Such a count is not the map's state: the ratio is capped at 1.0 and `seen_over` says the
-walk saw more than the map holds ("≥ 100 %, seen during a changing walk").
+walk saw more than the map holds ("≥100%", seen during a changing walk).
 """
 
 from __future__ import annotations
@@ -55,13 +55,14 @@ class Fill:
         return ("ok", "warning", "high")[level(self.ratio)]
 
     def text(self) -> str:
-        """`97.7%`, or `≥ 100%` when the walk read more entries than the map can hold."""
+        """`97.7%`, or `≥100%` when the walk read more entries than the map can hold (`n/a` without
+        max_entries). The one spelling of a fill: every table, text and chart prints this."""
         if self.ratio is None:
             return "n/a"
-        return "≥ 100%" if self.seen_over else f"{self.ratio:.1%}"
+        return "≥100%" if self.seen_over else f"{self.ratio:.1%}"
 
     def seen(self) -> str:
-        """Why a fill reads `≥ 100%` (empty otherwise)."""
+        """Why a fill reads `≥100%` (empty otherwise)."""
         if not self.seen_over:
             return ""
         return (f"{self.entries:,} entries read, more than max_entries {self.max_entries:,}: the map changed "

@@ -68,7 +68,7 @@ def gauge(now, after_sweep: float | None, sweep_verdict: str = "ok") -> str:
         x1, y1 = cx + (r + 18) * math.cos(a), cy + (r + 18) * math.sin(a)
         body.append(f'<line x1="{x0:.1f}" y1="{y0:.1f}" x2="{x1:.1f}" y2="{y1:.1f}" stroke="#111" stroke-width="2"/>')
         body.append(f'<text x="{x1 + 4:.1f}" y="{y1 - 2:.1f}" font-size="11">{m:.0%}</text>')
-    label = ("≥100%" if now.seen_over else f"{now.ratio:.1%}") if now.ratio is not None else "n/a"
+    label = now.text()
     body.append(f'<text x="{cx}" y="{cy - 20}" text-anchor="middle" font-size="30" font-weight="600" '
                 f'fill="{color if now.verdict in ("high", "full") else "#111"}">{label}</text>')
     sub = f"{after_sweep:.1%} after sweep" if after_sweep is not None else ""

@@ -107,8 +107,7 @@ def _fill_cell(r: dict) -> str:
     if "entries" not in r or r.get("fill") is None:
         return "-"
     f = fill.judge(r["entries"], r["max_entries"])
-    text = "≥100%" if f.seen_over else f"{f.ratio:.1%}"
-    return text + (f" {f.verdict.upper()}" if f.verdict in ("high", "full") else "")
+    return f.text() + (f" {f.verdict.upper()}" if f.verdict in ("high", "full") else "")
 
 
 def _cell(v: object) -> Text:

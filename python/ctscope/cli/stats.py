@@ -108,6 +108,5 @@ def format_stats(st: dict) -> str:
 
 
 def _fill_cell(s: dict) -> str:
-    f = fill.judge(s["total_entries"], s["map_size"])
-    return "≥100%" if f.seen_over else f"{f.ratio or 0:.1%}"
+    return fill.judge(s["total_entries"], s["map_size"]).text()
 
