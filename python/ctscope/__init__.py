@@ -9,23 +9,56 @@
     >>> ctscope.query("SELECT dport, count(*) n FROM ct GROUP BY 1", "snapshots/")
 """
 
-from importlib.metadata import PackageNotFoundError, version
+from typing import TYPE_CHECKING, Any
 
 from ctscope.ctmap import CtMap, open_map, scan_map
 from ctscope import errors
-from ctscope.analysis import Timeouts, expired, open_source, read, scan, with_expiry
-from ctscope.analysis.diff import diff
-from ctscope.analysis.metrics import metrics
-from ctscope.analysis.query import query
-from ctscope.analysis.report import report
-from ctscope.analysis.stats import stats
-from ctscope.analysis.top import top
-from ctscope.act import lookup
 
-try:
-    __version__ = version("ctscope")
-except PackageNotFoundError:  # running from a source tree
-    __version__ = "0.0.0"
+# The analysis and acting functions are imported on first use (PEP 562): `import ctscope`
+# and every one-shot command then load only what they run (the report's charts, serve's
+# HTTP server and the package metadata cost ~0.1 s of start-up otherwise).
+_LAZY = {
+    "Timeouts": "ctscope.analysis", "expired": "ctscope.analysis", "open_source": "ctscope.analysis",
+    "read": "ctscope.analysis", "scan": "ctscope.analysis", "with_expiry": "ctscope.analysis",
+    "diff": "ctscope.analysis.diff", "metrics": "ctscope.analysis.metrics", "query": "ctscope.analysis.query",
+    "report": "ctscope.analysis.report", "stats": "ctscope.analysis.stats", "top": "ctscope.analysis.top",
+    "lookup": "ctscope.act",
+}
+
+if TYPE_CHECKING:
+    from ctscope.act import lookup
+    from ctscope.analysis import Timeouts, expired, open_source, read, scan, with_expiry
+    from ctscope.analysis.diff import diff
+    from ctscope.analysis.metrics import metrics
+    from ctscope.analysis.query import query
+    from ctscope.analysis.report import report
+    from ctscope.analysis.stats import stats
+    from ctscope.analysis.top import top
+
+    __version__: str
+
+
+def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name == "__version__":
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            value: Any = version("ctscope")
+        except PackageNotFoundError:  # running from a source tree
+            value = "0.0.0"
+    elif name in _LAZY:
+        value = getattr(importlib.import_module(_LAZY[name]), name)
+    else:
+        raise AttributeError(f"module 'ctscope' has no attribute {name!r}")
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(set(globals()) | set(_LAZY) | {"__version__"})
+
 
 __all__ = ["CtMap", "open_map", "scan_map", "errors", "__version__",
            # analysis (ctscope.analysis): live pins, snapshot files, directories/globs of snapshots

@@ -11,11 +11,27 @@ from ctscope.cli.app import app, state
 from ctscope.errors import CtscopeError, exit_code, polars_gist
 from ctscope.textsafe import printable
 
-# Importing a module registers its command(s) on `app`.
-from ctscope.cli import bench, check, demo, dump, maps, resize, synth  # noqa: E402,F401
-from ctscope.cli import clean, delete, flush, get  # noqa: E402,F401
-from ctscope.cli import diff, expired, metrics, query, report, snapshot, stats, top  # noqa: E402,F401
-from ctscope.cli import serve, watch  # noqa: E402,F401
+# Every command and the module that registers it on `app` (importing the module does), in
+# the order `ctscope -h` lists them. A command line that names a command imports only that
+# module: a one-shot command does not pay for the others' imports (serve's HTTP server, the
+# report's charts, repair's checks: ~0.1 s of a ~0.25 s start). tests/test_cli_startup.py
+# checks this table against what the modules register.
+COMMANDS = {
+    "bench": "bench", "check": "check", "demo": "demo", "dump": "dump", "maps": "maps", "resize": "resize",
+    "restore": "resize", "synth": "synth", "clean": "clean", "delete": "delete", "flush": "flush", "get": "get",
+    "diff": "diff", "expired": "expired", "metrics": "metrics", "query": "query", "report": "report",
+    "snapshot": "snapshot", "stats": "stats", "top": "top", "watch": "watch", "serve": "serve",
+}
+
+
+def load_commands(args: list[str] | None = None) -> None:
+    """Register the command `args` names, or every command (help, no command, a typo)."""
+    import importlib
+
+    name = next((a for a in args or [] if not a.startswith("-")), None)
+    modules = [COMMANDS[name]] if name in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
+    for m in modules:
+        importlib.import_module(f"ctscope.cli.{m}")
 
 
 # typer >= 0.2x vendors its own click (typer._click) and no longer installs click; older
@@ -42,6 +58,7 @@ def main(argv: list[str] | None = None) -> None:
         args = [a for a in args[:end] if a != "--debug"] + args[end:]
     try:
         try:
+            load_commands(args)
             rv = app(args=args, standalone_mode=False)
         except SystemExit as e:
             # typer's _main catches EPIPE itself and calls sys.exit(1), even with

@@ -1,0 +1,65 @@
+"""A one-shot command imports only its own command module (and the package only what it
+uses), and the table main() dispatches by names exactly the commands the modules register."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import ctscope
+
+SAMPLE = Path(ctscope.__file__).with_name("sample") / "ct-sample.parquet"
+
+# Runs ctscope in a fresh interpreter, then prints which ctscope modules it had imported.
+CHILD = r"""
+import atexit, json, sys
+atexit.register(lambda: print(json.dumps(sorted(m for m in sys.modules if m.startswith("ctscope"))), file=sys.stderr))
+from ctscope.cli import main
+main(sys.argv[1:])
+"""
+
+
+def _modules(*args: str) -> set[str]:
+    p = subprocess.run([sys.executable, "-c", CHILD, *args], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    return set(json.loads(p.stderr.strip().splitlines()[-1]))
+
+
+def test_the_dispatch_table_names_every_registered_command_in_help_order():
+    from ctscope.cli import COMMANDS, load_commands
+    from ctscope.cli.app import app
+
+    load_commands([])  # no command: all of them, as for `ctscope -h`
+    registered = [(c.name or c.callback.__name__.replace("_", "-"), c.callback.__module__)
+                  for c in app.registered_commands]
+    assert registered == [(name, f"ctscope.cli.{mod}") for name, mod in COMMANDS.items()]
+
+
+def test_a_command_imports_only_its_own_module():
+    mods = _modules("stats", str(SAMPLE))
+    assert {m for m in mods if m.startswith("ctscope.cli.")} == {
+        "ctscope.cli.app", "ctscope.cli.analysis_io", "ctscope.cli.stats"}
+    # nor what only other commands use
+    assert not mods & {"ctscope.analysis.report", "ctscope.analysis.charts", "ctscope.repair.check", "ctscope.act"}
+
+
+def test_help_and_unknown_commands_still_see_every_command():
+    p = subprocess.run([sys.executable, "-m", "ctscope", "-h"], capture_output=True, text=True)
+    assert p.returncode == 0
+    from ctscope.cli import COMMANDS
+
+    for name in COMMANDS:
+        assert f" {name} " in p.stdout, name
+    p = subprocess.run([sys.executable, "-m", "ctscope", "statz"], capture_output=True, text=True)
+    assert p.returncode == 2 and "statz" in p.stderr
+
+
+def test_lazy_package_attributes_resolve_and_fail_like_attributes():
+    import pytest
+
+    assert ctscope.stats.__module__ == "ctscope.analysis.stats" and callable(ctscope.lookup)
+    assert isinstance(ctscope.__version__, str) and set(ctscope.__all__) <= set(dir(ctscope))
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        ctscope.nope  # noqa: B018
