@@ -28,13 +28,14 @@ def _modules(*args: str) -> set[str]:
 
 
 def test_the_dispatch_table_names_every_registered_command_in_help_order():
-    from ctscope.cli import COMMANDS, load_commands
-    from ctscope.cli.app import app
+    # In a fresh interpreter: this process may have registered some commands already.
+    code = ("import json; from ctscope.cli import COMMANDS, load_commands; from ctscope.cli.app import app; "
+            "load_commands([]); print(json.dumps([[c.name or c.callback.__name__, c.callback.__module__] "
+            "for c in app.registered_commands]))")
+    p = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    from ctscope.cli import COMMANDS
 
-    load_commands([])  # no command: all of them, as for `ctscope -h`
-    registered = [(c.name or c.callback.__name__.replace("_", "-"), c.callback.__module__)
-                  for c in app.registered_commands]
-    assert registered == [(name, f"ctscope.cli.{mod}") for name, mod in COMMANDS.items()]
+    assert json.loads(p.stdout) == [[name, f"ctscope.cli.{mod}"] for name, mod in COMMANDS.items()]
 
 
 def test_a_command_imports_only_its_own_module():
