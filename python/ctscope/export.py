@@ -23,6 +23,9 @@ from ctscope.textsafe import json_controls, printable
 TEXT_FORMATS = ("table", "json", "ndjson", "csv")
 BINARY_FORMATS = ("parquet", "arrow")
 FORMATS = TEXT_FORMATS + BINARY_FORMATS
+# zstd at level 1, not polars' default 3: the same file size on CT dumps (50 MiB for 1M
+# node-profile entries) for ~0.1 s less CPU per million entries (0.76 vs 0.87 s to encode).
+PARQUET_ZSTD_LEVEL = 1
 
 # The compact view `table` shows (everything is in the other formats).
 TABLE_COLUMNS = ["proto", "src", "sport", "dst", "dport", "type", "tcp_state", "idle_s", "flag_names",
@@ -154,7 +157,7 @@ def write_binary(frames: Iterator[pl.DataFrame], schema: pl.Schema, fmt: str, ta
             target = os.fspath(target)
         with _sigint_stops(stop):
             try:
-                lf.sink_parquet(target, metadata=kv, row_group_size=262_144)
+                lf.sink_parquet(target, metadata=kv, row_group_size=262_144, compression="zstd", compression_level=PARQUET_ZSTD_LEVEL)
             except Exception:
                 if stop.is_set():
                     raise KeyboardInterrupt from None

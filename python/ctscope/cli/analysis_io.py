@@ -74,7 +74,7 @@ def write_text(text: str, output: Optional[str], private: bool = True) -> None:
 
 def _write_binary(df: pl.DataFrame, fmt: str, target, kv: dict | None) -> None:
     if fmt == "parquet":
-        df.write_parquet(target, metadata=kv)
+        df.write_parquet(target, metadata=kv, compression="zstd", compression_level=export.PARQUET_ZSTD_LEVEL)
     else:
         from ctscope import arrow_ipc
 
