@@ -40,6 +40,7 @@ impl Method {
 }
 
 /// Raw entries, `count` keys of `key_size` bytes and `count` values of `value_size` bytes.
+#[derive(Default)]
 pub struct Chunk {
     pub keys: Vec<u8>,
     pub values: Vec<u8>,

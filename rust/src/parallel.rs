@@ -128,18 +128,30 @@ pub struct RangeJob {
     pub registry: Arc<Registry>,
 }
 
-/// Read one bucket range, decoding with `decode` and handing batches to `send`, which
+/// What a range worker does with the chunks it reads: a batch now, or later (rows a
+/// pushed-down predicate keeps are gathered into batches of a useful size first).
+pub trait RangeDecode {
+    fn chunk(&mut self, c: &Chunk) -> Result<Option<RecordBatch>>;
+    /// The rows still held once the range is read.
+    fn finish(&mut self) -> Result<Option<RecordBatch>>;
+}
+
+/// Read one bucket range, decoding with `dec` and handing batches to `send`, which
 /// returns false once the consumer has gone away.
-pub fn run_range<D, S>(job: RangeJob, decode: D, send: S) -> ReadStats
+pub fn run_range<D, S>(job: RangeJob, mut dec: D, send: S) -> ReadStats
 where
-    D: Fn(&Chunk) -> Result<RecordBatch>,
+    D: RangeDecode,
     S: Fn(Result<RecordBatch>) -> bool,
 {
     let mut stats = ReadStats::default();
-    let res = scan_range(&job, &mut stats, &mut |chunk: &Chunk| {
-        let b = decode(chunk)?;
-        if send(Ok(b)) { Ok(()) } else { Err(CtError::BadArgument("consumer went away".into())) }
-    });
+    let hand_over = |b: Option<RecordBatch>| match b.map(|b| send(Ok(b))) {
+        Some(false) => Err(CtError::BadArgument("consumer went away".into())),
+        _ => Ok(()),
+    };
+    let mut res = scan_range(&job, &mut stats, &mut |chunk: &Chunk| hand_over(dec.chunk(chunk)?));
+    if res.is_ok() {
+        res = dec.finish().and_then(hand_over);
+    }
     if let Err(e) = res {
         // Never leave an earlier range waiting on us.
         job.registry.finish(job.index, None);

@@ -5,6 +5,7 @@
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::mpsc::{Receiver, sync_channel};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use arrow_array::{RecordBatch, RecordBatchReader};
 use arrow_schema::{ArrowError, SchemaRef};
@@ -34,6 +35,15 @@ enum Decoder {
 }
 
 impl Decoder {
+    /// Every entry of `c`, which a predicate has already selected.
+    fn decode_all(&self, c: &Chunk) -> Result<RecordBatch> {
+        match self {
+            Decoder::Ct(d, _) => d.decode(&c.keys, &c.values, c.count),
+            Decoder::Raw { ks, vs } => decode::decode_raw(&c.keys, &c.values, c.count, *ks, *vs),
+        }
+        .map_err(|e| CtError::Os { op: "building Arrow batch".into(), err: std::io::Error::other(e.to_string()) })
+    }
+
     /// The first `n` entries of `c`; with a predicate, the entries of all `c` it keeps.
     fn decode(&self, c: &Chunk, n: usize) -> Result<RecordBatch> {
         match self {
@@ -50,6 +60,57 @@ impl Decoder {
     }
 }
 
+/// A reader's decoding. Without a predicate every chunk is a batch. With one, the rows it
+/// keeps are gathered until they fill a batch of `rows`, the read ends, or `GATHER_WAIT`
+/// has passed since the first of them was read: a 1 %-selective query over a million entries then
+/// hands over a few batches, not one per syscall, each paying Python's and polars'
+/// per-batch costs over every column; and a `head(n)` still gets its first rows within
+/// GATHER_WAIT of their being read (it stops the read that much later at most).
+struct Gather {
+    decoder: Decoder,
+    held: Chunk,
+    rows: usize,
+    since: Option<Instant>,
+}
+
+const GATHER_WAIT: Duration = Duration::from_millis(50);
+
+impl Gather {
+    fn new(decoder: Decoder, rows: usize) -> Self {
+        Gather { decoder, held: Chunk::default(), rows, since: None }
+    }
+}
+
+impl parallel::RangeDecode for Gather {
+    fn chunk(&mut self, c: &Chunk) -> Result<Option<RecordBatch>> {
+        let Decoder::Ct(d, Some(p)) = &self.decoder else {
+            return self.decoder.decode(c, c.count).map(Some);
+        };
+        let kept = p.select(d, c);
+        let kept = kept.as_ref().unwrap_or(c);
+        if self.held.count == 0 && kept.count >= self.rows / 2 {
+            return self.decoder.decode_all(kept).map(Some); // worth a batch of its own
+        }
+        self.held.keys.extend_from_slice(&kept.keys[..kept.count * d.key_size()]);
+        self.held.values.extend_from_slice(&kept.values[..kept.count * d.value_size()]);
+        self.held.count += kept.count;
+        let since = *self.since.get_or_insert_with(Instant::now);
+        if self.held.count < self.rows && since.elapsed() < GATHER_WAIT {
+            return Ok(None);
+        }
+        self.finish()
+    }
+
+    fn finish(&mut self) -> Result<Option<RecordBatch>> {
+        if self.held.count == 0 {
+            return Ok(None);
+        }
+        let held = std::mem::take(&mut self.held);
+        self.since = None;
+        self.decoder.decode_all(&held).map(Some)
+    }
+}
+
 /// What the readers send: raw chunks (single reader; the consumer decodes) or batches
 /// already decoded by a parallel range worker.
 enum Payload {
@@ -60,6 +121,8 @@ enum Payload {
 pub struct DumpStream {
     rx: Receiver<Result<Payload>>,
     decoder: Decoder,
+    /// The single reader's chunks, decoded here: a predicate's kept rows are gathered.
+    gather: Gather,
     schema: SchemaRef,
     remaining: Option<u64>,
     pub layout: Layout,
@@ -138,7 +201,8 @@ impl DumpStream {
             let m = if batch_ok { Method::Batch } else { Method::NextKey };
             spawn_reader(MapReader::new(fd, p.key_size, p.value_size, p.max_entries, m, opt.batch), status.clone())?
         };
-        Ok(DumpStream { rx, decoder, schema, remaining: opt.limit, layout, layout_reason: reason, status })
+        let gather = Gather::new(decoder.clone(), opt.batch.max(1) as usize);
+        Ok(DumpStream { rx, decoder, gather, schema, remaining: opt.limit, layout, layout_reason: reason, status })
     }
 
     /// The next decoded batch, or None when the map has been read to its end.
@@ -146,26 +210,29 @@ impl DumpStream {
         if self.remaining == Some(0) {
             return Ok(None);
         }
-        let Ok(msg) = self.rx.recv() else {
-            return Ok(None); // every reader finished and hung up
+        let batch = loop {
+            let Ok(msg) = self.rx.recv() else {
+                // every reader finished and hung up: the rows the predicate kept last, if any
+                match parallel::RangeDecode::finish(&mut self.gather)? {
+                    Some(b) => break b,
+                    None => return Ok(None),
+                }
+            };
+            match msg? {
+                Payload::Raw(chunk) if matches!(self.decoder, Decoder::Ct(_, Some(_))) => {
+                    if let Some(b) = parallel::RangeDecode::chunk(&mut self.gather, &chunk)? {
+                        break b;
+                    }
+                }
+                Payload::Raw(chunk) => {
+                    let n = self.take_rows(chunk.count);
+                    return self.decoder.decode(&chunk, n).map(Some);
+                }
+                Payload::Batch(b) => break b,
+            }
         };
-        let batch = match msg? {
-            Payload::Raw(chunk) if matches!(self.decoder, Decoder::Ct(_, Some(_))) => {
-                // Only the decoder knows how many rows the predicate keeps.
-                let b = self.decoder.decode(&chunk, chunk.count)?;
-                let n = self.take_rows(b.num_rows());
-                if n < b.num_rows() { b.slice(0, n) } else { b }
-            }
-            Payload::Raw(chunk) => {
-                let n = self.take_rows(chunk.count);
-                self.decoder.decode(&chunk, n)?
-            }
-            Payload::Batch(b) => {
-                let n = self.take_rows(b.num_rows());
-                if n < b.num_rows() { b.slice(0, n) } else { b }
-            }
-        };
-        Ok(Some(batch))
+        let n = self.take_rows(batch.num_rows());
+        Ok(Some(if n < batch.num_rows() { batch.slice(0, n) } else { batch }))
     }
 
     /// Count `n` rows against --limit; how many of them to keep.
@@ -283,7 +350,7 @@ fn spawn_ranges(
             cap: opt.batch.max(1),
             registry: registry.clone(),
         };
-        let (dec, st, left) = (decoder.clone(), st.clone(), left.clone());
+        let (dec, st, left, cap) = (decoder.clone(), st.clone(), left.clone(), opt.batch.max(1) as usize);
         let tx = tx.clone();
         std::thread::Builder::new()
             .name(format!("ctscope-range{i}"))
@@ -291,7 +358,7 @@ fn spawn_ranges(
                 let res = crate::error::guard("range reader", || {
                     Ok(parallel::run_range(
                         job,
-                        move |c: &Chunk| dec.decode(c, c.count),
+                        Gather::new(dec, cap),
                         |b: Result<RecordBatch>| tx.send(b.map(Payload::Batch)).is_ok(),
                     ))
                 });
