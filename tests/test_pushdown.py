@@ -238,6 +238,52 @@ def test_kept_rows_are_gathered_into_full_batches(make_ct_map, threads):
     assert sum(1 for n in sizes if n < syscall_rows) <= threads, sizes
 
 
+@pytest.mark.parametrize(("layout", "family"), [("v4", 4), ("v3", 4), ("v2", 4)], ids=["v4", "v3", "v2"])
+def test_networks_match_pythons_ipaddress(make_ct_map, layout, family):
+    """in_network (and --where's in_network(col, 'net')) keeps exactly the rows whose address
+    Python's ipaddress puts in the network, at every prefix length, pushed down as one
+    network test whatever the number of whole-octet subnets it is written as."""
+    cm, _ = _fill(make_ct_map, layout, family)
+    full = cm.to_polars(now_ns=NOW)
+    rng = random.Random(7)
+    addrs_seen = full["dst"].unique().to_list() + full["src"].unique().to_list()
+    for prefix in [0, 1, 7, 8, 9, 12, 16, 17, 23, 24, 25, 30, 31, 32]:
+        for col in ("src", "dst", "addr_a"):
+            net = ipaddress.ip_network(f"{rng.choice(addrs_seen)}/{prefix}", strict=False)
+            expr = ctscope.in_network(col, str(net))
+            want = full.filter(pl.col(col).map_elements(lambda a, n=net: ipaddress.ip_address(a) in n,
+                                                        return_dtype=pl.Boolean))
+            assert want.height > 0
+            got = ctscope.scan_map(cm, now_ns=NOW).filter(expr).collect()
+            _same(got, want, f"{col} in {net}")
+            ir = pushdown.translate(expr)
+            if prefix:
+                assert ir == ("addr", col, [(net.network_address.packed, prefix)]), (net, ir)
+
+
+def test_in_network_in_where_and_its_errors(make_ct_map):
+    cm, _ = _fill(make_ct_map, "v4", 4)
+    full = cm.to_polars()
+    a = full.filter(pl.col("proto") == 6)["dst"][0]
+    net = ipaddress.ip_network(f"{a}/23", strict=False)
+    want = full.filter(pl.col("dst").map_elements(lambda x: ipaddress.ip_address(x) in net, return_dtype=pl.Boolean)
+                       & (pl.col("proto") == 6))
+    p = subprocess.run([sys.executable, "-m", "ctscope", "dump", cm.path, "-f", "ndjson", "--where",
+                        f"proto = 6 AND IN_NETWORK(dst, '{net}') AND src <> 'in_network(dst, ''1.0.0.0/8'')'"],
+                       capture_output=True, text=True, check=True)
+    got = sorted((r["src"], r["sport"], r["dst"]) for r in map(json.loads, p.stdout.splitlines()))
+    assert got == sorted(want.select("src", "sport", "dst").rows()) and got
+    # the analysis commands read it too
+    st = ctscope.stats(cm.path, where=f"in_network(dst, '{net}')")
+    assert st["total_entries"] == full.filter(pl.col("dst").map_elements(
+        lambda x: ipaddress.ip_address(x) in net, return_dtype=pl.Boolean)).height
+    for bad, says in [("10.1.2.0/33", "expected an IPv4 network"), ("fd00::/64", "only IPv4 networks"),
+                      ("nonsense", "expected an IPv4 network")]:
+        p = subprocess.run([sys.executable, "-m", "ctscope", "dump", cm.path, "--where", f"in_network(dst, '{bad}')"],
+                           capture_output=True, text=True)
+        assert p.returncode == 2 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
+
+
 # ------------------------------------------------------------------------------ CLI and analysis
 def test_dump_where_uses_pushdown_and_matches(make_ct_map):
     cm, _ = _fill(make_ct_map, "v4", 4)

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ctscope.ctmap import CtMap, open_map, scan_map
 from ctscope import errors
+from ctscope.pushdown import in_network
 
 # The analysis and acting functions are imported on first use (PEP 562): `import ctscope`
 # and every one-shot command then load only what they run (the report's charts, serve's
@@ -60,7 +61,7 @@ def __dir__() -> list[str]:
     return sorted(set(globals()) | set(_LAZY) | {"__version__"})
 
 
-__all__ = ["CtMap", "open_map", "scan_map", "errors", "__version__",
+__all__ = ["CtMap", "open_map", "scan_map", "in_network", "errors", "__version__",
            # analysis (ctscope.analysis): live pins, snapshot files, directories/globs of snapshots
            "read", "scan", "open_source", "stats", "expired", "with_expiry", "Timeouts", "top", "diff", "metrics",
            "report", "query",

@@ -55,7 +55,9 @@ def parse_where(where: str | None, schema: pl.Schema) -> pl.Expr | None:
     if not where:
         return None
     try:
-        expr = pl.sql_expr(where)
+        from ctscope.pushdown import expand_networks
+
+        expr = pl.sql_expr(expand_networks(where))
         pl.DataFrame(schema=schema).filter(expr)
     except Exception as e:  # polars raises several types for bad SQL
         raise BadArgument(f"--where {where!r}: {polars_gist(e)}") from None

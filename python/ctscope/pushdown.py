@@ -31,6 +31,7 @@ import io
 import ipaddress
 import json
 import math
+import re
 from typing import Any
 
 import polars as pl
@@ -143,7 +144,26 @@ def _or(parts: list[tuple[tuple, bool]]) -> tuple[tuple, bool]:
         return KEEP, exact
     if not irs:
         return ("const", False), exact
+    # Networks of one address column are one test (a CIDR that is not whole octets arrives
+    # as an OR of its whole-octet subnets: they are collapsed back into it).
+    nets: dict[str, list] = {}
+    rest = []
+    for ir in irs:
+        if ir[0] == "addr":
+            nets.setdefault(ir[1], []).extend(ir[2])
+        else:
+            rest.append(ir)
+    irs = rest + [("addr", col, _collapse(n)) for col, n in nets.items()]
     return (irs[0] if len(irs) == 1 else ("or", irs)), exact
+
+
+def _collapse(nets: list[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
+    """The same addresses in as few networks as possible, each family on its own."""
+    out = []
+    for version in (4, 6):
+        ns = [ipaddress.ip_network((ipaddress.ip_address(b), p)) for b, p in nets if len(b) == (4 if version == 4 else 16)]
+        out += [(n.network_address.packed, n.prefixlen) for n in ipaddress.collapse_addresses(ns)]  # type: ignore[arg-type]
+    return out
 
 
 def _not(ir: tuple) -> tuple:
@@ -334,4 +354,55 @@ def _addresses(col: str, texts: list[str]) -> tuple[tuple, bool]:
         exact = exact and ip.version == 4 and str(ip) == t
     if not nets:
         return ("const", False), True
-    return ("addr", col, nets), exact
+    return ("addr", col, _collapse(nets)), exact
+
+
+# ------------------------------------------------------------------------------ networks (CIDR)
+_NETWORK_CALL = re.compile(r"\bin_network\s*\(\s*([A-Za-z_][A-Za-z0-9_]*)\s*,\s*'([^']*)'\s*\)", re.IGNORECASE)
+
+
+def network_sql(column: str, network: str) -> str:
+    """SQL that keeps the rows whose address `column` lies in the IPv4 `network`
+    ("10.1.0.0/23"), exactly, as text tests on the addresses the decoder writes (canonical
+    dotted quads): whole-octet prefixes (`LIKE '10.1.0.%' OR LIKE '10.1.1.%'`, at most 128,
+    which the pushdown collapses back into the one network), or whole addresses for
+    prefixes longer than /24. IPv6 networks are refused: an IPv6 address's text does not
+    start with its network's (zero runs are compressed anywhere), so no text test is exact."""
+    from ctscope.errors import BadArgument
+
+    try:
+        net = ipaddress.ip_network(network.strip(), strict=False)
+    except ValueError:
+        raise BadArgument(f"in_network({column}, {network!r}): expected an IPv4 network such as '10.1.0.0/23'") from None
+    if net.version != 4:
+        raise BadArgument(f"in_network({column}, {network!r}): only IPv4 networks are supported (for IPv6, compare "
+                          "whole addresses with = or IN)")
+    if not column.isidentifier():
+        raise BadArgument(f"in_network({column!r}, ...): expected a column name")
+    octets = -(-net.prefixlen // 8)
+    if octets == 0:  # /0: every IPv4 address (digits and dots; IPv6 text has colons)
+        return f"regexp_like({column}, '^[0-9.]+$')"
+    subnets = list(net.subnets(new_prefix=8 * octets))
+    if octets == 4:
+        return f"{column} IN ({', '.join(repr(str(n.network_address)) for n in subnets)})"
+    texts = [".".join(str(o) for o in n.network_address.packed[:octets]) + ".%" for n in subnets]
+    return "(" + " OR ".join(f"{column} LIKE '{t}'" for t in texts) + ")"
+
+
+def expand_networks(where: str) -> str:
+    """--where text with each `in_network(column, 'a.b.c.d/n')` replaced by its SQL
+    (network_sql); a call written inside a quoted literal is left alone."""
+    literals = [m.span() for m in re.finditer(r"'(?:[^']|'')*'", where)]
+
+    def sub(m: re.Match) -> str:
+        if any(a <= m.start() < b for a, b in literals):
+            return m.group(0)
+        return network_sql(m.group(1), m.group(2))
+
+    return _NETWORK_CALL.sub(sub, where)
+
+
+def in_network(column: str, network: str) -> pl.Expr:
+    """`column`'s address lies in the IPv4 `network`: `ctscope.scan_map(pin).filter(
+    ctscope.in_network("dst", "10.1.0.0/23"))`. Judged on the raw bytes before decoding."""
+    return pl.sql_expr(network_sql(column, network))

@@ -263,7 +263,9 @@ def needed_columns(base: list[str] | None, where: str | None = None) -> list[str
     cols = list(dict.fromkeys(base))
     if where:
         try:
-            names = pl.sql_expr(where).meta.root_names()
+            from ctscope.pushdown import expand_networks
+
+            names = pl.sql_expr(expand_networks(where)).meta.root_names()
         except Exception:  # where_filter reports bad SQL with its own message
             names = []
         public = ct_columns()
