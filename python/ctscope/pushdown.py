@@ -32,6 +32,7 @@ import ipaddress
 import json
 import math
 import re
+from collections.abc import Sequence
 from typing import Any
 
 import polars as pl
@@ -157,13 +158,12 @@ def _or(parts: list[tuple[tuple, bool]]) -> tuple[tuple, bool]:
     return (irs[0] if len(irs) == 1 else ("or", irs)), exact
 
 
-def _collapse(nets: list[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
+def _collapse(nets: Sequence[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
     """The same addresses in as few networks as possible, each family on its own."""
-    out = []
-    for version in (4, 6):
-        ns = [ipaddress.ip_network((ipaddress.ip_address(b), p)) for b, p in nets if len(b) == (4 if version == 4 else 16)]
-        out += [(n.network_address.packed, n.prefixlen) for n in ipaddress.collapse_addresses(ns)]  # type: ignore[arg-type]
-    return out
+    v4 = [ipaddress.IPv4Network((b, p)) for b, p in nets if len(b) == 4]
+    v6 = [ipaddress.IPv6Network((b, p)) for b, p in nets if len(b) == 16]
+    return [(n.network_address.packed, n.prefixlen)
+            for n in [*ipaddress.collapse_addresses(v4), *ipaddress.collapse_addresses(v6)]]
 
 
 def _not(ir: tuple) -> tuple:
