@@ -162,8 +162,8 @@ def _collapse(nets: Sequence[tuple[bytes, int]]) -> list[tuple[bytes, int]]:
     """The same addresses in as few networks as possible, each family on its own."""
     v4 = [ipaddress.IPv4Network((b, p)) for b, p in nets if len(b) == 4]
     v6 = [ipaddress.IPv6Network((b, p)) for b, p in nets if len(b) == 16]
-    return [(n.network_address.packed, n.prefixlen)
-            for n in [*ipaddress.collapse_addresses(v4), *ipaddress.collapse_addresses(v6)]]
+    out = [(n.network_address.packed, n.prefixlen) for n in ipaddress.collapse_addresses(v4)]
+    return out + [(n.network_address.packed, n.prefixlen) for n in ipaddress.collapse_addresses(v6)]
 
 
 def _not(ir: tuple) -> tuple:
