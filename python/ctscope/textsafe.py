@@ -15,6 +15,8 @@ import re
 
 _BIDI = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 _UNSAFE = re.compile(f"[\x00-\x1f\x7f-\x9f{_BIDI}]")
+# The same class as a regex both Python's re and polars' (Rust) regex read.
+UNSAFE_PATTERN = "[\\x00-\\x1f\\x7f-\\x9f" + "".join(f"\\u{ord(c):04x}" for c in _BIDI) + "]"
 _JSON_UNSAFE = re.compile(f"[\x7f-\x9f{_BIDI}]")
 
 
