@@ -1,0 +1,68 @@
+"""Files written by earlier ctscope versions still read and verify: Arrow snapshots (dump -o,
+snapshot -o, an analysis result) and a backup, as committed in tests/data/ (written by the
+hand-written Arrow IPC writer of ctscope 0.1: metadata and CRC in the footer's schema; the
+backup with its entries' CRC in the schema metadata). A damaged copy is still refused."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from ctscope.errors import BadArgument, SnapshotError
+
+DATA = Path(__file__).parent / "data"
+NOW = 5_000_000_000_000
+
+
+@pytest.mark.parametrize("name,entries,host", [
+    ("v1-dump", 40, None), ("v1-snapshot", 40, "fixture-node"), ("v1-snapshot-empty", 0, "fixture-n2"),
+])
+def test_old_arrow_snapshots_read_and_verify(name, entries, host):
+    from ctscope.analysis import snapshot_metadata
+
+    p = DATA / f"{name}.arrow"
+    meta = snapshot_metadata(p)  # the footer's CRC verified
+    assert meta["entries"] == entries and meta["now_ns"] == NOW and meta["map_name"] == "cali_v4_ct4"
+    assert meta["layout"] == "v4" and meta["max_entries"] == 64
+    if host:
+        assert meta["hostname"] == host
+    assert pl.read_ipc(p).height == entries
+
+
+def test_old_analysis_result_reads():
+    df = pl.read_ipc(DATA / "v1-top.arrow")
+    assert df.height > 0
+
+
+@pytest.mark.parametrize("name", ["v1-dump", "v1-snapshot"])
+def test_old_arrow_snapshot_damage_is_caught_by_its_crc(tmp_path, name):
+    from ctscope.analysis import snapshot_metadata
+
+    data = bytearray((DATA / f"{name}.arrow").read_bytes())
+    data[len(data) // 3] ^= 0x40  # inside the batches (the footer is the last ~2 kB)
+    bad = tmp_path / "bad.arrow"
+    bad.write_bytes(data)
+    with pytest.raises(SnapshotError, match="CRC"):
+        snapshot_metadata(bad)
+
+
+def test_old_backup_reads_and_verifies(tmp_path):
+    from ctscope._native import read_backup
+
+    b = read_backup(DATA / "v1-backup-flush.arrow")
+    assert b.count == 30 and len(b.items()) == 30
+    assert b.source["name"] == "cali_v4_ct4" and b.source["max_entries"] == 64
+    # One value byte flipped: the entries' CRC (schema metadata ctscope.crc32) refuses it.
+    data = bytearray((DATA / "v1-backup-flush.arrow").read_bytes())
+    first = bytes(next(iter(b.items().values())))
+    at = data.find(first)
+    assert at > 0
+    data[at + 20] ^= 0x01
+    bad = tmp_path / "bad.arrow"
+    bad.write_bytes(data)
+    with pytest.raises(BadArgument, match="CRC"):
+        read_backup(bad)
