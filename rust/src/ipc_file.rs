@@ -100,7 +100,10 @@ impl<W: Write> IpcFileWriter<W> {
 
     /// Write the end-of-stream marker and the footer with `metadata` plus [`CRC_KEY`];
     /// returns the output and the file's length.
-    pub fn finish(mut self, metadata: &HashMap<String, String>) -> std::result::Result<(W, u64), ArrowError> {
+    pub fn finish<'a>(
+        mut self,
+        metadata: impl IntoIterator<Item = (&'a String, &'a String)>,
+    ) -> std::result::Result<(W, u64), ArrowError> {
         for (k, v) in metadata {
             self.w.write_metadata(k.as_str(), v.as_str());
         }
@@ -299,7 +302,8 @@ mod tests {
         w.write(&batch(&schema, 1000)).unwrap();
         w.write(&batch(&schema, 7)).unwrap();
         assert_eq!(w.rows(), 1007);
-        let (out, len) = w.finish(&[("k".to_string(), "final".to_string())].into()).unwrap();
+        let fin: HashMap<String, String> = [("k".to_string(), "final".to_string())].into();
+        let (out, len) = w.finish(&fin).unwrap();
         assert_eq!(len as usize, out.len());
         (out, schema)
     }
