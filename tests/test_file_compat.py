@@ -1,7 +1,8 @@
 """Files written by earlier ctscope versions still read and verify: Arrow snapshots (dump -o,
-snapshot -o, an analysis result) and a backup, as committed in tests/data/ (written by the
-hand-written Arrow IPC writer of ctscope 0.1: metadata and CRC in the footer's schema; the
-backup with its entries' CRC in the schema metadata). A damaged copy is still refused."""
+snapshot -o, an analysis result) and a backup, as committed in tests/data/ (written before
+rust/src/ipc_file.rs: the snapshots by a hand-written writer, metadata and CRC in the footer's
+schema; the backup with its entries' CRC in the schema metadata). A damaged copy is still
+refused."""
 
 from __future__ import annotations
 

@@ -8,8 +8,8 @@ names, and writing Arrow snapshots.
   interface, not copied): the schema carries the metadata as known before the first batch
   (no entry count yet), the footer's custom_metadata the final metadata plus
   `ctscope_crc32`, a CRC-32 of the bytes from offset 8 to the footer, so damage inside a
-  batch is refused instead of read as data. Files of ctscope 0.1 (everything in the footer
-  schema's metadata) read and verify the same way.
+  batch is refused instead of read as data. Files of earlier versions (a hand-written
+  writer; everything in the footer schema's metadata) read and verify the same way.
 """
 
 from __future__ import annotations

@@ -6,7 +6,8 @@
 //! file's bytes from offset 8 to the footer (the convention snapshots share). The `ctscope.*`
 //! metadata (in the schema, and again in the footer) carries the map's parameters, the entry
 //! count and `ctscope.crc32`, a CRC-32 of all key bytes then all value bytes: backups of
-//! ctscope 0.1 have only that one, and ctscope 0.1 can restore a newer backup by it. A
+//! earlier ctscope versions have only that one, and those versions (which read only the
+//! schema) can still restore a backup written now, after a downgrade. A
 //! truncated or altered file is refused rather than restored. The file is written under a
 //! temporary name in the target directory, fsynced, renamed into place and the directory
 //! fsynced: after a crash either the complete backup exists or none does.
@@ -277,7 +278,8 @@ pub fn read(path: &Path) -> Result<Backup> {
         return Err(not_ipc("no ARROW1 magic at both ends"));
     }
     // The structure (footer, every block inside the file) and, in backups written since
-    // ctscope 0.2, the CRC of the file's bytes; the metadata from the footer.
+    // ipc_file (all since the backups moved there), the CRC of the file's bytes; the
+    // metadata from the footer when it has any, else from the schema (older backups).
     let checked = crate::ipc_file::read_metadata(&data[..], &shown.to_string(), true)?;
     let buffer = Buffer::from_vec(data);
     let trailer = file_len - 10;
@@ -436,7 +438,7 @@ mod tests {
         // a flip in the padding after the leading magic, which no entry CRC sees, is refused.
         let bytes = std::fs::read(&path).unwrap();
         let m = crate::ipc_file::read_metadata(&bytes[..], "b", true).unwrap();
-        assert!(m.crc.is_some() && m.schema_metadata.contains_key("ctscope.crc32"), "both CRCs (0.1 readers use the second)");
+        assert!(m.crc.is_some() && m.schema_metadata.contains_key("ctscope.crc32"), "both CRCs (older readers use the second)");
         let mut flipped = bytes.clone();
         flipped[9] ^= 1;
         std::fs::write(&path, &flipped).unwrap();

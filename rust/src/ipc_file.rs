@@ -10,7 +10,7 @@
 //!   IPC has no checksums of its own: damage inside a batch would otherwise be read as data.
 //!
 //! Readers ([`read_metadata`]) take the footer's `custom_metadata` when it has any, else the
-//! footer schema's: files of ctscope 0.1 (a hand-written writer) kept everything, the CRC
+//! footer schema's: files of earlier ctscope versions (a hand-written Python writer) kept everything, the CRC
 //! too, in the footer schema's metadata, and still read and verify.
 //!
 //! Arrow format references: File.fbs (Footer, Block), Message.fbs, "IPC File Format".
@@ -178,7 +178,7 @@ impl Bytes for [u8] {
 pub struct FileMeta {
     /// The footer's custom_metadata, else its schema's; without [`CRC_KEY`].
     pub metadata: HashMap<String, String>,
-    /// The footer schema's metadata (backups of ctscope 0.1 keep everything there).
+    /// The footer schema's metadata (older backups keep everything there).
     pub schema_metadata: HashMap<String, String>,
     /// [`CRC_KEY`]'s value, when the file records one.
     pub crc: Option<String>,
