@@ -184,12 +184,12 @@ def test_snapshot_missing_a_column(snapshot, tmp_path):
 @pytest.mark.kernel
 def test_arrow_snapshot_without_its_crc_is_refused_unless_asked(pin, tmp_path):
     """The CRC key removed from the footer: refused (exit 2) unless --unverified."""
-    from ctscope import arrow_ipc
+    from ctscope.snapshot_file import CRC_KEY
 
     good = tmp_path / "s.arrow"
     assert cli("snapshot", pin, "-o", good).returncode == 0
     data = good.read_bytes()
-    key = arrow_ipc.CRC_KEY.encode()
+    key = CRC_KEY.encode()
     assert data.count(key) == 1
     # Rename the key in place (same length): the file stays a valid Arrow IPC file.
     stripped = tmp_path / "nocrc.arrow"
@@ -326,11 +326,12 @@ _META_KEYS = ["now_ns", "mono_ns", "max_entries", "dump_start_wall_ns", "dump_en
 def test_fuzzed_snapshot_metadata_is_accepted_whole_or_refused(meta):
     """Any JSON metadata either passes the check (and then every Snapshot property works)
     or is a SnapshotError; never another exception."""
-    from ctscope.analysis.sources import Snapshot, _check_meta
+    from ctscope.analysis.sources import Snapshot
+    from ctscope.snapshot_file import check_metadata
     from ctscope.errors import SnapshotError
 
     try:
-        _check_meta(Path("x.parquet"), meta)
+        check_metadata(Path("x.parquet"), meta)
     except SnapshotError as e:
         assert "\n" not in str(e) and "\x1b" not in str(e)
         return

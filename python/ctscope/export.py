@@ -1,12 +1,11 @@
-"""Writing dumps: text formats stream batch by batch, parquet and Arrow IPC stream
-through polars sinks, so memory stays bounded whatever the map size. Output files go
-through ctscope.outfile (temporary name, then rename; links and modes checked)."""
+"""Writing dumps: text formats stream batch by batch, parquet through a polars sink and
+Arrow IPC through ctscope.snapshot_file (the Rust core's writer), so memory stays bounded
+whatever the map size. Output files go through ctscope.outfile (temporary name, then
+rename; links and modes checked)."""
 
 from __future__ import annotations
 
-import json
 import os
-import socket
 import sys
 import signal
 import threading
@@ -39,8 +38,10 @@ def format_from_path(path: str | None, fmt: str | None) -> str:
         return fmt
     if path:
         suffix = Path(path).suffix.lower()
-        known = {".parquet": "parquet", ".arrow": "arrow", ".ipc": "arrow", ".feather": "arrow", ".json": "json",
-                 ".ndjson": "ndjson", ".jsonl": "ndjson", ".csv": "csv", ".txt": "table", ".table": "table"}
+        from ctscope.snapshot_file import SUFFIX_KINDS
+
+        known = {**SUFFIX_KINDS, ".json": "json", ".ndjson": "ndjson", ".jsonl": "ndjson", ".csv": "csv",
+                 ".txt": "table", ".table": "table"}
         if suffix and suffix not in known and not Path(path).name.startswith("."):
             # `-o x.xlsx` must not silently get a text table under a spreadsheet's name.
             raise BadArgument(f"{path}: unknown output suffix {suffix!r}; give --format "
@@ -152,7 +153,8 @@ def write_text(frames: Iterator[pl.DataFrame], fmt: str, out: IO[str], schema: p
 
 def write_binary(frames: Iterator[pl.DataFrame], schema: pl.Schema, fmt: str, target: str | os.PathLike[str] | IO[bytes],
                  metadata: Callable[[int], dict[str, str]] | None = None) -> int:
-    """Stream frames into parquet or Arrow IPC through a polars sink (bounded memory)."""
+    """Stream frames into parquet (a polars sink) or Arrow IPC (ctscope.snapshot_file);
+    bounded memory. `metadata(rows)`: the file's key/value metadata for `rows` rows."""
     from polars.io.plugins import register_io_source
 
     count = [0]
@@ -180,17 +182,16 @@ def write_binary(frames: Iterator[pl.DataFrame], schema: pl.Schema, fmt: str, ta
         if stop.is_set():
             raise KeyboardInterrupt
     else:
-        # polars' IPC writers take no schema metadata: arrow_ipc writes the schema and footer
-        # (with it) around polars-encoded batches. The leading schema is written before the
-        # entry count is known, so it says null there; the footer has the final figures.
-        from ctscope import arrow_ipc
+        # The schema is written before the entry count is known, so it says null there;
+        # the footer has the final figures.
+        from ctscope import snapshot_file
 
         def ipc_meta(final: bool) -> dict[str, str]:
             if not metadata:
                 return {}
-            return metadata(count[0]) if final else _provisional(metadata(count[0]))
+            return metadata(count[0]) if final else snapshot_file.provisional(metadata(count[0]))
 
-        arrow_ipc.write_file(source(None, None, None, None), schema, target, ipc_meta)
+        snapshot_file.write_arrow(source(None, None, None, None), schema, target, ipc_meta)
     return count[0]
 
 
@@ -208,48 +209,6 @@ def _sigint_stops(stop: threading.Event):
         yield
     finally:
         signal.signal(signal.SIGINT, previous)
-
-
-def _provisional(meta: dict[str, str]) -> dict[str, str]:
-    """Snapshot metadata as known before the first batch: no entry count or end time yet."""
-    if "ctscope" not in meta:
-        return meta
-    m = json.loads(meta["ctscope"])
-    m.update(entries=None, dump_end_wall_ns=None, walk=None)
-    return {**meta, "ctscope": json.dumps(m)}
-
-
-def snapshot_metadata(dump, info, entries: int, end_wall_ns: int) -> dict[str, str]:
-    """What a snapshot file records so offline analysis answers like a live dump."""
-    from ctscope import __version__
-
-    meta = {
-        "map_path": os.path.abspath(info.path),  # meaningful offline, wherever the command ran
-        "map_name": info.name,
-        "map_id": info.id,
-        "map_type": info.map_type,
-        "key_size": info.key_size,
-        "value_size": info.value_size,
-        "max_entries": info.max_entries,
-        "map_flags": info.map_flags,
-        "version": info.version,
-        "family": info.family,
-        "layout": dump.layout,
-        "layout_reason": dump.layout_reason,
-        "method": dump.method,
-        "entries": entries,
-        "now_ns": dump.now_ns,
-        "mono_ns": dump.mono_ns,
-        "dump_start_wall_ns": dump.wall_ns,
-        "dump_end_wall_ns": end_wall_ns,
-        "boot_wall_ns": dump.wall_ns - dump.mono_ns,
-        "hostname": os.environ.get("NODE_NAME") or socket.gethostname(),
-        "ctscope_version": __version__,
-        # What Felix's "Auto" timeouts read on this node, so offline expiry matches live.
-        "nf_conntrack_sysctls": _nf_sysctls(),
-        "walk": walk_record(dump, info, end_wall_ns),
-    }
-    return {"ctscope": json.dumps(meta)}
 
 
 def walk_record(dump, info, end_wall_ns: int) -> dict:
@@ -291,12 +250,6 @@ def walk_text(walk: dict, max_entries) -> str:
         parts.append(f"in {walk['seconds']:.1f} s")
     return ("the map changed during the dump (" + ", ".join(p for p in parts if p)
             + "): the rows are keys seen during the walk, not one state of the map")
-
-
-def _nf_sysctls() -> dict[str, int]:
-    from ctscope.analysis.timeouts import read_sysctls
-
-    return read_sysctls()
 
 
 def stdout_binary() -> IO[bytes]:

@@ -5,7 +5,8 @@ layout that polars, DuckDB and Spark all read as a dataset with `node` and `date
 
     DIR/node=<node>/date=<YYYY-MM-DD>/<HHMMSS.mmm>Z-<map name>.parquet
 
-The node is NODE_NAME (a Kubernetes downward-API variable) or the host name; date and time
+The node is --node, else NODE_NAME (a Kubernetes downward-API variable), else the host name
+(snapshot_file.node_name); date and time
 are the dump's start in UTC. Files appear atomically (temporary dot-file, then rename), so a
 reader never sees a partial snapshot.
 """
@@ -13,29 +14,23 @@ reader never sees a partial snapshot.
 from __future__ import annotations
 
 import datetime as dt
-import json
 import os
 import re
-import socket
 from pathlib import Path
 
 import polars as pl
 
-from ctscope import export, outfile
+from ctscope import export, outfile, snapshot_file
 from ctscope.errors import BadArgument
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
-
-
-def node_name() -> str:
-    return os.environ.get("NODE_NAME") or socket.gethostname()
 
 
 def partition_path(directory: str | os.PathLike[str], node: str, wall_ns: int, map_name: str, fmt: str) -> Path:
     """Where a dump started at `wall_ns` (Unix ns) of `map_name` on `node` goes."""
     t = dt.datetime.fromtimestamp(wall_ns / 1e9, dt.timezone.utc)
     safe_node = _UNSAFE.sub("_", node) or "unknown"
-    suffix = {"parquet": ".parquet", "arrow": ".arrow"}[fmt]
+    suffix = snapshot_file.SUFFIX[fmt]
     name = f"{t:%H%M%S}.{t.microsecond // 1000:03d}Z-{_UNSAFE.sub('_', map_name) or 'map'}{suffix}"
     return Path(directory) / f"node={safe_node}" / f"date={t:%Y-%m-%d}" / name
 
@@ -61,18 +56,13 @@ def write_snapshot(pin: str | os.PathLike[str] | None = None, *, directory: str 
     d = m.dump(now_ns=now_ns)
     schema = pl.DataFrame(m.dump(layout=d.layout, limit=0)).schema
     expr = export.parse_where(where, schema)
-    target = Path(output) if output is not None else partition_path(directory, node or node_name(), d.wall_ns,
-                                                                     m.info.name, fmt)
+    target = Path(output) if output is not None else partition_path(directory, snapshot_file.node_name(node),
+                                                                     d.wall_ns, m.info.name, fmt)
     outfile.make_dirs(target.parent)  # missing directories are made 0700
     frames = export.filtered(iter_batches(d), expr, None)
 
     def metadata(n: int) -> dict[str, str]:
-        kv = export.snapshot_metadata(d, m.info, n, realtime_ns())
-        if node:  # an explicit --node wins over NODE_NAME / the host name
-            meta = json.loads(kv["ctscope"])
-            meta["hostname"] = node
-            kv["ctscope"] = json.dumps(meta)
-        return kv
+        return snapshot_file.build_metadata(d, m.info, n, realtime_ns(), node)
 
     with outfile.output_file(target) as tmp:
         rows = export.write_binary(frames, schema, fmt, tmp, metadata)

@@ -1,8 +1,13 @@
 //! Backup snapshots of a map's raw entries, written before any repair touches a pin.
 //!
 //! Format: an Arrow IPC *file* (readable by polars/pyarrow) with two columns, `key` and
-//! `value`, both FixedSizeBinary of the map's sizes. The schema metadata carries the map's
-//! parameters, the entry count and a CRC-32 of all key bytes then all value bytes, so a
+//! `value`, both FixedSizeBinary of the map's sizes, written through crate::ipc_file like
+//! Arrow snapshots: the footer's custom_metadata carries `ctscope_crc32`, the CRC-32 of the
+//! file's bytes from offset 8 to the footer (the convention snapshots share). The `ctscope.*`
+//! metadata (in the schema, and again in the footer) carries the map's parameters, the entry
+//! count and `ctscope.crc32`, a CRC-32 of all key bytes then all value bytes: backups of
+//! earlier ctscope versions have only that one, and those versions (which read only the
+//! schema) can still restore a backup written now, after a downgrade. A
 //! truncated or altered file is refused rather than restored. The file is written under a
 //! temporary name in the target directory, fsynced, renamed into place and the directory
 //! fsynced: after a crash either the complete backup exists or none does.
@@ -19,10 +24,10 @@ use arrow_buffer::Buffer;
 use arrow_ipc::convert::try_fb_to_schema;
 use arrow_ipc::reader::{read_footer_length, FileDecoder};
 use arrow_ipc::root_as_footer;
-use arrow_ipc::writer::FileWriter;
 use arrow_schema::{DataType, Field, Schema};
 
 use crate::error::{CtError, Result};
+use crate::ipc_file::IpcFileWriter;
 
 pub const FORMAT: &str = "ctscope-backup/1";
 const ROWS_PER_BATCH: usize = 65536;
@@ -210,7 +215,7 @@ fn write_tmp(tmp: &Path, path: &Path, dir: &Path, source: &SourceMap, entries: &
         meta,
     ));
     let arrow = |e: arrow_schema::ArrowError| CtError::Os { op: format!("{shown}: writing Arrow IPC"), err: std::io::Error::other(e) };
-    let mut w = FileWriter::try_new(BufWriter::with_capacity(1 << 20, file), &schema).map_err(arrow)?;
+    let mut w = IpcFileWriter::try_new(BufWriter::with_capacity(1 << 20, file), &schema).map_err(arrow)?;
     // One shared buffer per column; batches are zero-copy slices of it.
     let keys = Buffer::from(entries.keys.clone());
     let values = Buffer::from(entries.values.clone());
@@ -232,8 +237,8 @@ fn write_tmp(tmp: &Path, path: &Path, dir: &Path, source: &SourceMap, entries: &
             break;
         }
     }
-    w.finish().map_err(arrow)?;
-    let mut buf = w.into_inner().map_err(arrow)?;
+    // Everything is known up front: the footer repeats the schema's metadata, plus the CRC.
+    let (mut buf, _) = w.finish(schema.metadata()).map_err(arrow)?;
     buf.flush().map_err(|e| io("flush", e))?;
     let file = buf.into_inner().map_err(|e| io("flush", e.into_error()))?;
     file.sync_all().map_err(|e| io("fsync", e))?;
@@ -272,6 +277,10 @@ pub fn read(path: &Path) -> Result<Backup> {
     if file_len < 16 || &data[..6] != b"ARROW1" || &data[file_len - 6..] != b"ARROW1" {
         return Err(not_ipc("no ARROW1 magic at both ends"));
     }
+    // The structure (footer, every block inside the file) and, in backups written since
+    // ipc_file (all since the backups moved there), the CRC of the file's bytes; the
+    // metadata from the footer when it has any, else from the schema (older backups).
+    let checked = crate::ipc_file::read_metadata(&data[..], &shown.to_string(), true)?;
     let buffer = Buffer::from_vec(data);
     let trailer = file_len - 10;
     let footer_len = read_footer_length(buffer[trailer..].try_into().expect("10 bytes"))
@@ -282,7 +291,7 @@ pub fn read(path: &Path) -> Result<Backup> {
     let footer = root_as_footer(&buffer[trailer - footer_len..trailer]).map_err(|e| not_ipc(&format!("footer: {e}")))?;
     let fb_schema = footer.schema().ok_or_else(|| not_ipc("no schema in the footer"))?;
     let schema = Arc::new(try_fb_to_schema(fb_schema).map_err(|e| not_ipc(&e.to_string()))?);
-    let meta = schema.metadata();
+    let meta = &checked.metadata;
     let get = |k: &str| -> Result<&String> {
         meta.get(&format!("ctscope.{k}")).ok_or_else(|| bad(path, format!("not a ctscope backup (metadata ctscope.{k} missing)")))
     };
@@ -425,8 +434,16 @@ mod tests {
         assert_eq!(b.entries.keys, e.keys);
         assert_eq!(b.entries.values, e.values);
         assert_eq!(b.taken_ns, 42);
-        // Truncation is refused.
+        // The footer CRC (crate::ipc_file, as snapshots) covers every byte before the footer:
+        // a flip in the padding after the leading magic, which no entry CRC sees, is refused.
         let bytes = std::fs::read(&path).unwrap();
+        let m = crate::ipc_file::read_metadata(&bytes[..], "b", true).unwrap();
+        assert!(m.crc.is_some() && m.schema_metadata.contains_key("ctscope.crc32"), "both CRCs (older readers use the second)");
+        let mut flipped = bytes.clone();
+        flipped[9] ^= 1;
+        std::fs::write(&path, &flipped).unwrap();
+        assert!(read(&path).err().is_some_and(|e| e.to_string().contains("CRC-32")));
+        // Truncation is refused.
         std::fs::write(&path, &bytes[..bytes.len() / 2]).unwrap();
         assert!(read(&path).is_err());
         // Empty maps back up too.

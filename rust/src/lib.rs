@@ -8,6 +8,7 @@
 //! * `stream` — reader thread + decoder = a dump in flight
 //! * `synth`  — realistic synthetic CT maps
 //! * `python/` — the PyO3 surface, one file per class or concern (see python/mod.rs)
+//! * `ipc_file` — Arrow IPC files with ctscope metadata and a CRC (snapshots, backups)
 //! * `object`, `backup`, `migrate`, `prog_refs` — check / resize / restore
 
 pub mod act;
@@ -15,6 +16,7 @@ pub mod backup;
 pub mod decode;
 pub mod error;
 pub mod iter;
+pub mod ipc_file;
 pub mod layout;
 pub mod map;
 pub mod migrate;

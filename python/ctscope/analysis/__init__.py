@@ -14,8 +14,10 @@ charts   inline SVG charts; report: the HTML page
 # `ctscope` itself, not here, so `from ctscope.analysis import stats` still gives the module.
 from ctscope.analysis.diff import Diff
 from ctscope.analysis.expiry import expired, with_expiry
-from ctscope.analysis.sources import Snapshot, Source, open_source, read, scan, snapshot_metadata
+from ctscope.analysis.sources import Snapshot, Source, open_source, read, scan
 from ctscope.analysis.timeouts import Timeouts
+# The snapshot file format's owner reads (and checks) a snapshot's metadata; public here as before.
+from ctscope.snapshot_file import read_metadata as snapshot_metadata
 
 __all__ = ["Diff", "Snapshot", "Source", "Timeouts", "expired", "open_source", "read", "scan", "snapshot_metadata",
            "with_expiry"]

@@ -6,7 +6,7 @@
   `key=value` path components (`node=n1/date=2026-08-01/`) become columns (hive partitioning)
 * anything else      -> a pinned map, dumped now (read-only)
 
-Every snapshot carries its metadata (export.snapshot_metadata) including the monotonic
+Every snapshot carries its metadata (ctscope.snapshot_file, the format's owner) including the monotonic
 reference time its `idle_s` was computed against, so that ages — and hence Felix's expiry
 verdicts — come out the same offline as live. Files are scanned lazily (polars streaming),
 so a fleet of snapshots is never loaded whole.
@@ -30,9 +30,7 @@ from pathlib import Path
 import polars as pl
 
 from ctscope.errors import BadArgument, SnapshotError
-
-META_KEY = "ctscope"
-SUFFIX_KINDS = {".parquet": "parquet", ".arrow": "arrow", ".ipc": "arrow", ".feather": "arrow"}
+from ctscope.snapshot_file import META_KEY, SUFFIX_KINDS, kind_of, read_metadata
 SNAP, NOW = "_snap", "_now_ns"
 INTERNAL = (SNAP, NOW)
 
@@ -136,7 +134,7 @@ def open_source(source: str | os.PathLike[str] | None = None, *, now_ns: int | N
                 ipv6: bool = False, layout: str = "auto", unverified: bool = False,
                 columns: list[str] | None = None) -> Source:
     """Resolve SOURCE (see module doc). `now_ns` overrides every snapshot's reference time.
-    `unverified` accepts Arrow snapshots without ctscope's CRC (see snapshot_metadata).
+    `unverified` accepts Arrow snapshots without ctscope's CRC (see snapshot_file.read_metadata).
     `columns`: the public columns the caller will use; a live pin then decodes only these
     (snapshot files are scanned lazily, so polars reads only what a query uses anyway)."""
     pin = _live_pin(source, bpffs, ipv6)
@@ -156,7 +154,7 @@ def open_source(source: str | os.PathLike[str] | None = None, *, now_ns: int | N
             raise BadArgument(f"{spec}: a directory without snapshot files (*.parquet, *.arrow); expected a pinned "
                               "map, a snapshot file or a directory of snapshots")
         return _files(spec, files, p, now_ns, unverified)
-    if p.suffix.lower() in SUFFIX_KINDS:
+    if kind_of(p):
         if not p.exists():
             raise FileNotFoundError(2, "no such snapshot file", spec)
         return _files(spec, [p], None, now_ns, unverified)
@@ -170,81 +168,6 @@ def _on_bpffs(p: Path) -> bool:
         return on_bpffs(os.path.realpath(p))
     except Exception:  # noqa: BLE001 - unknown: let the live path say what is wrong
         return True
-
-
-def snapshot_metadata(path: str | os.PathLike[str], unverified: bool = False) -> dict:
-    """The ctscope metadata of one snapshot file (parquet key/value metadata, or the Arrow
-    IPC footer's schema metadata). SnapshotError when it is unreadable or not a snapshot,
-    when a field has the wrong type or range, or when an Arrow snapshot carries no CRC
-    (ctscope's writer always records one) unless `unverified`."""
-    p = Path(path)
-    kind = SUFFIX_KINDS.get(p.suffix.lower())
-    if kind is None:
-        raise BadArgument(f"{p}: not a snapshot file name (expected .parquet or .arrow)")
-    if kind == "parquet":
-        try:
-            kv = pl.read_parquet_metadata(p)
-        except FileNotFoundError:
-            raise
-        except Exception as e:  # polars reports a bad footer as several error types
-            raise SnapshotError(f"{p}: truncated or not a parquet file ({_one_line(e)})") from None
-    else:
-        from ctscope.arrow_ipc import CRC_KEY, IpcFormatError, read_metadata
-
-        try:
-            kv = read_metadata(str(p), verify=True, keep_crc=True)
-            if kv.pop(CRC_KEY, None) is None and META_KEY in kv and not unverified:
-                raise IpcFormatError(f"no {CRC_KEY} key in the footer, so its batches cannot be verified (ctscope "
-                                     "records one in every Arrow snapshot); read it anyway with `ctscope --unverified`")
-        except IpcFormatError as e:
-            raise SnapshotError(f"{p}: {e}") from None
-    raw = kv.get(META_KEY)
-    if raw is None:
-        raise SnapshotError(f"{p}: not a ctscope snapshot (no {META_KEY!r} key in the file metadata; "
-                            f"write snapshots with `ctscope dump -o` or `ctscope snapshot`)")
-    try:
-        meta = json.loads(raw)
-        int(meta["now_ns"])
-    except (ValueError, KeyError, TypeError, OverflowError):
-        raise SnapshotError(f"{p}: corrupt ctscope metadata (expected JSON with now_ns)") from None
-    if not isinstance(meta, dict):
-        raise SnapshotError(f"{p}: corrupt ctscope metadata (expected a JSON object)")
-    _check_meta(p, meta)
-    return meta
-
-
-# Numeric metadata fields: (range, required). JSON floats, strings, booleans are refused:
-# ctscope writes integers, and a NaN/Infinity/1e30 would surface as nonsense later.
-_META_INTS = {
-    "now_ns": (2**64 - 1, True), "mono_ns": (2**64 - 1, False), "dump_start_wall_ns": (2**63 - 1, False),
-    "dump_end_wall_ns": (2**63 - 1, False), "boot_wall_ns": (2**63 - 1, False), "max_entries": (2**32 - 1, False),
-    "entries": (2**64 - 1, False), "key_size": (2**32 - 1, False), "value_size": (2**32 - 1, False),
-    "map_id": (2**32 - 1, False), "map_flags": (2**32 - 1, False),
-}
-_META_STRS = ("map_name", "map_path", "map_type", "layout", "layout_reason", "method", "hostname", "ctscope_version")
-
-
-def _check_meta(p: Path, meta: dict) -> None:
-    for k, (hi, required) in _META_INTS.items():
-        v = meta.get(k)
-        if v is None and not required:
-            continue
-        if isinstance(v, bool) or not isinstance(v, int) or not 0 <= v <= hi:
-            raise SnapshotError(f"{p}: ctscope metadata {k} is {_shown(v)}; expected an integer from 0 to {hi}")
-    for k in _META_STRS:
-        if meta.get(k) is not None and not isinstance(meta[k], str):
-            raise SnapshotError(f"{p}: ctscope metadata {k} is {_shown(meta[k])}; expected a string")
-    s = meta.get("nf_conntrack_sysctls")
-    if s is not None and not (isinstance(s, dict) and all(isinstance(v, int) and not isinstance(v, bool)
-                                                          for v in s.values())):
-        raise SnapshotError(f"{p}: ctscope metadata nf_conntrack_sysctls is not a mapping of integers")
-
-
-def _shown(v: object) -> str:
-    from ctscope.textsafe import printable
-
-    text = json.dumps(v) if isinstance(v, (int, float, str, bool, type(None))) else type(v).__name__
-    return printable(text[:60] + ("…" if len(text) > 60 else ""))
 
 
 # ------------------------------------------------------------------------------------------ builders
@@ -276,7 +199,7 @@ def needed_columns(base: list[str] | None, where: str | None = None) -> list[str
 
 
 def _live(pin: str, now_ns: int | None, layout: str, columns: list[str] | None = None) -> Source:
-    from ctscope import export
+    from ctscope import snapshot_file
     from ctscope._native import realtime_ns
     from ctscope.analysis.timeouts import read_sysctls
     from ctscope.ctmap import dump_to_polars, open_map
@@ -293,7 +216,7 @@ def _live(pin: str, now_ns: int | None, layout: str, columns: list[str] | None =
                 f"_rkw{i}" for i in range(n)]
     d = m.dump(now_ns=now_ns, columns=columns)
     df = dump_to_polars(d)
-    meta = json.loads(export.snapshot_metadata(d, m.info, df.height, realtime_ns())[META_KEY])
+    meta = json.loads(snapshot_file.build_metadata(d, m.info, df.height, realtime_ns())[META_KEY])
     meta.setdefault("nf_conntrack_sysctls", read_sysctls())
     snap = Snapshot(pin, "live", meta, {}, int(d.now_ns))
     frame = df.lazy().with_columns(pl.lit(0, pl.UInt32).alias(SNAP), pl.lit(snap.now_ns, pl.UInt64).alias(NOW))
@@ -306,7 +229,7 @@ def _files(spec: str, files: list[Path], root: Path | None, now_ns: int | None, 
     snaps: list[Snapshot] = []
     frames: list[pl.LazyFrame] = []
     for i, f in enumerate(files):
-        meta = snapshot_metadata(f, unverified)
+        meta = read_metadata(f, unverified)
         if meta.get("layout") == "raw":
             raise BadArgument(f"{f}: a raw-layout dump (key/value bytes); {_RAW}")
         parts = _partitions(f, root)
@@ -358,7 +281,7 @@ def _partitions(f: Path, root: Path | None) -> dict[str, str]:
 
 def _is_snapshot_file(f: Path) -> bool:
     # Dot-files are ctscope.outfile's in-progress temporaries.
-    return f.suffix.lower() in SUFFIX_KINDS and not f.name.startswith(".") and f.is_file()
+    return kind_of(f) is not None and not f.name.startswith(".") and f.is_file()
 
 
 def _glob_root(pattern: str) -> Path:
@@ -404,7 +327,7 @@ def _live_pin(source, bpffs: str | None, ipv6: bool) -> str | None:
         return str(default_ct_pin(bpffs or DEFAULT_BPFFS, ipv6))
     spec = os.fspath(source)
     p = Path(spec)
-    if any(ch in spec for ch in "*?[") or p.is_dir() or p.suffix.lower() in SUFFIX_KINDS:
+    if any(ch in spec for ch in "*?[") or p.is_dir() or kind_of(p):
         return None
     if p.is_file() and not _on_bpffs(p):
         raise BadArgument(f"{spec}: not a file ctscope reads; expected a pinned map on a bpffs, a snapshot file "

@@ -76,9 +76,9 @@ def _write_binary(df: pl.DataFrame, fmt: str, target, kv: dict | None) -> None:
     if fmt == "parquet":
         df.write_parquet(target, metadata=kv, compression="zstd", compression_level=export.PARQUET_ZSTD_LEVEL)
     else:
-        from ctscope import arrow_ipc
+        from ctscope import snapshot_file
 
-        arrow_ipc.write_file([df], df.schema, target, (lambda _final: kv) if kv else None)
+        snapshot_file.write_arrow([df], df.schema, target, (lambda _final: kv) if kv else None)
 
 
 def render_text(df: pl.DataFrame, fmt: str, header: str | None = None) -> str:

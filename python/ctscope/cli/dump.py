@@ -9,7 +9,7 @@ from typing import Optional
 import polars as pl
 import typer
 
-from ctscope import export, pushdown
+from ctscope import export, pushdown, snapshot_file
 from ctscope.outfile import output_file
 from ctscope._native import realtime_ns
 from ctscope.cli.app import app
@@ -58,7 +58,7 @@ def dump(
     with _progress(m.info.max_entries, show) as on_rows:
         frames = export.filtered(iter_batches(d), expr, limit, on_rows)
         if fmt in export.BINARY_FORMATS:
-            meta = lambda n: export.snapshot_metadata(d, m.info, n, realtime_ns())  # noqa: E731
+            meta = lambda n: snapshot_file.build_metadata(d, m.info, n, realtime_ns())  # noqa: E731
             if output:
                 with output_file(output) as tmp:
                     rows = export.write_binary(frames, schema, fmt, tmp, meta)

@@ -10,6 +10,7 @@
 //! * `facts`    — Calico facts (layouts, releases, pin names, `<pin>_old`) and the schema's columns
 //! * `repair`   — MapEntries, LiveMap, NewMap, backups, pins (check / resize / restore)
 //! * `act`      — key building, lookups, removal (get / delete / clean / flush)
+//! * `ipc_file` — ArrowFileWriter (polars frames in via `__arrow_c_stream__`), read_arrow_metadata
 //!
 //! The module's types are in python/ctscope/_native.pyi (tests/test_native_stub.py keeps it whole).
 
@@ -17,6 +18,7 @@ mod act;
 mod dump;
 mod errors;
 mod facts;
+mod ipc_file;
 mod map_info;
 mod repair;
 mod synth;
@@ -31,5 +33,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     facts::register(m)?;
     repair::register(m)?;
     act::register(m)?;
+    ipc_file::register(m)?;
     Ok(())
 }

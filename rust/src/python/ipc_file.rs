@@ -1,0 +1,187 @@
+//! Arrow IPC files with ctscope metadata and a CRC (crate::ipc_file) for Python: a writer fed
+//! polars frames through the Arrow PyCapsule interface (`__arrow_c_stream__`: no copy into
+//! Python), and the metadata reader.
+//!
+//! I/O errors reach Python as OSError subclasses (BrokenPipeError for a closed pipe, so
+//! `dump -f arrow | head` ends quietly; no file name, so ctscope.outfile names the output);
+//! format errors as BadArgument naming the file.
+
+use std::collections::HashMap;
+use std::fs::{File, OpenOptions};
+use std::io::{BufWriter, Write};
+use std::os::fd::{BorrowedFd, OwnedFd};
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::PathBuf;
+use std::sync::Mutex;
+
+use arrow_array::ffi_stream::{FFI_ArrowArrayStream, RecordBatchStreamReader};
+use arrow_schema::ArrowError;
+use pyo3::exceptions::PyOSError;
+use arrow_array::RecordBatchReader;
+use pyo3::prelude::*;
+use pyo3::types::{PyCapsule, PyCapsuleMethods};
+
+use super::errors::{detached, locked};
+use crate::error::CtError;
+use crate::ipc_file::{self, IpcFileWriter};
+
+const STREAM_CAPSULE: &std::ffi::CStr = c"arrow_array_stream";
+
+/// Either error: an I/O error (raised as its OSError) or ctscope's.
+enum Fail {
+    Io(std::io::Error),
+    Ct(CtError),
+}
+
+impl From<CtError> for Fail {
+    fn from(e: CtError) -> Self {
+        Fail::Ct(e)
+    }
+}
+
+impl From<Fail> for PyErr {
+    fn from(f: Fail) -> PyErr {
+        match f {
+            Fail::Io(e) => os_error(&e, None),
+            Fail::Ct(e) => e.into(),
+        }
+    }
+}
+
+/// `OSError(errno, strerror[, filename])`, as Python's own I/O raises it: Python picks the
+/// subclass (BrokenPipeError, FileNotFoundError, …) and callers read `errno`/`strerror`.
+fn os_error(e: &std::io::Error, filename: Option<&std::path::Path>) -> PyErr {
+    match e.raw_os_error() {
+        Some(n) => {
+            // SAFETY: strerror returns a NUL-terminated static or thread-local message.
+            let text = unsafe { std::ffi::CStr::from_ptr(libc::strerror(n)) }.to_string_lossy().into_owned();
+            match filename {
+                Some(f) => PyOSError::new_err((n, text, f.to_path_buf())),
+                None => PyOSError::new_err((n, text)),
+            }
+        }
+        None => PyOSError::new_err(e.to_string()),
+    }
+}
+
+fn arrow(e: ArrowError) -> Fail {
+    match e {
+        ArrowError::IoError(_, io) => Fail::Io(io),
+        e => Fail::Ct(CtError::BadArgument(format!("writing Arrow IPC: {e}"))),
+    }
+}
+
+/// Import `obj.__arrow_c_stream__()` (a polars DataFrame, a pyarrow table, …).
+fn import_stream(obj: &Bound<'_, PyAny>) -> PyResult<RecordBatchStreamReader> {
+    let capsule = obj.call_method0("__arrow_c_stream__")?;
+    let capsule = capsule.cast::<PyCapsule>().map_err(PyErr::from)?;
+    let ptr = capsule.pointer_checked(Some(STREAM_CAPSULE))?;
+    // SAFETY: a live "arrow_array_stream" capsule holds an FFI_ArrowArrayStream; from_raw
+    // moves it out and leaves a released stream behind for the capsule's destructor.
+    unsafe { RecordBatchStreamReader::from_raw(ptr.as_ptr().cast::<FFI_ArrowArrayStream>()) }
+        .map_err(|e| CtError::BadArgument(format!("importing an Arrow stream: {e}")).into())
+}
+
+type Out = BufWriter<File>;
+
+/// An Arrow IPC file being written (see crate::ipc_file).
+#[pyclass(module = "ctscope._native")]
+pub struct ArrowFileWriter {
+    inner: Mutex<Option<IpcFileWriter<Out>>>,
+}
+
+#[pymethods]
+impl ArrowFileWriter {
+    /// Start writing to `target`, a path (opened for writing, truncated; created 0666 &
+    /// ~umask when missing) or an open file descriptor (duplicated; the caller's stays
+    /// open). `schema`: anything with `__arrow_c_stream__` whose schema the file gets
+    /// (an empty polars frame); `metadata`: the schema's (provisional) metadata.
+    #[new]
+    fn new(py: Python<'_>, target: &Bound<'_, PyAny>, schema: &Bound<'_, PyAny>, metadata: HashMap<String, String>) -> PyResult<Self> {
+        let fields = import_stream(schema)?.schema().fields().clone();
+        let schema = ipc_file::schema_with(&fields, metadata)?;
+        let file = if let Ok(fd) = target.extract::<i32>() {
+            if fd < 0 {
+                return Err(CtError::BadArgument(format!("file descriptor {fd}")).into());
+            }
+            // SAFETY: borrowed only to duplicate it; the caller keeps its descriptor open.
+            let owned: OwnedFd = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned().map_err(|e| os_error(&e, None))?;
+            File::from(owned)
+        } else {
+            let path: PathBuf = target.extract()?;
+            OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_CLOEXEC).open(&path).map_err(|e| os_error(&e, Some(&path)))?
+        };
+        let w = detached(py, "Arrow file write", || Ok(IpcFileWriter::try_new(BufWriter::with_capacity(1 << 20, file), &schema)))?;
+        Ok(ArrowFileWriter { inner: Mutex::new(Some(w.map_err(arrow)?)) })
+    }
+
+    /// Append `frame`'s rows (anything with `__arrow_c_stream__` of the file's columns);
+    /// returns how many. Empty batches are not written.
+    fn write(&self, py: Python<'_>, frame: &Bound<'_, PyAny>) -> PyResult<u64> {
+        let reader = import_stream(frame)?;
+        let mut guard = locked(&self.inner);
+        let w = guard.as_mut().ok_or_else(|| PyOSError::new_err("the Arrow file is finished"))?;
+        let r = detached(py, "Arrow file write", || {
+            let mut rows = 0u64;
+            for batch in reader {
+                let batch = match batch {
+                    Ok(b) => b,
+                    Err(e) => return Ok(Err(Fail::Ct(CtError::BadArgument(format!("reading an Arrow stream: {e}"))))),
+                };
+                if batch.num_rows() == 0 {
+                    continue;
+                }
+                if let Err(e) = w.write(&batch) {
+                    return Ok(Err(arrow(e)));
+                }
+                rows += batch.num_rows() as u64;
+            }
+            Ok(Ok(rows))
+        })?;
+        Ok(r?)
+    }
+
+    /// Rows written so far.
+    #[getter]
+    fn rows(&self) -> u64 {
+        locked(&self.inner).as_ref().map_or(0, |w| w.rows())
+    }
+
+    /// Write the footer with the final `metadata` (plus the CRC key) and close the file;
+    /// returns the file's length.
+    fn finish(&self, py: Python<'_>, metadata: HashMap<String, String>) -> PyResult<u64> {
+        let w = locked(&self.inner).take().ok_or_else(|| PyOSError::new_err("the Arrow file is finished"))?;
+        let r = detached(py, "Arrow file finish", || {
+            Ok((|| {
+                let (mut out, len) = w.finish(&metadata).map_err(arrow)?;
+                out.flush().map_err(Fail::Io)?;
+                Ok::<_, Fail>(len)
+            })())
+        })?;
+        Ok(r?)
+    }
+}
+
+/// The metadata of an Arrow IPC file and the CRC it records (None: none), its structure
+/// checked and, with `verify`, its CRC (crate::ipc_file::read_metadata).
+#[pyfunction]
+#[pyo3(signature = (path, verify=false))]
+fn read_arrow_metadata(py: Python<'_>, path: PathBuf, verify: bool) -> PyResult<(HashMap<String, String>, Option<String>)> {
+    // Not a FIFO's open that blocks forever: non-blocking, then only a regular file is read.
+    let file = OpenOptions::new().read(true).custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC).open(&path).map_err(|e| os_error(&e, Some(&path)))?;
+    let shown = path.display().to_string();
+    let m = detached(py, "read_arrow_metadata", || {
+        if !file.metadata().map_err(|e| CtError::os(format!("{shown}: stat"), e))?.is_file() {
+            return Err(CtError::BadArgument(format!("{shown}: not a regular file; expected an Arrow IPC file")));
+        }
+        ipc_file::read_metadata(&file, &shown, verify)
+    })?;
+    Ok((m.metadata, m.crc))
+}
+
+pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<ArrowFileWriter>()?;
+    m.add_function(wrap_pyfunction!(read_arrow_metadata, m)?)?;
+    m.add("ARROW_CRC_KEY", ipc_file::CRC_KEY)?;
+    Ok(())
+}
