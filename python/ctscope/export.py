@@ -83,6 +83,18 @@ def _text_frame(df: pl.DataFrame, fmt: str) -> pl.DataFrame:
     return df
 
 
+TABLE_SLICE = 65536
+
+
+def _table_text(df: pl.DataFrame, cols: list[str]) -> pl.DataFrame:
+    """`cols` of `df` as the table shows them (idle_s to 0.1 s, lists comma-joined, bytes hex, nulls '-')."""
+    return df.select(cols).with_columns(
+        [pl.col(c).list.join(",") for c in cols if df.schema[c] == pl.List(pl.String)]
+        + [pl.col(c).round(1) for c in cols if df.schema[c] == pl.Float64]
+        + [pl.col(pl.Binary).bin.encode("hex")]
+    ).cast(pl.String).fill_null("-")
+
+
 def write_text(frames: Iterator[pl.DataFrame], fmt: str, out: IO[str], schema: pl.Schema | None = None,
                columns: list[str] | None = None) -> int:
     """Stream frames as table/json/ndjson/csv; returns rows written. `schema`: what an empty
@@ -98,19 +110,16 @@ def write_text(frames: Iterator[pl.DataFrame], fmt: str, out: IO[str], schema: p
             continue  # the header comes with the first rows; no rows at all: "(no entries)"
         if fmt == "table":
             cols = [c for c in (columns or TABLE_COLUMNS) if c in df.columns] or df.columns
-            text_df = df.select(cols).with_columns(
-                [pl.col(c).list.join(",") for c in cols if df.schema[c] == pl.List(pl.String)]
-                + [pl.col(c).round(1) for c in cols if df.schema[c] == pl.Float64]
-                + [pl.col(pl.Binary).bin.encode("hex")]
-            ).cast(pl.String).fill_null("-")
-            if widths is None:
+            if widths is None:  # from the first frame, a column at a time (its text is large)
                 widths = {c: max(len(c), 5) for c in cols}
                 for c in cols:
-                    if text_df.height:
-                        widths[c] = max(widths[c], int(text_df[c].str.len_chars().max() or 0))
+                    widths[c] = max(widths[c], int(_table_text(df, [c])[c].str.len_chars().max() or 0))
                 out.write(printable("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip()) + "\n")
-            for row in text_df.iter_rows():  # control characters from the map shown escaped
-                out.write(printable("  ".join(str(v).ljust(widths[c]) for c, v in zip(cols, row)).rstrip()) + "\n")
+            for off in range(0, df.height, TABLE_SLICE):  # the text of a slice at a time
+                text_df = _table_text(df.slice(off, TABLE_SLICE), cols)
+                for row in text_df.iter_rows():  # control characters from the map shown escaped
+                    out.write(printable("  ".join(str(v).ljust(widths[c]) for c, v in zip(cols, row)).rstrip())
+                              + "\n")
         elif fmt == "ndjson":
             if df.height:
                 out.write(json_controls(_text_frame(df, fmt).write_ndjson()))

@@ -189,7 +189,10 @@ class _Judge:
         is_fwd = pl.col("type") == "nat_fwd"
         fwd = df.filter(is_fwd)
         if fwd.height:
-            self.fwd.append(fwd.select(*dict.fromkeys([*keep, *self.rev_key, "proto"])))
+            # Kept until the end: text as categories, as filtered string views would keep
+            # every chunk's string buffers alive (40+ MB a chunk at 10M entries).
+            self.fwd.append(fwd.select(*dict.fromkeys([*keep, *self.rev_key, "proto"])).with_columns(
+                pl.col(pl.String).cast(pl.Categorical)))
         rows = df.filter(~is_fwd).with_columns(_class_codes(self.now, self.t))
         known = pl.col("type").is_in(["normal", "nat_rev"])
         out = rows.select(*keep, pl.when(known).then(_by_class(pl.col("proto"))).otherwise(pl.lit(0, pl.UInt8))
@@ -213,6 +216,8 @@ class _Judge:
             return None
         fwd = pl.concat(self.fwd, how="vertical_relaxed")
         self.fwd = []
+        fwd = fwd.with_columns(pl.col(c).cast(pl.String) for c, d in fwd.schema.items()
+                               if d == pl.Categorical and self.schema.get(c) == pl.String)
         rev_key = self.rev_key
         if not self.by_words:  # hand-built frames may hold rev columns of other types (or all null)
             fwd = fwd.with_columns(pl.col(r).cast(self.schema[k]) for k, r in zip(self.key, rev_key))
