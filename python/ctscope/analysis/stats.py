@@ -48,10 +48,19 @@ def cube(src: Source, *, timeouts=None, felix_config=None, where: str | None = N
     bucket. Rows are judged and counted chunk by chunk (analysis.chunked): memory holds one
     chunk, the NAT fwd entries' narrow columns and the rev lookup's keys, however many
     entries and snapshots there are."""
-    from ctscope.analysis.chunked import judged_chunks
-    from ctscope.analysis.expiry import timeouts_for
+    from ctscope.analysis.chunked import StreamedSource, judged_chunks
+    from ctscope.analysis.expiry import judged_parts, timeouts_for
 
     t = timeouts_for(src, timeouts, felix_config)
+    if not isinstance(src, StreamedSource):
+        with src.reading():
+            small = all(p.select(pl.len()).collect().item() <= WHOLE_QUERY_ROWS for p in src.parts)
+        if small:  # one polars query a snapshot: faster for files of up to a few million rows
+            cubes = []
+            for lf in judged_parts(src, timeouts=t, where=where, reason_codes=True):
+                with src.reading():
+                    cubes.append(cube_query(lf).collect(engine="streaming"))
+            return with_reasons(pl.concat(cubes, how="vertical_relaxed"))
     parts = [cube_query(df.lazy()).collect() for df in
              judged_chunks(src, t, columns=[SNAP, *_CUBE_INPUT], where=where, reason_codes=True)]
     if not parts:
@@ -65,6 +74,10 @@ def cube(src: Source, *, timeouts=None, felix_config=None, where: str | None = N
 
 
 _CUBE_INPUT = ["proto", "type", "tcp_state", "idle_s"]
+# Snapshots (and in-memory sources) of at most this many rows are judged by one polars query
+# (expiry.with_expiry): at 1M rows 0.45 s and 240 MiB against 0.62 s and 330 MiB chunk by
+# chunk; at 10M it peaked at 1.05 GiB, chunk by chunk 0.73 GiB (issue 12: <= 1 GiB).
+WHOLE_QUERY_ROWS = 3_000_000
 _CUBE_KEYS = [SNAP, "proto", "type", "tcp_state", _CODE, "_idle_bucket"]
 
 
