@@ -279,15 +279,15 @@ def test_expired_stops_when_its_reader_goes_away(tmp_path, monkeypatch):
     snaps.mkdir()
     for i in range(4):
         shutil.copy(SAMPLE, snaps / f"n{i}.parquet")
-    judged = []
-    real = cli_expired.judged_parts
+    judged = set()
+    real = cli_expired.judged_chunks
 
     def counting(*a, **kw):
-        for lf in real(*a, **kw):
-            judged.append(1)
-            yield lf
+        for df in real(*a, **kw):  # chunks of judged rows; `_snap` says whose
+            judged.update(df["_snap"].unique().to_list())
+            yield df
 
-    monkeypatch.setattr(cli_expired, "judged_parts", counting)
+    monkeypatch.setattr(cli_expired, "judged_chunks", counting)
     r, w = os.pipe()
     os.close(r)  # the reader (`head`) has gone away
     out = io.TextIOWrapper(os.fdopen(w, "wb"), encoding="utf-8")

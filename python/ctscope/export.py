@@ -89,6 +89,18 @@ def _text_frame(df: pl.DataFrame, fmt: str) -> pl.DataFrame:
     return df
 
 
+TABLE_SLICE = 65536
+
+
+def _table_text(df: pl.DataFrame, cols: list[str]) -> pl.DataFrame:
+    """`cols` of `df` as the table shows them (idle_s to 0.1 s, lists comma-joined, bytes hex, nulls '-')."""
+    return df.select(cols).with_columns(
+        [pl.col(c).list.join(",") for c in cols if df.schema[c] == pl.List(pl.String)]
+        + [pl.col(c).round(1) for c in cols if df.schema[c] == pl.Float64]
+        + [pl.col(pl.Binary).bin.encode("hex")]
+    ).cast(pl.String).fill_null("-")
+
+
 def _table_lines(text_df: pl.DataFrame, widths: dict[str, int]) -> str:
     """The table's rows, built by polars a frame at a time (per-row Python formatting was
     most of `expired`'s time on a million entries). Control characters from the map or a
@@ -118,18 +130,13 @@ def write_text(frames: Iterator[pl.DataFrame], fmt: str, out: IO[str], schema: p
             continue  # the header comes with the first rows; no rows at all: "(no entries)"
         if fmt == "table":
             cols = [c for c in (columns or TABLE_COLUMNS) if c in df.columns] or df.columns
-            text_df = df.select(cols).with_columns(
-                [pl.col(c).list.join(",") for c in cols if df.schema[c] == pl.List(pl.String)]
-                + [pl.col(c).round(1) for c in cols if df.schema[c] == pl.Float64]
-                + [pl.col(pl.Binary).bin.encode("hex")]
-            ).cast(pl.String).fill_null("-")
-            if widths is None:
+            if widths is None:  # from the first frame, a column at a time (its text is large)
                 widths = {c: max(len(c), 5) for c in cols}
                 for c in cols:
-                    if text_df.height:
-                        widths[c] = max(widths[c], int(text_df[c].str.len_chars().max() or 0))
+                    widths[c] = max(widths[c], int(_table_text(df, [c])[c].str.len_chars().max() or 0))
                 out.write(printable("  ".join(c.upper().ljust(widths[c]) for c in cols).rstrip()) + "\n")
-            out.write(_table_lines(text_df, widths))
+            for off in range(0, df.height, TABLE_SLICE):  # the text of a slice at a time
+                out.write(_table_lines(_table_text(df.slice(off, TABLE_SLICE), cols), widths))
         elif fmt == "ndjson":
             if df.height:
                 out.write(json_controls(_text_frame(df, fmt).write_ndjson()))

@@ -70,6 +70,19 @@ _CODE = "_expire_code"
 def _rule_code(col, proto: pl.Expr, now: pl.Expr, t: Timeouts) -> pl.Expr:
     """timeouts.go EntryExpired as a UInt8 code (0 = kept); `col(name)` gives the judged
     entry's column (the row's own, or its rev entry's)."""
+    tcp, udp, icmp, generic = _class_rule_codes(col, now, t)
+    return (
+        pl.when(proto == TCP).then(tcp)
+        .when(proto.is_in([ICMP, ICMP6])).then(icmp)
+        .when(proto == UDP).then(udp)
+        .when(~proto.is_in([TCP, UDP, ICMP, ICMP6])).then(generic)
+        .otherwise(pl.lit(0, pl.UInt8))
+    )
+
+
+def _class_rule_codes(col, now: pl.Expr, t: Timeouts) -> tuple[pl.Expr, pl.Expr, pl.Expr, pl.Expr]:
+    """EntryExpired's code for an entry of each protocol class: TCP, UDP, ICMP (v4 and v6)
+    and any other protocol (0 = kept; a null last_seen is never expired)."""
     def bit(c: str) -> pl.Expr:
         return col(c).fill_null(False)
 
@@ -80,19 +93,20 @@ def _rule_code(col, proto: pl.Expr, now: pl.Expr, t: Timeouts) -> pl.Expr:
     established = bit("a2b_syn") & bit("a2b_ack") & bit("b2a_syn") & bit("b2a_ack")
     long_lived = established | dsr
     rst_seen_ts = col("rst_seen_ns").fill_null(0) != 0
-    tcp = proto == TCP
     code = lambda reason: pl.lit(_RULES.index(reason) + 1, pl.UInt8)  # noqa: E731
-    return (
-        pl.when(tcp & rst & (age > t["TCPResetSeen"])).then(code(R_RST))
-        .when(tcp & fins & (age > t["TCPFinsSeen"])).then(code(R_FINS))
-        .when(tcp & long_lived & rst_seen_ts & (age > RST_RESIDUAL_NS)).then(code(R_RST_RESIDUAL))
-        .when(tcp & long_lived & (age > t["TCPEstablished"])).then(code(R_ESTABLISHED))
-        .when(tcp & ~long_lived & (age > t["TCPSynSent"])).then(code(R_PRE_ESTABLISHED))
-        .when(proto.is_in([ICMP, ICMP6]) & (age > t["ICMPTimeout"])).then(code(R_ICMP))
-        .when((proto == UDP) & (age > t["UDPTimeout"])).then(code(R_UDP))
-        .when(~proto.is_in([TCP, UDP, ICMP, ICMP6]) & (age > t["GenericTimeout"])).then(code(R_GENERIC))
-        .otherwise(pl.lit(0, pl.UInt8))
+    zero = pl.lit(0, pl.UInt8)
+    tcp = (
+        pl.when(rst & (age > t["TCPResetSeen"])).then(code(R_RST))
+        .when(fins & (age > t["TCPFinsSeen"])).then(code(R_FINS))
+        .when(long_lived & rst_seen_ts & (age > RST_RESIDUAL_NS)).then(code(R_RST_RESIDUAL))
+        .when(long_lived & (age > t["TCPEstablished"])).then(code(R_ESTABLISHED))
+        .when(~long_lived & (age > t["TCPSynSent"])).then(code(R_PRE_ESTABLISHED))
+        .otherwise(zero)
     )
+    def after(timeout: str, reason: str) -> pl.Expr:
+        return pl.when(age > t[timeout]).then(code(reason)).otherwise(zero)
+
+    return tcp, after("UDPTimeout", R_UDP), after("ICMPTimeout", R_ICMP), after("GenericTimeout", R_GENERIC)
 
 
 def with_expiry(frame: pl.LazyFrame | pl.DataFrame, timeouts: Timeouts | str | None = None,
