@@ -24,13 +24,12 @@ when it has no last_seen (expiry.py judges a fwd entry by such a rev entry as ha
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Callable, Iterator
 
 import polars as pl
 
 from ctscope.analysis import expiry as ex
-from ctscope.analysis.sources import META_KEY, NOW, SNAP, Snapshot, Source, open_source, where_filter
+from ctscope.analysis.sources import NOW, SNAP, Snapshot, Source, open_source, where_filter
 from ctscope.analysis.timeouts import Timeouts
 
 CHUNK_ROWS = 1 << 18
@@ -58,10 +57,7 @@ def open_chunked(source=None, *, columns: list[str] | None = None, **kw) -> Sour
 
 
 def _live_stream(pin: str, now_ns: int | None, layout: str, columns: list[str] | None) -> StreamedSource:
-    from ctscope import export
-    from ctscope._native import realtime_ns
-    from ctscope.analysis.sources import _RAW
-    from ctscope.analysis.timeouts import read_sysctls
+    from ctscope.analysis.sources import _RAW, live_meta
     from ctscope.ctmap import iter_batches, open_map
     from ctscope.errors import BadArgument
 
@@ -79,9 +75,7 @@ def _live_stream(pin: str, now_ns: int | None, layout: str, columns: list[str] |
     d = m.dump(now_ns=now_ns, columns=columns)
 
     def meta(entries: int) -> dict:
-        out = json.loads(export.snapshot_metadata(d, m.info, entries, realtime_ns())[META_KEY])
-        out.setdefault("nf_conntrack_sysctls", read_sysctls())
-        return out
+        return live_meta(d, m.info, entries)
 
     snap = Snapshot(pin, "live", meta(0), {}, int(d.now_ns))
     extra = [pl.lit(0, pl.UInt32).alias(SNAP), pl.lit(snap.now_ns, pl.UInt64).alias(NOW)]

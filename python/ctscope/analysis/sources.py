@@ -198,10 +198,19 @@ def needed_columns(base: list[str] | None, where: str | None = None) -> list[str
     return cols
 
 
-def _live(pin: str, now_ns: int | None, layout: str, columns: list[str] | None = None) -> Source:
+def live_meta(dump, info, entries: int) -> dict:
+    """A live dump's snapshot metadata, as a snapshot file of it would carry (plus this
+    host's nf_conntrack sysctls, which "Auto" timeouts read)."""
     from ctscope import snapshot_file
     from ctscope._native import realtime_ns
     from ctscope.analysis.timeouts import read_sysctls
+
+    meta = json.loads(snapshot_file.build_metadata(dump, info, entries, realtime_ns())[META_KEY])
+    meta.setdefault("nf_conntrack_sysctls", read_sysctls())
+    return meta
+
+
+def _live(pin: str, now_ns: int | None, layout: str, columns: list[str] | None = None) -> Source:
     from ctscope.ctmap import dump_to_polars, open_map
 
     if layout == "raw":
@@ -216,9 +225,7 @@ def _live(pin: str, now_ns: int | None, layout: str, columns: list[str] | None =
                 f"_rkw{i}" for i in range(n)]
     d = m.dump(now_ns=now_ns, columns=columns)
     df = dump_to_polars(d)
-    meta = json.loads(snapshot_file.build_metadata(d, m.info, df.height, realtime_ns())[META_KEY])
-    meta.setdefault("nf_conntrack_sysctls", read_sysctls())
-    snap = Snapshot(pin, "live", meta, {}, int(d.now_ns))
+    snap = Snapshot(pin, "live", live_meta(d, m.info, df.height), {}, int(d.now_ns))
     frame = df.lazy().with_columns(pl.lit(0, pl.UInt32).alias(SNAP), pl.lit(snap.now_ns, pl.UInt64).alias(NOW))
     return Source(pin, [snap], [frame], files=False)
 
