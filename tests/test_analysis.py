@@ -248,6 +248,13 @@ def test_query_sql_over_ct(synth_pin, raw):
     bpffs_root = synth_pin.parent.parent.parent
     p = run("query", "SELECT count(*) AS n FROM ct", "--bpffs", bpffs_root, "-f", "json")
     assert json.loads(p.stdout) == [{"n": 20_000}]
+    # CSV has no lists: flag names come out joined with "|", as in dump's CSV
+    p = run("query", synth_pin, "SELECT flags, flag_names FROM ct WHERE flags > 0 ORDER BY flags DESC LIMIT 3",
+            "-f", "csv")
+    lines = p.stdout.splitlines()
+    assert lines[0] == "flags,flag_names" and len(lines) == 4
+    names = {r["flags"]: "|".join(r["flag_names"]) for r in ctscope.read(str(synth_pin)).iter_rows(named=True)}
+    assert all(names[int(f)] == joined and "|" in joined for f, joined in (line.split(",", 1) for line in lines[1:]))
     bad = run("query", synth_pin, "SELEC nonsense", check=False)
     assert bad.returncode == 2 and bad.stderr.startswith("ctscope: error: SQL") and bad.stderr.count("\n") == 1
 

@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import faulthandler
 import mmap
-import os
 import signal
 import struct
 import subprocess

@@ -6,8 +6,6 @@ refused."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import polars as pl

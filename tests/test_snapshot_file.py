@@ -103,7 +103,7 @@ def test_pyarrow_validates_the_file_and_sees_both_metadata(tmp_path):
 
 
 def test_same_arrow_schema_as_polars_writes(tmp_path):
-    pa = pytest.importorskip("pyarrow")
+    pytest.importorskip("pyarrow")
     import pyarrow.ipc as ipc
 
     ours, theirs = tmp_path / "ours.arrow", tmp_path / "polars.arrow"

@@ -36,3 +36,20 @@ def test_a_wrong_native_call_fails_the_check(tmp_path, monkeypatch):
     assert rc == 1, out
     for line, code in ((3, "call-arg"), (4, "call-arg"), (5, "arg-type"), (6, "attr-defined")):
         assert f"bad_native_calls.py:{line}: error:" in out and f"[{code}]" in out, out
+
+
+def test_no_unused_or_undefined_names():
+    """pyflakes' rules (ruff's F): an assigned-but-unused variable once hid a CSV bug
+    (analysis_io built the list-free frame and wrote the other one)."""
+    import shutil
+    import subprocess
+    import sys
+
+    ruff = shutil.which("ruff") or str(Path(sys.executable).with_name("ruff"))
+    p = subprocess.run([ruff, "check", "--select", "F", "--output-format", "concise", str(ROOT / "python" / "ctscope"),
+                        str(ROOT / "benches")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr
+    # tests: pytest fixtures are imported and then named as parameters (F811 by design)
+    p = subprocess.run([ruff, "check", "--select", "F", "--ignore", "F811", "--output-format", "concise",
+                        str(ROOT / "tests")], capture_output=True, text=True)
+    assert p.returncode == 0, p.stdout + p.stderr

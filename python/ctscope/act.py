@@ -30,7 +30,7 @@ import polars as pl
 
 from ctscope import _native
 from ctscope._native import LiveMap, monotonic_ns
-from ctscope.errors import BadArgument, CtscopeError, NoEntry, NotACtMap, PinNotFound
+from ctscope.errors import BadArgument, NotACtMap, PinNotFound
 from ctscope.pinlock import ensure_private_dir, write_lock
 from ctscope.repair.common import is_ct_layout
 from ctscope.pins import DEFAULT_BPFFS, default_ct_pin

@@ -86,9 +86,9 @@ def render_text(df: pl.DataFrame, fmt: str, header: str | None = None) -> str:
         return (header + "\n" if header else "") + table(df)
     shown = df.with_columns(pl.col(pl.Binary).bin.encode("hex"))
     if fmt == "csv":
-        printable = shown.with_columns(
-            [pl.col(c).list.join("|") for c, t in shown.schema.items() if t == pl.List(pl.String)])
-        return shown.write_csv()
+        # CSV has no lists: flag names joined with "|", as dump's CSV writes them
+        return shown.with_columns(
+            [pl.col(c).list.join("|") for c, t in shown.schema.items() if t == pl.List(pl.String)]).write_csv()
     if fmt == "ndjson":
         return json_controls(shown.write_ndjson())
     return json.dumps(shown.to_dicts(), indent=1, default=str) + "\n"
