@@ -24,7 +24,7 @@ import polars as pl
 from ctscope.analysis import stats as stats_mod
 from ctscope.analysis.diff import COLLISION, KEY, KEY_HASH, SIDE_INPUT, classify, key_hash, side
 from ctscope.analysis.expiry import _CODE, EXPIRY_COLUMNS, judged_parts, timeouts_for
-from ctscope.analysis.sources import Snapshot, needed_columns, open_source
+from ctscope.analysis.sources import Snapshot, iso_time, needed_columns, open_source
 from ctscope.analysis.timeouts import Timeouts
 from ctscope.errors import BadArgument
 
@@ -220,7 +220,7 @@ def event_rows(r: Refresh) -> pl.DataFrame:
     the entry's key and columns (the old generation's for `gone`), byte/packet deltas."""
     if r.events is None or r.events.height == 0:
         return pl.DataFrame()
-    ts = _iso(r.gen.wall_ns)
+    ts = iso_time(r.gen.wall_ns)
     return r.events.select(
         pl.lit(ts).alias("time"), pl.col("change").alias("event"), *KEY, "src", "sport", "dst", "dport", "type",
         pl.coalesce("tcp_state_new", "tcp_state_old").alias("tcp_state"),
@@ -228,13 +228,6 @@ def event_rows(r: Refresh) -> pl.DataFrame:
         "bytes_delta", "packets_delta",
     ).sort(pl.col("event").replace_strict({e: i for i, e in enumerate(EVENTS)}, return_dtype=pl.UInt8),
            maintain_order=True)
-
-
-def _iso(wall_ns: int) -> str:
-    import datetime as dt
-
-    return dt.datetime.fromtimestamp(wall_ns / 1e9, dt.timezone.utc).isoformat(timespec="milliseconds").replace(
-        "+00:00", "Z")
 
 
 def fill_line(s: dict) -> str:

@@ -80,7 +80,7 @@ class Snapshot:
         return {
             "source": self.path, "kind": self.kind, "node": self.node, "map_name": self.map_name,
             "map_path": self.meta.get("map_path"), "max_entries": self.max_entries, "layout": self.meta.get("layout"),
-            "now_ns": self.now_ns, "dump_start": _iso(self.wall_ns), "dump_start_wall_ns": self.wall_ns or None,
+            "now_ns": self.now_ns, "dump_start": iso_time(self.wall_ns), "dump_start_wall_ns": self.wall_ns or None,
             "dump_seconds": self.dump_seconds,
             **({"walk": self.meta["walk"]} if isinstance(self.meta.get("walk"), dict) else {}),
             **({"partitions": self.partitions} if self.partitions else {}),
@@ -300,7 +300,8 @@ def _glob_root(pattern: str) -> Path:
     return Path(*parts) if parts else Path(".")
 
 
-def _iso(wall_ns: int) -> str | None:
+def iso_time(wall_ns: int) -> str | None:
+    """A wall-clock time in ns as ISO 8601 UTC to the millisecond (None for 0: unknown)."""
     if not wall_ns:
         return None
     return dt.datetime.fromtimestamp(wall_ns / 1e9, dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")

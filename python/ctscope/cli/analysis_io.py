@@ -59,10 +59,10 @@ def emit_frame(df: pl.DataFrame, fmt: str, output: Optional[str], metadata: dict
                 _write_binary(df, fmt, tmp, kv)
         return
     text = render_text(df, fmt, header)
-    write_text(text, output)
+    write_output(text, output)
 
 
-def write_text(text: str, output: Optional[str], private: bool = True) -> None:
+def write_output(text: str, output: Optional[str], private: bool = True) -> None:
     """`private`: a new file is 0600 (connection data); False: 0644 & ~umask (metrics)."""
     if output is None:
         sys.stdout.write(text)

@@ -29,7 +29,7 @@ def diff(
     flows = d.flows.head(limit) if limit is not None else d.flows
     s = d.summary
     if fmt == "json":
-        io.write_text(json.dumps({"summary": s, "flows": flows.to_dicts()}, indent=1, default=str) + "\n", output)
+        io.write_output(json.dumps({"summary": s, "flows": flows.to_dicts()}, indent=1, default=str) + "\n", output)
         return
     interval = f"{s['interval_s']:.3f} s ({s['interval_clock']} clock)" if s["interval_s"] is not None else "unknown"
     rate = f", {s['bytes_per_s']:,.0f} B/s" if s["bytes_per_s"] is not None else ""

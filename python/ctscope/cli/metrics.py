@@ -24,4 +24,4 @@ def metrics(
     """Prometheus metrics for the map (write with -o DIR/ctscope.prom for the textfile collector: atomic)."""
     text = compute_metrics(source, where=where, timeouts=timeouts, felix_config=felix_config,
                            **io.source_kw(bpffs, ipv6, layout, now_ns))
-    io.write_text(text, output, private=False)  # aggregates node_exporter must read
+    io.write_output(text, output, private=False)  # aggregates node_exporter must read

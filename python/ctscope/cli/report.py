@@ -25,6 +25,6 @@ def report(
     """Write an HTML report (fill gauge, idle histogram, top talkers, protocol/state mix, stats)."""
     html = render_report(source, where=where, timeouts=timeouts, felix_config=felix_config,
                          **io.source_kw(bpffs, ipv6, layout, now_ns))
-    io.write_text(html, output)
+    io.write_output(html, output)
     if output:
         print(f"ctscope: wrote report to {output}", file=sys.stderr)

@@ -35,7 +35,7 @@ def stats(
     st = compute_stats(source, where=where, timeouts=timeouts, felix_config=felix_config,
                        **io.source_kw(bpffs, ipv6, layout, now_ns))
     text = json.dumps(st, indent=2) + "\n" if as_json else format_stats(st)
-    io.write_text(text, output)
+    io.write_output(text, output)
 
 
 def format_stats(st: dict) -> str:
