@@ -64,3 +64,15 @@ def test_lazy_package_attributes_resolve_and_fail_like_attributes():
     assert isinstance(ctscope.__version__, str) and set(ctscope.__all__) <= set(dir(ctscope))
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         ctscope.nope  # noqa: B018
+
+
+def test_group_help_before_a_command_name_still_lists_every_command():
+    # `ctscope -h dump` is the group's help (click handles -h before reaching `dump`): it
+    # must list every command, not only the one module the command name would load.
+    from ctscope.cli import COMMANDS
+
+    for argv in (["-h", "dump"], ["--help", "stats"], ["--debug", "-h", "top"]):
+        p = subprocess.run([sys.executable, "-m", "ctscope", *argv], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        for name in COMMANDS:
+            assert f" {name} " in p.stdout, (argv, name)

@@ -284,6 +284,26 @@ def test_in_network_in_where_and_its_errors(make_ct_map):
         assert p.returncode == 2 and says in p.stderr and len(p.stderr.strip().splitlines()) == 1, p.stderr
 
 
+def test_in_network_names_its_column_for_chunked_judging(make_ct_map, tmp_path, monkeypatch):
+    """stats/metrics/expired judged chunk by chunk read --where's columns: those inside
+    in_network(...) too (a column no other part of the command reads, e.g. src for stats),
+    on a live pin and on a snapshot judged chunk by chunk."""
+    from ctscope.analysis import stats as stats_mod
+
+    cm, _ = _fill(make_ct_map, "v4", 4)
+    full = cm.to_polars(now_ns=NOW)
+    net = ipaddress.ip_network(f"{full['src'][0]}/16", strict=False)
+    want = full.filter(pl.col("src").map_elements(lambda x: ipaddress.ip_address(x) in net, return_dtype=pl.Boolean))
+    where = f"in_network(src, '{net}')"
+    assert ctscope.stats(cm.path, now_ns=NOW, where=where)["total_entries"] == want.height
+    snap = tmp_path / "s.parquet"
+    subprocess.run([sys.executable, "-m", "ctscope", "dump", cm.path, "--now-ns", str(NOW), "-o", str(snap)],
+                   capture_output=True, check=True)
+    monkeypatch.setattr(stats_mod, "WHOLE_QUERY_ROWS", 0)  # the chunked path, as for files over 3M rows
+    assert ctscope.stats(str(snap), where=where)["total_entries"] == want.height
+    assert "ctscope_conntrack_entries" in ctscope.metrics(cm.path, now_ns=NOW, where=where)
+
+
 # ------------------------------------------------------------------------------ CLI and analysis
 def test_dump_where_uses_pushdown_and_matches(make_ct_map):
     cm, _ = _fill(make_ct_map, "v4", 4)

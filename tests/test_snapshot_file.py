@@ -198,3 +198,17 @@ def test_suffix_kinds_and_node_name(monkeypatch):
     monkeypatch.setenv("NODE_NAME", "n-env")
     assert snapshot_file.node_name() == "n-env" and snapshot_file.node_name("n-flag") == "n-flag"
     assert all(snapshot_file.kind_of("x" + s) == k for k, s in snapshot_file.SUFFIX.items())
+
+
+@pytest.mark.parametrize("suffix", [".arrow", ".parquet"])
+def test_deeply_nested_metadata_json_is_a_snapshot_error(tmp_path, suffix):
+    """Hostile metadata: JSON nested deeper than Python's recursion limit is a one-line
+    SnapshotError (exit 2), not a RecursionError traceback."""
+    out = tmp_path / f"deep{suffix}"
+    deep = '{"now_ns": 1, "x": ' + "[" * 100_000 + "]" * 100_000 + "}"
+    if suffix == ".arrow":
+        write(out, [frame(3)], meta=lambda final: {"ctscope": deep})
+    else:
+        frame(3).write_parquet(out, metadata={"ctscope": deep})
+    with pytest.raises(SnapshotError, match="corrupt ctscope metadata"):
+        snapshot_file.read_metadata(out)

@@ -153,7 +153,7 @@ def read_metadata(path: str | os.PathLike[str], unverified: bool = False) -> dic
     try:
         meta = json.loads(raw)
         int(meta["now_ns"])
-    except (ValueError, KeyError, TypeError, OverflowError):
+    except (ValueError, KeyError, TypeError, OverflowError, RecursionError):  # RecursionError: nested too deep
         raise SnapshotError(f"{p}: corrupt ctscope metadata (expected JSON with now_ns)") from None
     if not isinstance(meta, dict):
         raise SnapshotError(f"{p}: corrupt ctscope metadata (expected a JSON object)")

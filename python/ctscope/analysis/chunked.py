@@ -277,7 +277,9 @@ def _and_last(frames: Iterator[pl.DataFrame], last: Callable[[], pl.DataFrame | 
 
 
 def _where_names(where: str) -> list[str]:
+    from ctscope.pushdown import expand_networks
+
     try:
-        return pl.sql_expr(where).meta.root_names()
+        return pl.sql_expr(expand_networks(where)).meta.root_names()
     except Exception:  # noqa: BLE001 - where_filter reports bad SQL with its own message
         return []

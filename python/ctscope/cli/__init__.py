@@ -28,7 +28,13 @@ def load_commands(args: list[str] | None = None) -> None:
     """Register the command `args` names, or every command (help, no command, a typo)."""
     import importlib
 
-    name = next((a for a in args or [] if not a.startswith("-")), None)
+    name = None
+    for a in args or []:
+        if a in ("-h", "--help"):
+            break  # the group's own help (`ctscope -h dump`): it lists every command
+        if not a.startswith("-"):
+            name = a
+            break
     modules = [COMMANDS[name]] if name in COMMANDS else list(dict.fromkeys(COMMANDS.values()))
     for m in modules:
         importlib.import_module(f"ctscope.cli.{m}")
