@@ -183,21 +183,26 @@ def test_snapshot_missing_a_column(snapshot, tmp_path):
 
 @pytest.mark.kernel
 def test_arrow_snapshot_without_its_crc_is_refused_unless_asked(pin, tmp_path):
-    """The CRC key removed from the footer: refused (exit 2) unless --unverified."""
-    from ctscope.snapshot_file import CRC_KEY
+    """The CRC keys removed from the footer (a file not written by ctscope, or stripped):
+    refused (exit 2) unless --unverified. Only one of them gone is a damaged footer: refused
+    even with --unverified."""
+    from ctscope.snapshot_file import CRC_KEY, META_CRC_KEY
 
     good = tmp_path / "s.arrow"
     assert cli("snapshot", pin, "-o", good).returncode == 0
     data = good.read_bytes()
-    key = CRC_KEY.encode()
-    assert data.count(key) == 1
-    # Rename the key in place (same length): the file stays a valid Arrow IPC file.
+    key, meta_key = CRC_KEY.encode(), META_CRC_KEY.encode()
+    assert data.count(key) == 1 and data.count(meta_key) == 1
+    # Rename the keys in place (same length): the file stays a valid Arrow IPC file.
     stripped = tmp_path / "nocrc.arrow"
-    stripped.write_bytes(data.replace(key, b"x" * len(key)))
+    stripped.write_bytes(data.replace(key, b"x" * len(key)).replace(meta_key, b"y" * len(meta_key)))
     assert_one_line_error(cli("stats", stripped), EXIT_BAD_INPUT, str(stripped), "CRC", "--unverified")
     r = cli("--unverified", "stats", stripped)
     assert r.returncode == 0, r.stderr
     assert cli("stats", good).returncode == 0
+    half = tmp_path / "half.arrow"
+    half.write_bytes(data.replace(key, b"x" * len(key)))
+    assert_one_line_error(cli("--unverified", "stats", half), EXIT_BAD_INPUT, str(half), "corrupt Arrow IPC footer")
 
 
 # -------------------------------------------------------------------- FelixConfiguration

@@ -143,6 +143,7 @@ def on_bpffs(path: _Path) -> bool: ...
 _ArrowStream = Any
 
 ARROW_CRC_KEY: Final[str]
+ARROW_META_CRC_KEY: Final[str]
 
 class ArrowFileWriter:
     def __init__(self, target: _Path | int, schema: _ArrowStream, metadata: dict[str, str]) -> None: ...

@@ -24,13 +24,14 @@ from typing import IO
 import polars as pl
 
 from ctscope._native import ARROW_CRC_KEY as CRC_KEY
+from ctscope._native import ARROW_META_CRC_KEY as META_CRC_KEY
 from ctscope.errors import BadArgument, SnapshotError
 
 META_KEY = "ctscope"
 SUFFIX_KINDS = {".parquet": "parquet", ".arrow": "arrow", ".ipc": "arrow", ".feather": "arrow"}
 SUFFIX = {"parquet": ".parquet", "arrow": ".arrow"}  # the suffix ctscope gives each kind
 
-__all__ = ["CRC_KEY", "META_KEY", "SUFFIX", "SUFFIX_KINDS", "build_metadata", "check_metadata", "kind_of", "node_name",
+__all__ = ["CRC_KEY", "META_CRC_KEY", "META_KEY", "SUFFIX", "SUFFIX_KINDS", "build_metadata", "check_metadata", "kind_of", "node_name",
            "provisional", "read_metadata", "write_arrow"]
 
 

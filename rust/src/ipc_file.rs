@@ -8,6 +8,10 @@
 //! * [`CRC_KEY`] is CRC-32 (zlib's) of the bytes from offset 8 (after the leading magic and
 //!   its padding) up to the footer, the end-of-stream marker included, as 8 hex digits.
 //!   IPC has no checksums of its own: damage inside a batch would otherwise be read as data.
+//! * [`META_CRC_KEY`], also in the footer, covers the footer's other metadata (the data CRC
+//!   cannot cover the footer it is written in), and readers check that the footer's copy
+//!   of the schema, which the batches are decoded by, is the leading Schema message's
+//!   (covered by the data CRC): no byte of a file's footer changes what is read unseen.
 //!
 //! Readers ([`read_metadata`]) take the footer's `custom_metadata` when it has any, else the
 //! footer schema's: files of earlier ctscope versions (a hand-written Python writer) kept everything, the CRC
@@ -28,6 +32,25 @@ use crate::error::{CtError, Result};
 
 /// Footer metadata key: CRC-32 of bytes 8 .. footer start, 8 lowercase hex digits.
 pub const CRC_KEY: &str = "ctscope_crc32";
+/// Footer metadata key: CRC-32 of the footer's other metadata (see [`meta_crc`]). The data
+/// CRC cannot cover the footer it is written in; without this, a flipped byte in `now_ns`,
+/// `entries` or a backup's map parameters would be read as true.
+pub const META_CRC_KEY: &str = "ctscope_meta_crc32";
+
+/// CRC-32 of metadata pairs in key order, each as key, NUL, value, NUL ([`META_CRC_KEY`]
+/// itself left out).
+pub fn meta_crc<'a>(pairs: impl IntoIterator<Item = (&'a str, &'a str)>) -> u32 {
+    let mut sorted: Vec<(&str, &str)> = pairs.into_iter().filter(|(k, _)| *k != META_CRC_KEY).collect();
+    sorted.sort_unstable();
+    let mut h = crc32fast::Hasher::new();
+    for (k, v) in sorted {
+        h.update(k.as_bytes());
+        h.update(&[0]);
+        h.update(v.as_bytes());
+        h.update(&[0]);
+    }
+    h.finalize()
+}
 const MAGIC: &[u8; 6] = b"ARROW1";
 const CONTINUATION: u32 = 0xFFFF_FFFF;
 /// What `FileWriter::finish` writes before the footer (metadata V5: continuation, length 0).
@@ -104,8 +127,10 @@ impl<W: Write> IpcFileWriter<W> {
         mut self,
         metadata: impl IntoIterator<Item = (&'a String, &'a String)>,
     ) -> std::result::Result<(W, u64), ArrowError> {
+        let mut written: Vec<(String, String)> = Vec::new();
         for (k, v) in metadata {
             self.w.write_metadata(k.as_str(), v.as_str());
+            written.push((k.clone(), v.clone()));
         }
         // The CRC covers the end-of-stream marker that `finish` writes next: hash it now
         // (the footer must carry the CRC), and check below that `finish` wrote exactly it.
@@ -113,7 +138,11 @@ impl<W: Write> IpcFileWriter<W> {
         let mut h = sink.hasher.clone();
         h.update(&EOS);
         sink.stopped = Some(Vec::with_capacity(8));
-        self.w.write_metadata(CRC_KEY, format!("{:08x}", h.finalize()));
+        let crc = format!("{:08x}", h.finalize());
+        self.w.write_metadata(CRC_KEY, &crc);
+        written.push((CRC_KEY.to_string(), crc));
+        let meta = meta_crc(written.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        self.w.write_metadata(META_CRC_KEY, format!("{meta:08x}"));
         self.w.finish()?;
         let sink = self.w.into_inner()?;
         if sink.stopped.as_deref() != Some(&EOS[..]) {
@@ -221,8 +250,34 @@ pub fn read_metadata<B: Bytes + ?Sized>(src: &B, shown: &str, verify: bool) -> R
     src.read_at(&mut fbuf, data_end).map_err(io_err)?;
     let footer = root_as_footer(&fbuf).map_err(|e| bad(format!("corrupt Arrow IPC footer ({})", one_line(&e))))?;
     let schema_metadata = kv(footer.schema().and_then(|s| s.custom_metadata()).into_iter().flatten());
-    let own = kv(footer.custom_metadata().into_iter().flatten());
+    let mut own = kv(footer.custom_metadata().into_iter().flatten());
+    if own.contains_key(CRC_KEY) || own.contains_key(META_CRC_KEY) {
+        // Written by this module: the footer's metadata carries its own CRC (always checked:
+        // it is the footer alone). A damaged key name makes one missing, which is as bad;
+        // other writers' footer metadata (no ctscope key) is read as it is.
+        let got = meta_crc(own.iter().map(|(k, v)| (k.as_str(), v.as_str())));
+        match own.remove(META_CRC_KEY) {
+            Some(want) if want == format!("{got:08x}") => {}
+            Some(want) => {
+                return Err(bad(format!(
+                    "corrupt Arrow IPC footer (CRC-32 {got:08x} of its metadata, the footer records {want})"
+                )));
+            }
+            None => return Err(bad(format!("corrupt Arrow IPC footer (no {META_CRC_KEY} for its metadata)"))),
+        }
+    }
     let mut metadata = if own.is_empty() { schema_metadata.clone() } else { own };
+    // The footer's schema is what readers decode the batches by, and no CRC covers it: it
+    // must be the leading Schema message's (which the data CRC covers), metadata aside.
+    let fields = |s: Option<arrow_ipc::Schema>| {
+        s.and_then(|s| arrow_ipc::convert::try_fb_to_schema(s).ok()).map(|s| s.fields().clone())
+    };
+    let footer_fields = fields(footer.schema());
+    let leading = leading_schema(src, data_end).map_err(io_err)?;
+    let leading_fields = leading.as_deref().and_then(|m| root_as_message(m).ok()).and_then(|m| fields(m.header_as_schema()));
+    if footer_fields.is_none() || footer_fields != leading_fields {
+        return Err(bad("corrupt Arrow IPC file (its footer's schema is not the one its data starts with)".into()));
+    }
     let blocks = footer.dictionaries().into_iter().flatten().chain(footer.recordBatches().into_iter().flatten());
     let mut msg = Vec::new();
     for b in blocks {
@@ -261,6 +316,36 @@ pub fn read_metadata<B: Bytes + ?Sized>(src: &B, shown: &str, verify: bool) -> R
         }
     }
     Ok(FileMeta { metadata, schema_metadata, crc, data_end })
+}
+
+/// The flatbuffer of the file's leading (Schema) message: the first after the magic and
+/// its zero padding (8 bytes from earlier ctscope versions, 64 from arrow-rs), if its
+/// length fits before `end`.
+fn leading_schema<B: Bytes + ?Sized>(src: &B, end: u64) -> io::Result<Option<Vec<u8>>> {
+    let mut h = [0u8; 8];
+    let mut at = 8;
+    loop {
+        if at + 8 > end || at > 1024 {
+            return Ok(None);
+        }
+        src.read_at(&mut h, at)?;
+        if h != [0u8; 8] {
+            break;
+        }
+        at += 8;
+    }
+    let word = u32::from_le_bytes(h[..4].try_into().expect("4 bytes"));
+    let (start, len) = if word == CONTINUATION {
+        (at + 8, u64::from(u32::from_le_bytes(h[4..].try_into().expect("4 bytes"))))
+    } else {
+        (at + 4, u64::from(word)) // before Arrow 0.15: the length alone
+    };
+    if len == 0 || start + len > end {
+        return Ok(None);
+    }
+    let mut buf = vec![0u8; len as usize]; // len < end <= the file's size: checked above
+    src.read_at(&mut buf, start)?;
+    Ok(Some(buf))
 }
 
 /// CRC-32 of bytes 8 .. `end` of `src`.
@@ -344,6 +429,42 @@ mod tests {
             let _ = read_metadata(&flipped[..], "x", true); // never a panic
             flipped[i] ^= 0x5a;
         }
+    }
+
+    #[test]
+    fn no_byte_of_the_footer_can_change_the_metadata_unseen() {
+        let (data, _) = sample();
+        let m = read_metadata(&data[..], "x", true).unwrap();
+        let mut flipped = data.clone();
+        let mut caught = 0;
+        for i in m.data_end as usize..data.len() {
+            for bit in [0x01u8, 0x80] {
+                flipped[i] ^= bit;
+                match read_metadata(&flipped[..], "x", true) {
+                    Err(_) => caught += 1,
+                    Ok(got) => assert!(
+                        got.metadata == m.metadata && got.crc == m.crc,
+                        "a flip of byte {i} changed the metadata unseen: {:?}",
+                        got.metadata
+                    ),
+                }
+                flipped[i] ^= bit;
+            }
+        }
+        assert!(caught > 0);
+        // nor the schema the batches are decoded by: a flip in the footer's copy of it
+        let fb = &data[m.data_end as usize..data.len() - 10];
+        // a flatbuffer string: u32 length 1, "s", NUL
+        let at = m.data_end as usize + fb.windows(6).position(|w| w == b"\x01\0\0\0s\0").unwrap() + 4;
+        let mut renamed = data.clone();
+        renamed[at] = b't'; // the field "s" is now "t" in the footer only
+        let e = read_metadata(&renamed[..], "x.arrow", false).unwrap_err().to_string();
+        assert!(e.contains("its footer's schema is not the one its data starts with"), "{e}");
+        // the metadata's CRC names what it saw
+        let at = data.windows(5).rposition(|w| w == b"final").unwrap();
+        flipped[at] = b'F';
+        let e = read_metadata(&flipped[..], "x.arrow", false).unwrap_err().to_string();
+        assert!(e.starts_with("x.arrow: corrupt Arrow IPC footer (CRC-32"), "{e}");
     }
 
     #[test]

@@ -183,5 +183,6 @@ pub(super) fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<ArrowFileWriter>()?;
     m.add_function(wrap_pyfunction!(read_arrow_metadata, m)?)?;
     m.add("ARROW_CRC_KEY", ipc_file::CRC_KEY)?;
+    m.add("ARROW_META_CRC_KEY", ipc_file::META_CRC_KEY)?;
     Ok(())
 }
