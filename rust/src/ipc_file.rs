@@ -267,17 +267,6 @@ pub fn read_metadata<B: Bytes + ?Sized>(src: &B, shown: &str, verify: bool) -> R
         }
     }
     let mut metadata = if own.is_empty() { schema_metadata.clone() } else { own };
-    // The footer's schema is what readers decode the batches by, and no CRC covers it: it
-    // must be the leading Schema message's (which the data CRC covers), metadata aside.
-    let fields = |s: Option<arrow_ipc::Schema>| {
-        s.and_then(|s| arrow_ipc::convert::try_fb_to_schema(s).ok()).map(|s| s.fields().clone())
-    };
-    let footer_fields = fields(footer.schema());
-    let leading = leading_schema(src, data_end).map_err(io_err)?;
-    let leading_fields = leading.as_deref().and_then(|m| root_as_message(m).ok()).and_then(|m| fields(m.header_as_schema()));
-    if footer_fields.is_none() || footer_fields != leading_fields {
-        return Err(bad("corrupt Arrow IPC file (its footer's schema is not the one its data starts with)".into()));
-    }
     let blocks = footer.dictionaries().into_iter().flatten().chain(footer.recordBatches().into_iter().flatten());
     let mut msg = Vec::new();
     for b in blocks {
@@ -314,6 +303,18 @@ pub fn read_metadata<B: Bytes + ?Sized>(src: &B, shown: &str, verify: bool) -> R
         if format!("{got:08x}") != *want {
             return Err(bad(format!("corrupt Arrow IPC file (CRC-32 {got:08x} of its batches, the footer records {want})")));
         }
+    }
+    // The footer's schema is what readers decode the batches by, and no CRC covers it: it
+    // must be the leading Schema message's (which the data CRC covers), metadata aside.
+    // (After the CRC: damage before the footer is named as such.)
+    let fields = |s: Option<arrow_ipc::Schema>| {
+        s.and_then(|s| arrow_ipc::convert::try_fb_to_schema(s).ok()).map(|s| s.fields().clone())
+    };
+    let footer_fields = fields(footer.schema());
+    let leading = leading_schema(src, data_end).map_err(io_err)?;
+    let leading_fields = leading.as_deref().and_then(|m| root_as_message(m).ok()).and_then(|m| fields(m.header_as_schema()));
+    if footer_fields.is_none() || footer_fields != leading_fields {
+        return Err(bad("corrupt Arrow IPC file (its footer's schema is not the one its data starts with)".into()));
     }
     Ok(FileMeta { metadata, schema_metadata, crc, data_end })
 }
