@@ -149,7 +149,17 @@ def snapshots(synth_pin, tmp_path_factory):
 
 
 # ----------------------------------------------------------------------------------------- stats
-def test_stats_match_independent_counts(synth_pin, raw):
+@pytest.mark.parametrize("path", ["whole", "chunked"])
+def test_stats_match_independent_counts(synth_pin, raw, path, monkeypatch):
+    """Both ways stats judges a live pin: dumped whole (maps of up to WHOLE_QUERY_ROWS
+    max_entries), and chunk by chunk (larger maps; here in chunks of 4,096 rows)."""
+    if path == "chunked":
+        from ctscope.analysis import chunked
+        from ctscope.analysis import stats as stats_mod
+
+        monkeypatch.setattr(stats_mod, "WHOLE_QUERY_ROWS", 0)
+        monkeypatch.setattr(chunked, "CHUNK_ROWS", 4096)
+        monkeypatch.setattr(chunked._regroup, "__defaults__", (4096,))
     st = ctscope.stats(str(synth_pin), now_ns=NOW, timeouts=TIMEOUTS)
     conns = {k: e for k, e in raw.items() if e["type"] != cb.NAT_FWD}
     tcp = [e for e in conns.values() if e["proto"] == cb.TCP]
