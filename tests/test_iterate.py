@@ -110,6 +110,26 @@ def test_full_hash_map(make_ct_map):
     assert df["last_seen_ns"].sort().to_list() == list(range(1, n + 1))
 
 
+@pytest.mark.parametrize("threads", [1, 2])
+def test_next_batches_gathers_batches_into_frames_of_at_least_n_rows(make_ct_map, threads):
+    n = 20_000
+    m = make_ct_map("v4", 4, max_entries=32_768)
+    want = entries(n)
+    assert m.fill(want.items()) == n
+    cm = ctscope.open_map(m.path, layout="v4")
+    d = cm.dump(now_ns=NOW, batch_size=512, threads=threads)
+    sizes, seen = [], []
+    while (b := d.next_batches(3000)) is not None:
+        df = pl.DataFrame(b)
+        assert df.height == b.num_rows
+        sizes.append(df.height)
+        seen += df["last_seen_ns"].to_list()
+    assert d.next_batches(3000) is None
+    assert all(s >= 3000 for s in sizes[:-1]) and len(sizes) < n // 512, sizes
+    assert sorted(seen) == list(range(1, n + 1))  # every entry once
+    assert cm.to_polars(now_ns=NOW).height == n
+
+
 def test_live_max_entries_not_default(make_ct_map):
     """Sizes come from the live map: a sparse 1,000,000-entry map (larger than Calico's 512000 default)."""
     m = make_ct_map("v3", 4, max_entries=1_000_000)

@@ -73,14 +73,21 @@ class CtMap:
         return f"CtMap({self.path!r}, {self.info!r})"
 
 
-def iter_batches(dump: Dump) -> Iterator[pl.DataFrame]:
-    """Decoded batches as polars frames; errors surface as ctscope exceptions."""
-    while (b := dump.next_batch()) is not None:
+def iter_batches(dump: Dump, rows: int | None = None) -> Iterator[pl.DataFrame]:
+    """Decoded batches as polars frames, each batch its own frame, or with `rows`, frames
+    of at least that many rows (a few batches imported at once: polars' and Python's
+    per-frame costs are paid once for all of them); errors surface as ctscope exceptions."""
+    while (b := dump.next_batch() if rows is None else dump.next_batches(rows)) is not None:
         yield pl.DataFrame(b)
 
 
+# Rows a frame gathers when nobody reads frame by frame: whole frames (to_polars), or
+# polars' scans, whose streaming engine still sees bounded pieces.
+GATHER_ROWS = 1 << 18
+
+
 def dump_to_polars(dump: Dump) -> pl.DataFrame:
-    frames = list(iter_batches(dump))
+    frames = list(iter_batches(dump, GATHER_ROWS))
     if not frames:
         # An empty map still has the full schema: read it from the (now empty) stream.
         return pl.DataFrame(dump)
@@ -121,7 +128,7 @@ def scan_map(pin: str | PathLike[str] | CtMap, *, layout: str | None = None, met
                    limit=n_rows if predicate is None else None,
                    columns=None if raw else need, predicate=ir)
         produced = 0
-        for df in iter_batches(d):
+        for df in iter_batches(d, None if n_rows is not None else GATHER_ROWS):
             if predicate is not None:
                 df = df.filter(predicate)
             if want is not None and (raw or want != need):

@@ -155,7 +155,28 @@ impl Dump {
                 None => Ok(None),
             }
         })?;
-        Ok(res.map(|b| Batch { num_rows: b.num_rows(), nbytes: b.get_array_memory_size(), batch: Mutex::new(Some(b)) }))
+        Ok(res.map(|b| Batch::of(vec![b])))
+    }
+
+    /// The next batches, at least `rows` rows of them unless the map ends first, as one
+    /// stream object (one import into polars instead of one per batch), or None at the end.
+    fn next_batches(&self, py: Python<'_>, rows: usize) -> PyResult<Option<Batch>> {
+        let res = detached(py, "next_batches", || {
+            let mut guard = locked(&self.stream);
+            let Some(s) = guard.as_mut() else { return Ok(vec![]) };
+            let (mut out, mut n) = (Vec::new(), 0);
+            while n < rows.max(1) {
+                match s.next_batch()? {
+                    Some(b) => {
+                        n += b.num_rows();
+                        out.push(b);
+                    }
+                    None => break,
+                }
+            }
+            Ok(out)
+        })?;
+        Ok(if res.is_empty() { None } else { Some(Batch::of(res)) })
     }
 
     /// Arrow PyCapsule interface: the remaining batches as one stream.
@@ -207,10 +228,11 @@ impl Dump {
     }
 }
 
-/// One record batch, importable by polars without copying (`pl.DataFrame(batch)`).
+/// Record batches (one from `next_batch`, several from `next_batches`), importable by
+/// polars without copying (`pl.DataFrame(batch)`).
 #[pyclass(module = "ctscope._native")]
 pub struct Batch {
-    batch: Mutex<Option<RecordBatch>>,
+    batches: Mutex<Option<Vec<RecordBatch>>>,
     #[pyo3(get)]
     num_rows: usize,
     /// Bytes of the Arrow buffers behind this batch (views, data, offsets, validity), as
@@ -218,6 +240,16 @@ pub struct Batch {
     /// which leaves out the 16-byte views of string columns.
     #[pyo3(get)]
     nbytes: usize,
+}
+
+impl Batch {
+    fn of(batches: Vec<RecordBatch>) -> Self {
+        Batch {
+            num_rows: batches.iter().map(|b| b.num_rows()).sum(),
+            nbytes: batches.iter().map(|b| b.get_array_memory_size()).sum(),
+            batches: Mutex::new(Some(batches)),
+        }
+    }
 }
 
 #[pymethods]
@@ -229,9 +261,9 @@ impl Batch {
         requested_schema: Option<Bound<'py, PyAny>>,
     ) -> PyResult<Bound<'py, PyCapsule>> {
         let _ = requested_schema;
-        let b = locked(&self.batch).take().ok_or_else(|| CtscopeError::new_err("batch already consumed"))?;
-        let schema = b.schema();
-        export_stream(py, Box::new(RecordBatchIterator::new([Ok(b)], schema)))
+        let b = locked(&self.batches).take().ok_or_else(|| CtscopeError::new_err("batch already consumed"))?;
+        let schema = b[0].schema(); // never empty: next_batch(es) return None instead
+        export_stream(py, Box::new(RecordBatchIterator::new(b.into_iter().map(Ok), schema)))
     }
 
     fn __len__(&self) -> usize {
