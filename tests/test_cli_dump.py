@@ -157,6 +157,15 @@ def test_bench_reports_ratios_against_the_floor(synth_map):
     assert 0 < r["arrow_mb"] and r["select_3_peak_ratio"] > 0  # (a 3,000-entry map: no size comparison)
 
 
+@pytest.mark.kernel
+def test_bench_without_a_pin_measures_an_ipv6_map_too():
+    r = json.loads(run("bench", "--entries", "3000", "--repeat", "1", "--no-bpftool", "--json").stdout)
+    assert r["entries"] == 3000 and r["v6"]["floor_median_s"] > 0 and r["v6"]["pin"].endswith("cali_v6_ct4")
+    for label in ("IPv6 map: open_map().to_polars()", 'IPv6 map: scan_map().select("dport", "proto")'):
+        row = r["v6"]["rows"][label]
+        assert row["median_s"] > 0 and row["median_x_floor"] > 0 and row["peak_mb"] > 0
+
+
 def test_batch_nbytes_counts_every_arrow_buffer(synth_map):
     """Batch.nbytes (the bench's Arrow size) covers what pyarrow counts, string views
     included, which polars' estimated_size leaves out."""

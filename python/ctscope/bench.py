@@ -17,10 +17,10 @@ C_FLOOR_SRC = Path(__file__).with_name("raw_floor.c")
 
 
 @contextmanager
-def map_to_measure(pin: str | None, entries: int) -> Iterator[str]:
-    """`pin` itself, or (without one) a synthetic Calico v4 CT map of `entries` entries
-    (`synth --profile node`: README "Performance") pinned in a private bpffs for the
-    duration of the block."""
+def map_to_measure(pin: str | None, entries: int, ipv6: bool = False) -> Iterator[str]:
+    """`pin` itself, or (without one) a synthetic Calico CT map (v4 layout, IPv4 or with
+    `ipv6` IPv6) of `entries` entries (`synth --profile node`: README "Performance") pinned
+    in a private bpffs for the duration of the block."""
     if pin:
         yield pin
         return
@@ -29,10 +29,11 @@ def map_to_measure(pin: str | None, entries: int) -> Iterator[str]:
     from ctscope.pins import default_ct_pin
 
     with private_bpffs() as fs:
-        path = default_ct_pin(fs)  # nothing is pinned yet: the newest v4 CT pin name
+        path = default_ct_pin(fs, ipv6=ipv6)  # nothing is pinned yet: the newest CT pin name
         t = time.perf_counter()
-        synth(str(path), entries, profile="node")
-        print(f"synthesised {entries:,} entries in {time.perf_counter() - t:.1f} s", file=sys.stderr)
+        synth(str(path), entries, profile="node", ipv6=ipv6)
+        print(f"synthesised {entries:,} {'IPv6' if ipv6 else 'IPv4'} entries in {time.perf_counter() - t:.1f} s",
+              file=sys.stderr)
         yield str(path)
 
 
@@ -155,10 +156,19 @@ def _lib_once(pin: str, what: str, extra: tuple[str, ...] = ()) -> dict:
     return json.loads(p.stdout.strip().splitlines()[-1])
 
 
-def run(pin: str, repeat: int = 5, bpftool: bool = True, threads: tuple[int, ...] = ()) -> dict:  # noqa: ARG001
+# Rows also measured on an IPv6 map (the same profile, IPv6 addresses), against its own floor.
+ROWS_V6 = [
+    ("IPv6 map: open_map().to_polars()", "lib", "to_polars"),
+    ('IPv6 map: scan_map().select("dport", "proto")', "lib", "select_dport_proto"),
+]
+
+
+def run(pin: str, repeat: int = 5, bpftool: bool = True, threads: tuple[int, ...] = (),  # noqa: ARG001
+        pin6: str | None = None) -> dict:
     """Every row `repeat` times, round-robin with the C floor (a noisy neighbour slows all
     rows alike); each run in a fresh process; median and best of each, and each as a ratio
-    to the median / best C floor of the same run."""
+    to the median / best C floor of the same run. With `pin6` (an IPv6 map), ROWS_V6 too,
+    each against that map's own floor."""
     from statistics import median
 
     from ctscope import open_map
@@ -172,14 +182,23 @@ def run(pin: str, repeat: int = 5, bpftool: bool = True, threads: tuple[int, ...
     with tempfile.TemporaryDirectory(prefix="ctscope-bench-") as tmp:
         tmpd = Path(tmp)
         exe = build_c_floor(tmpd)
-        times: dict[str, list[float]] = {"floor": []}
+        times: dict[str, list[float]] = {"floor": [], "floor6": []}
         peaks: dict[str, list[float]] = {}
-        for _ in range(repeat):
+
+        def floor(p: str) -> float:
             if exe:
-                r = subprocess.run([str(exe), pin, "4096"], capture_output=True, text=True, check=True)
-                times["floor"].append(float(r.stdout.split()[1]))
-            else:
-                times["floor"].append(raw_read(pin, 4096, "batch")[1])
+                r = subprocess.run([str(exe), p, "4096"], capture_output=True, text=True, check=True)
+                return float(r.stdout.split()[1])
+            return raw_read(p, 4096, "batch")[1]
+
+        for _ in range(repeat):
+            times["floor"].append(floor(pin))
+            if pin6:
+                times["floor6"].append(floor(pin6))
+                for label, _kind, what in ROWS_V6:
+                    res = _lib_once(pin6, what)
+                    times.setdefault(label, []).append(res["secs"])
+                    peaks.setdefault(label, []).append(res["peak_delta_mb"])
             for label, kind, what in ROWS:
                 if kind == "cli":
                     secs, rss = _timed_cli(_cli_args(what, pin, tmpd))
@@ -199,6 +218,15 @@ def run(pin: str, repeat: int = 5, bpftool: bool = True, threads: tuple[int, ...
                 # lib rows: peak RSS the call added; cli rows: the whole process's peak RSS
                 "peak_mb": round(max(peaks[label]), 1),
             }
+        if pin6:
+            f6med, f6best = median(times["floor6"]), min(times["floor6"])
+            out["v6"] = {"pin": pin6, "floor_median_s": f6med, "floor_best_s": f6best, "rows": {}}
+            for label, kind, _what in ROWS_V6:
+                t = times[label]
+                out["v6"]["rows"][label] = {
+                    "kind": kind, "median_s": median(t), "best_s": min(t),
+                    "median_x_floor": round(median(t) / f6med, 3), "best_x_floor": round(min(t) / f6best, 3),
+                    "peak_mb": round(max(peaks[label]), 1)}
         full = _lib_once(pin, "to_polars", ("arrow",))
         three = _lib_once(pin, "select_3")
         out["arrow_mb"] = round(full["arrow_mb"], 1)
@@ -225,6 +253,12 @@ def format_report(r: dict) -> str:
     for label, row in r["rows"].items():
         lines.append(f"  {label:48s} {row['median_s']:8.3f} {row['best_s']:8.3f}  "
                      f"{row['median_x_floor']:8.2f} / {row['best_x_floor']:<7.2f}  {row['peak_mb']:8.1f}")
+    if "v6" in r:
+        v6 = r["v6"]
+        lines.append(f"  IPv6 map's own floor: median {v6['floor_median_s']:.3f} s, best {v6['floor_best_s']:.3f} s")
+        for label, row in v6["rows"].items():
+            lines.append(f"  {label:48s} {row['median_s']:8.3f} {row['best_s']:8.3f}  "
+                         f"{row['median_x_floor']:8.2f} / {row['best_x_floor']:<7.2f}  {row['peak_mb']:8.1f}")
     lines.append(f"  memory: to_polars() +{r['to_polars_peak_mb']} MiB peak for {r['arrow_mb']} MiB of Arrow; "
                  f"3-column projection +{r['select_3_peak_mb']} MiB ({r['select_3_peak_ratio']} x)")
     lines.append(f"  (lib rows: peak RSS the call added; $ rows: the whole process's peak RSS); parquet file "
