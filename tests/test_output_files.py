@@ -66,6 +66,8 @@ def commands(pin: Path, snap: Path, out: Path) -> list[tuple]:
     return [
         ("dump", pin, "-f", "csv", "-o", out),
         ("dump", pin, "-f", "parquet", "-o", out),
+        ("dump", pin, "-f", "arrow", "-o", out),  # Arrow files: written by Rust (ipc_file.rs) into outfile's temporary
+        ("expired", snap, "--all", "-f", "arrow", "-o", out),
         ("report", snap, "-o", out),
         ("metrics", snap, "-o", out),
         ("expired", snap, "--all", "-f", "ndjson", "-o", out),
@@ -178,6 +180,18 @@ def test_replaced_file_keeps_mode_and_owner(pin, tmp_path):
     st = out.stat()
     assert stat.S_IMODE(st.st_mode) == 0o640 and (st.st_uid, st.st_gid) == (NOBODY, NOBODY)
     assert len(out.read_text().splitlines()) == 301
+    # the same for an Arrow file, which the Rust writer fills
+    arrow = tmp_path / "keep.arrow"
+    arrow.write_bytes(b"old")
+    arrow.chmod(0o640)
+    os.chown(arrow, NOBODY, NOBODY)
+    r = run_umask(0, "dump", pin, "-o", arrow)
+    assert r.returncode == 0, r.stderr
+    st = arrow.stat()
+    assert stat.S_IMODE(st.st_mode) == 0o640 and (st.st_uid, st.st_gid) == (NOBODY, NOBODY)
+    import polars as pl
+
+    assert pl.read_ipc(arrow).height == 300
 
 
 @pytest.mark.kernel
