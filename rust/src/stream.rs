@@ -35,25 +35,11 @@ enum Decoder {
 }
 
 impl Decoder {
-    /// Every entry of `c`, which a predicate has already selected.
-    fn decode_all(&self, c: &Chunk) -> Result<RecordBatch> {
-        match self {
-            Decoder::Ct(d, _) => d.decode(&c.keys, &c.values, c.count),
-            Decoder::Raw { ks, vs } => decode::decode_raw(&c.keys, &c.values, c.count, *ks, *vs),
-        }
-        .map_err(|e| CtError::Os { op: "building Arrow batch".into(), err: std::io::Error::other(e.to_string()) })
-    }
-
-    /// The first `n` entries of `c`; with a predicate, the entries of all `c` it keeps.
+    /// The first `n` entries of `c` (a predicate's selection is Gather's: it hands over only
+    /// the rows the predicate keeps).
     fn decode(&self, c: &Chunk, n: usize) -> Result<RecordBatch> {
         match self {
-            Decoder::Ct(d, Some(p)) => {
-                match p.select(d, c) {
-                    Some(kept) => d.decode(&kept.keys, &kept.values, kept.count),
-                    None => d.decode(&c.keys, &c.values, c.count),
-                }
-            }
-            Decoder::Ct(d, None) => d.decode(&c.keys, &c.values, n),
+            Decoder::Ct(d, _) => d.decode(&c.keys, &c.values, n),
             Decoder::Raw { ks, vs } => decode::decode_raw(&c.keys, &c.values, n, *ks, *vs),
         }
         .map_err(|e| CtError::Os { op: "building Arrow batch".into(), err: std::io::Error::other(e.to_string()) })
@@ -89,7 +75,7 @@ impl parallel::RangeDecode for Gather {
         let kept = p.select(d, c);
         let kept = kept.as_ref().unwrap_or(c);
         if self.held.count == 0 && kept.count >= self.rows / 2 {
-            return self.decoder.decode_all(kept).map(Some); // worth a batch of its own
+            return self.decoder.decode(kept, kept.count).map(Some); // worth a batch of its own
         }
         self.held.keys.extend_from_slice(&kept.keys[..kept.count * d.key_size()]);
         self.held.values.extend_from_slice(&kept.values[..kept.count * d.value_size()]);
@@ -107,7 +93,7 @@ impl parallel::RangeDecode for Gather {
         }
         let held = std::mem::take(&mut self.held);
         self.since = None;
-        self.decoder.decode_all(&held).map(Some)
+        self.decoder.decode(&held, held.count).map(Some)
     }
 }
 
