@@ -155,6 +155,19 @@ class ArrowFileWriter:
 
 def read_arrow_metadata(path: _Path, verify: bool = False) -> tuple[dict[str, str], str | None]: ...
 
+# --- parquet files (rust/src/python/parquet_file.rs; ctscope.snapshot_file) --------------------
+
+PARQUET_ZSTD_LEVEL: Final[int]
+PARQUET_ROW_GROUP_ROWS: Final[int]
+
+class ParquetFileWriter:
+    def __init__(self, target: _Path | int, schema: Dump | _ArrowStream) -> None: ...
+    @property
+    def rows(self) -> int: ...
+    def write(self, frame: _ArrowStream) -> int: ...
+    def write_dump(self, dump: Dump, rows: int) -> int: ...
+    def finish(self, metadata: dict[str, str]) -> None: ...
+
 # --- acting on the table (rust/src/python/act.rs) ---------------------------------------------
 
 class Rows:

@@ -9,6 +9,7 @@
 //! * `synth`  — realistic synthetic CT maps
 //! * `python/` — the PyO3 surface, one file per class or concern (see python/mod.rs)
 //! * `ipc_file` — Arrow IPC files with ctscope metadata and a CRC (snapshots, backups)
+//! * `parquet_file` — parquet files (dumps, snapshots, results): how ctscope encodes them
 //! * `object`, `backup`, `migrate`, `prog_refs` — check / resize / restore
 
 pub mod act;
@@ -22,6 +23,7 @@ pub mod map;
 pub mod migrate;
 pub mod object;
 pub mod parallel;
+pub mod parquet_file;
 pub mod prog_refs;
 pub mod python;
 pub mod pushdown;

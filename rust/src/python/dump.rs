@@ -125,7 +125,7 @@ impl NativeMap {
 /// consumer through `__arrow_c_stream__` (one or the other: the stream is consumed).
 #[pyclass(module = "ctscope._native")]
 pub struct Dump {
-    stream: Mutex<Option<DumpStream>>,
+    pub(super) stream: Mutex<Option<DumpStream>>,
     schema: arrow_schema::SchemaRef,
     status: Arc<Mutex<ReaderStatus>>,
     #[pyo3(get)]

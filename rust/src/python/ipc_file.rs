@@ -2,84 +2,32 @@
 //! polars frames through the Arrow PyCapsule interface (`__arrow_c_stream__`: no copy into
 //! Python), and the metadata reader.
 //!
-//! I/O errors reach Python as OSError subclasses (BrokenPipeError for a closed pipe, so
-//! `dump -f arrow | head` ends quietly; no file name, so ctscope.outfile names the output);
-//! format errors as BadArgument naming the file.
+//! I/O errors reach Python as OSError subclasses (python/output.rs); format errors as
+//! BadArgument naming the file.
 
 use std::collections::HashMap;
 use std::fs::{File, OpenOptions};
 use std::io::{BufWriter, Write};
-use std::os::fd::{BorrowedFd, OwnedFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 use std::sync::Mutex;
 
-use arrow_array::ffi_stream::{FFI_ArrowArrayStream, RecordBatchStreamReader};
+use arrow_array::RecordBatchReader;
 use arrow_schema::ArrowError;
 use pyo3::exceptions::PyOSError;
-use arrow_array::RecordBatchReader;
 use pyo3::prelude::*;
-use pyo3::types::{PyCapsule, PyCapsuleMethods};
 
 use super::errors::{detached, locked};
+use super::output::{import_stream, open_target, os_error, Fail};
 use crate::error::CtError;
 use crate::ipc_file::{self, IpcFileWriter};
 
-const STREAM_CAPSULE: &std::ffi::CStr = c"arrow_array_stream";
-
-/// Either error: an I/O error (raised as its OSError) or ctscope's.
-enum Fail {
-    Io(std::io::Error),
-    Ct(CtError),
-}
-
-impl From<CtError> for Fail {
-    fn from(e: CtError) -> Self {
-        Fail::Ct(e)
-    }
-}
-
-impl From<Fail> for PyErr {
-    fn from(f: Fail) -> PyErr {
-        match f {
-            Fail::Io(e) => os_error(&e, None),
-            Fail::Ct(e) => e.into(),
-        }
-    }
-}
-
-/// `OSError(errno, strerror[, filename])`, as Python's own I/O raises it: Python picks the
-/// subclass (BrokenPipeError, FileNotFoundError, …) and callers read `errno`/`strerror`.
-fn os_error(e: &std::io::Error, filename: Option<&std::path::Path>) -> PyErr {
-    match e.raw_os_error() {
-        Some(n) => {
-            // SAFETY: strerror returns a NUL-terminated static or thread-local message.
-            let text = unsafe { std::ffi::CStr::from_ptr(libc::strerror(n)) }.to_string_lossy().into_owned();
-            match filename {
-                Some(f) => PyOSError::new_err((n, text, f.to_path_buf())),
-                None => PyOSError::new_err((n, text)),
-            }
-        }
-        None => PyOSError::new_err(e.to_string()),
-    }
-}
 
 fn arrow(e: ArrowError) -> Fail {
     match e {
         ArrowError::IoError(_, io) => Fail::Io(io),
         e => Fail::Ct(CtError::BadArgument(format!("writing Arrow IPC: {e}"))),
     }
-}
-
-/// Import `obj.__arrow_c_stream__()` (a polars DataFrame, a pyarrow table, …).
-fn import_stream(obj: &Bound<'_, PyAny>) -> PyResult<RecordBatchStreamReader> {
-    let capsule = obj.call_method0("__arrow_c_stream__")?;
-    let capsule = capsule.cast::<PyCapsule>().map_err(PyErr::from)?;
-    let ptr = capsule.pointer_checked(Some(STREAM_CAPSULE))?;
-    // SAFETY: a live "arrow_array_stream" capsule holds an FFI_ArrowArrayStream; from_raw
-    // moves it out and leaves a released stream behind for the capsule's destructor.
-    unsafe { RecordBatchStreamReader::from_raw(ptr.as_ptr().cast::<FFI_ArrowArrayStream>()) }
-        .map_err(|e| CtError::BadArgument(format!("importing an Arrow stream: {e}")).into())
 }
 
 type Out = BufWriter<File>;
@@ -100,17 +48,7 @@ impl ArrowFileWriter {
     fn new(py: Python<'_>, target: &Bound<'_, PyAny>, schema: &Bound<'_, PyAny>, metadata: HashMap<String, String>) -> PyResult<Self> {
         let fields = import_stream(schema)?.schema().fields().clone();
         let schema = ipc_file::schema_with(&fields, metadata)?;
-        let file = if let Ok(fd) = target.extract::<i32>() {
-            if fd < 0 {
-                return Err(CtError::BadArgument(format!("file descriptor {fd}")).into());
-            }
-            // SAFETY: borrowed only to duplicate it; the caller keeps its descriptor open.
-            let owned: OwnedFd = unsafe { BorrowedFd::borrow_raw(fd) }.try_clone_to_owned().map_err(|e| os_error(&e, None))?;
-            File::from(owned)
-        } else {
-            let path: PathBuf = target.extract()?;
-            OpenOptions::new().write(true).create(true).truncate(true).custom_flags(libc::O_CLOEXEC).open(&path).map_err(|e| os_error(&e, Some(&path)))?
-        };
+        let file = open_target(target)?;
         let w = detached(py, "Arrow file write", || Ok(IpcFileWriter::try_new(BufWriter::with_capacity(1 << 20, file), &schema)))?;
         Ok(ArrowFileWriter { inner: Mutex::new(Some(w.map_err(arrow)?)) })
     }

@@ -11,6 +11,8 @@
 //! * `repair`   — MapEntries, LiveMap, NewMap, backups, pins (check / resize / restore)
 //! * `act`      — key building, lookups, removal (get / delete / clean / flush)
 //! * `ipc_file` — ArrowFileWriter (polars frames in via `__arrow_c_stream__`), read_arrow_metadata
+//! * `parquet_file` — ParquetFileWriter (a Dump's batches, or polars frames)
+//! * `output`   — what the file writers share: targets, OSErrors, C-stream imports
 //!
 //! The module's types are in python/ctscope/_native.pyi (tests/test_native_stub.py keeps it whole).
 
@@ -20,6 +22,8 @@ mod errors;
 mod facts;
 mod ipc_file;
 mod map_info;
+mod output;
+mod parquet_file;
 mod repair;
 mod synth;
 
@@ -34,5 +38,6 @@ pub fn register(m: &Bound<'_, PyModule>) -> PyResult<()> {
     repair::register(m)?;
     act::register(m)?;
     ipc_file::register(m)?;
+    parquet_file::register(m)?;
     Ok(())
 }
