@@ -107,6 +107,52 @@ def test_parquet_metadata_records_the_map(synth_map, tmp_path):
     assert meta["map_name"] == "cali_v4_ct4" and meta["boot_wall_ns"] > 0
 
 
+# Runs ctscope in a fresh interpreter and says whether polars was imported.
+_POLARS_CHILD = r"""
+import atexit, sys
+atexit.register(lambda: print("polars imported:", "polars" in sys.modules, file=sys.stderr))
+from ctscope.cli import main
+main(sys.argv[1:])
+"""
+
+
+def test_parquet_paths_write_the_same_rows_and_only_where_needs_polars(synth_map, reference, tmp_path):
+    # Without --where the dump's batches go straight into the file (no polars at all);
+    # with --where they go through polars frames; --limit applies either way. The three
+    # files hold exactly the rows of the live dump they select.
+    keys = ["proto", "addr_a", "port_a", "addr_b", "port_b"]
+    cases = {
+        "direct": ([], reference, False),
+        "limit": (["--limit", "100"], None, False),
+        "where": (["--where", "dport >= 1024 OR proto = 17"],
+                  reference.filter((pl.col("dport") >= 1024) | (pl.col("proto") == 17)), True),
+    }
+    for name, (extra, want, polars_used) in cases.items():
+        out = tmp_path / f"{name}.parquet"
+        p = subprocess.run([sys.executable, "-c", _POLARS_CHILD, "dump", str(synth_map), "-o", str(out),
+                            "--now-ns", str(10**18), *extra], capture_output=True, text=True)
+        assert p.returncode == 0, p.stderr
+        assert f"polars imported: {polars_used}" in p.stderr, (name, p.stderr)
+        got = pl.read_parquet(out)
+        if want is None:  # --limit: 100 of the live rows, whichever the walk met first
+            assert got.height == 100
+            assert got.sort(keys).equals(reference.join(got.select(keys), on=keys, how="semi").sort(keys))
+        else:
+            assert 0 < got.height and got.sort(keys).equals(want.sort(keys)), name
+        meta = json.loads(pl.read_parquet_metadata(out)["ctscope"])
+        assert meta["entries"] == got.height and meta["layout"] == "v4", name
+
+
+def test_a_parquet_dump_to_stdout_is_the_same_file(synth_map, reference, tmp_path):
+    out = tmp_path / "stdout.parquet"
+    with open(out, "wb") as f:
+        p = subprocess.run([sys.executable, "-m", "ctscope", "dump", str(synth_map), "-f", "parquet",
+                            "--now-ns", str(10**18)], stdout=f, stderr=subprocess.PIPE, text=True)
+    assert p.returncode == 0, p.stderr
+    keys = ["proto", "addr_a", "port_a", "addr_b", "port_b"]
+    assert pl.read_parquet(out).sort(keys).equals(reference.sort(keys))
+
+
 def test_where_and_limit(synth_map, reference):
     p = run("dump", str(synth_map), "-f", "ndjson", "--where", "proto = 17 AND type = 'normal'")
     rows = [json.loads(x) for x in p.stdout.splitlines()]

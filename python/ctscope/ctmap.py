@@ -8,10 +8,12 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from os import PathLike
-
-import polars as pl
+from typing import TYPE_CHECKING
 
 from ctscope._native import Dump, MapInfo, NativeMap
+
+if TYPE_CHECKING:  # imported where used: `import ctscope` and `dump -o X.parquet` run without polars
+    import polars as pl
 
 
 class CtMap:
@@ -77,6 +79,8 @@ def iter_batches(dump: Dump, rows: int | None = None) -> Iterator[pl.DataFrame]:
     """Decoded batches as polars frames, each batch its own frame, or with `rows`, frames
     of at least that many rows (a few batches imported at once: polars' and Python's
     per-frame costs are paid once for all of them); errors surface as ctscope exceptions."""
+    import polars as pl
+
     while (b := dump.next_batch() if rows is None else dump.next_batches(rows)) is not None:
         yield pl.DataFrame(b)
 
@@ -87,6 +91,8 @@ GATHER_ROWS = 1 << 18
 
 
 def dump_to_polars(dump: Dump) -> pl.DataFrame:
+    import polars as pl
+
     frames = list(iter_batches(dump, GATHER_ROWS))
     if not frames:
         # An empty map still has the full schema: read it from the (now empty) stream.
@@ -104,6 +110,7 @@ def scan_map(pin: str | PathLike[str] | CtMap, *, layout: str | None = None, met
     results equal `pl.DataFrame(to_polars()).filter(...)` exactly.
 
         >>> ctscope.scan_map(pin).filter(pl.col("dport") == 443).select("src", "dst").collect()"""
+    import polars as pl
     from polars.io.plugins import register_io_source
 
     from ctscope import pushdown

@@ -1,30 +1,27 @@
-"""Writing dumps: text formats stream batch by batch, parquet through a polars sink and
-Arrow IPC through ctscope.snapshot_file (the Rust core's writer), so memory stays bounded
-whatever the map size. Output files go through ctscope.outfile (temporary name, then
+"""Writing dumps: text formats stream batch by batch, parquet and Arrow IPC through
+ctscope.snapshot_file (the Rust core's writers), so memory stays bounded whatever the map
+size. Output files go through ctscope.outfile (temporary name, then
 rename; links and modes checked)."""
 
 from __future__ import annotations
 
 import os
 import sys
-import signal
-import threading
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
-
-import polars as pl
+from typing import IO, TYPE_CHECKING
 
 from ctscope.errors import BadArgument, polars_gist
 from ctscope.textsafe import UNSAFE_PATTERN, json_controls, printable
 
+if TYPE_CHECKING:  # imported where used: `dump -o X.parquet` runs without polars
+    import polars as pl
+
+    from ctscope._native import Dump
+
 TEXT_FORMATS = ("table", "json", "ndjson", "csv")
 BINARY_FORMATS = ("parquet", "arrow")
 FORMATS = TEXT_FORMATS + BINARY_FORMATS
-# zstd at level 1, not polars' default 3: the same file size on CT dumps (50 MiB for 1M
-# node-profile entries) for ~0.1 s less CPU per million entries (0.76 vs 0.87 s to encode).
-PARQUET_ZSTD_LEVEL = 1
 
 # The compact view `table` shows (everything is in the other formats).
 TABLE_COLUMNS = ["proto", "src", "sport", "dst", "dport", "type", "tcp_state", "idle_s", "flag_names",
@@ -53,6 +50,8 @@ def format_from_path(path: str | None, fmt: str | None) -> str:
 def parse_where(where: str | None, schema: pl.Schema) -> pl.Expr | None:
     """A SQL predicate (`proto = 6 AND dport = 443`) as a polars expression, checked
     against the schema up front so a typo fails before the map is read."""
+    import polars as pl
+
     if not where:
         return None
     try:
@@ -82,6 +81,8 @@ def filtered(frames: Iterator[pl.DataFrame], where: pl.Expr | None, limit: int |
 
 
 def _text_frame(df: pl.DataFrame, fmt: str) -> pl.DataFrame:
+    import polars as pl
+
     # Raw-layout bytes as hex in every text format; CSV also has no lists.
     df = df.with_columns(pl.col(pl.Binary).bin.encode("hex"))
     if fmt == "csv" and "flag_names" in df.columns:
@@ -94,6 +95,8 @@ TABLE_SLICE = 65536
 
 def _table_text(df: pl.DataFrame, cols: list[str]) -> pl.DataFrame:
     """`cols` of `df` as the table shows them (idle_s to 0.1 s, lists comma-joined, bytes hex, nulls '-')."""
+    import polars as pl
+
     return df.select(cols).with_columns(
         [pl.col(c).list.join(",") for c in cols if df.schema[c] == pl.List(pl.String)]
         + [pl.col(c).round(1) for c in cols if df.schema[c] == pl.Float64]
@@ -105,6 +108,8 @@ def _table_lines(text_df: pl.DataFrame, widths: dict[str, int]) -> str:
     """The table's rows, built by polars a frame at a time (per-row Python formatting was
     most of `expired`'s time on a million entries). Control characters from the map or a
     file are shown escaped (textsafe.printable, applied to the few cells that have any)."""
+    import polars as pl
+
     unsafe = [c for c in text_df.columns if text_df[c].str.contains(UNSAFE_PATTERN).any()]
     if unsafe:
         text_df = text_df.with_columns(pl.col(c).map_elements(printable, return_dtype=pl.String) for c in unsafe)
@@ -120,6 +125,8 @@ def write_text(frames: Iterator[pl.DataFrame], fmt: str, out: IO[str], schema: p
     """Stream frames as table/json/ndjson/csv; returns rows written. `schema`: what an empty
     CSV's header names when no frame arrives; `columns`: the table's columns (default: dump's
     compact view). Every command's table formats values alike (`idle_s` to 0.1 s)."""
+    import polars as pl
+
     rows = 0
     first = True
     if fmt == "json":
@@ -158,64 +165,36 @@ def write_text(frames: Iterator[pl.DataFrame], fmt: str, out: IO[str], schema: p
     return rows
 
 
-def write_binary(frames: Iterator[pl.DataFrame], schema: pl.Schema, fmt: str, target: str | os.PathLike[str] | IO[bytes],
-                 metadata: Callable[[int], dict[str, str]] | None = None) -> int:
-    """Stream frames into parquet (a polars sink) or Arrow IPC (ctscope.snapshot_file);
-    bounded memory. `metadata(rows)`: the file's key/value metadata for `rows` rows."""
-    from polars.io.plugins import register_io_source
+def write_binary(source: Dump | Iterator[pl.DataFrame], schema: pl.Schema | None, fmt: str,
+                 target: str | os.PathLike[str] | IO[bytes], metadata: Callable[[int], dict[str, str]] | None = None,
+                 on_rows: Callable[[int], None] | None = None) -> int:
+    """Write frames (or, for parquet, a whole Dump: its batches go from the decoder to the
+    file without polars) as one parquet or Arrow IPC file (ctscope.snapshot_file, the Rust
+    core's writers); bounded memory. `metadata(rows)`: the file's key/value metadata for
+    `rows` rows; `on_rows(n)`: told as a Dump's rows are written (frames report their own,
+    see `filtered`)."""
+    from ctscope import snapshot_file
+    from ctscope._native import Dump
 
+    if fmt == "parquet":
+        return snapshot_file.write_parquet(source, schema, target, metadata, on_rows)
+    if isinstance(source, Dump) or schema is None:
+        raise TypeError("write_binary: Arrow IPC is written from frames and their schema")
     count = [0]
 
-    def source(with_columns, predicate, n_rows, batch_size):  # noqa: ARG001 - no pushdown
+    def counted(frames: Iterator[pl.DataFrame]) -> Iterator[pl.DataFrame]:
         for df in frames:
-            if stop.is_set():
-                raise KeyboardInterrupt
             count[0] += df.height
             yield df
 
-    stop = threading.Event()
-    if fmt == "parquet":
-        lf = register_io_source(source, schema=schema)
-        kv = (lambda _ctx: metadata(count[0])) if metadata else None
-        if isinstance(target, os.PathLike):
-            target = os.fspath(target)
-        with _sigint_stops(stop):
-            try:
-                lf.sink_parquet(target, metadata=kv, row_group_size=262_144, compression="zstd", compression_level=PARQUET_ZSTD_LEVEL)
-            except Exception:
-                if stop.is_set():
-                    raise KeyboardInterrupt from None
-                raise
-        if stop.is_set():
-            raise KeyboardInterrupt
-    else:
-        # The schema is written before the entry count is known, so it says null there;
-        # the footer has the final figures.
-        from ctscope import snapshot_file
+    # The schema is written before the entry count is known, so it says null there;
+    # the footer has the final figures.
+    def ipc_meta(final: bool) -> dict[str, str]:
+        if not metadata:
+            return {}
+        return metadata(count[0]) if final else snapshot_file.provisional(metadata(count[0]))
 
-        def ipc_meta(final: bool) -> dict[str, str]:
-            if not metadata:
-                return {}
-            return metadata(count[0]) if final else snapshot_file.provisional(metadata(count[0]))
-
-        snapshot_file.write_arrow(source(None, None, None, None), schema, target, ipc_meta)
-    return count[0]
-
-
-@contextmanager
-def _sigint_stops(stop: threading.Event):
-    """While polars' sink runs our source on its own threads, turn Ctrl-C into a request
-    the source honours at the next batch. A KeyboardInterrupt raised in the main thread
-    instead would let Python shut down under polars' threads, and a thread that then
-    asks for the GIL is killed with pthread_exit, which aborts the process (SIGABRT)."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, lambda _sig, _frame: stop.set())
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
+    return snapshot_file.write_arrow(counted(source), schema, target, ipc_meta)
 
 
 def walk_record(dump, info, end_wall_ns: int) -> dict:

@@ -33,9 +33,10 @@ import json
 import math
 import re
 from collections.abc import Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import polars as pl
+if TYPE_CHECKING:  # imported where used: `import ctscope` runs without polars
+    import polars as pl
 
 NUMERIC = ("proto", "port_a", "port_b", "sport", "dport", "flags", "last_seen_ns")
 ADDRESSES = ("addr_a", "addr_b", "src", "dst")
@@ -233,6 +234,8 @@ def _literal_values(n: Any) -> list:
             raw = lit["Scalar"]["List"]
     if raw is None:
         raise _Untranslatable
+    import polars as pl
+
     s = pl.read_ipc_stream(io.BytesIO(bytes(raw))).to_series()
     if s.dtype == pl.List:
         s = s.explode()
@@ -405,4 +408,6 @@ def expand_networks(where: str) -> str:
 def in_network(column: str, network: str) -> pl.Expr:
     """`column`'s address lies in the IPv4 `network`: `ctscope.scan_map(pin).filter(
     ctscope.in_network("dst", "10.1.0.0/23"))`. Judged on the raw bytes before decoding."""
+    import polars as pl
+
     return pl.sql_expr(network_sql(column, network))

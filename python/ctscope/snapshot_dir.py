@@ -16,12 +16,17 @@ from __future__ import annotations
 import datetime as dt
 import os
 import re
+from collections.abc import Iterator
 from pathlib import Path
-
-import polars as pl
+from typing import TYPE_CHECKING
 
 from ctscope import export, outfile, snapshot_file
 from ctscope.errors import BadArgument
+
+if TYPE_CHECKING:
+    import polars as pl
+
+    from ctscope._native import Dump
 
 _UNSAFE = re.compile(r"[^A-Za-z0-9._-]+")
 
@@ -54,16 +59,29 @@ def write_snapshot(pin: str | os.PathLike[str] | None = None, *, directory: str 
         raise BadArgument("give exactly one of --dir DIR (partitioned) or -o FILE")
     m = open_map(pin if pin is not None else default_ct_pin(bpffs or DEFAULT_BPFFS, ipv6), layout=layout)
     d = m.dump(now_ns=now_ns)
-    schema = pl.DataFrame(m.dump(layout=d.layout, limit=0)).schema
-    expr = export.parse_where(where, schema)
     target = Path(output) if output is not None else partition_path(directory, snapshot_file.node_name(node),
                                                                      d.wall_ns, m.info.name, fmt)
-    outfile.make_dirs(target.parent)  # missing directories are made 0700
-    frames = export.filtered(iter_batches(d), expr, None)
 
     def metadata(n: int) -> dict[str, str]:
         return snapshot_file.build_metadata(d, m.info, n, realtime_ns(), node)
 
+    source: Dump | Iterator[pl.DataFrame] = d  # parquet without --where: batches straight into the file
+    schema = None
+    if fmt != "parquet" or where:
+        import polars as pl
+
+        schema = pl.DataFrame(m.dump(layout=d.layout, limit=0)).schema
+        expr = export.parse_where(where, schema)  # a bad --where fails before anything is made
+        source = export.filtered(iter_batches(d), expr, None)
+    outfile.make_dirs(target.parent)  # missing directories are made 0700
+    with outfile.output_file(target) as tmp:
+        rows = export.write_binary(source, schema, fmt, tmp, metadata)
+    return target, rows
+    import polars as pl
+
+    schema = pl.DataFrame(m.dump(layout=d.layout, limit=0)).schema
+    expr = export.parse_where(where, schema)
+    frames = export.filtered(iter_batches(d), expr, None)
     with outfile.output_file(target) as tmp:
         rows = export.write_binary(frames, schema, fmt, tmp, metadata)
     return target, rows

@@ -1,8 +1,11 @@
 """The snapshot file format, one owner: which file names are snapshots and of which kind,
 the metadata a snapshot records (built from a dump; read back and checked), the node it
-names, and writing Arrow snapshots.
+names, and writing snapshots of both kinds.
 
-* Parquet snapshots: key/value metadata `ctscope` (JSON), written by polars' sink.
+* Parquet snapshots: key/value metadata `ctscope` (JSON), written by the Rust core
+  (rust/src/parquet_file.rs, through `ctscope._native.ParquetFileWriter`): a dump's record
+  batches go from the decoder to the encoder directly (`write_parquet(dump, ...)`), other
+  frames cross through the Arrow C stream interface.
 * Arrow snapshots: Arrow IPC files written by the Rust core (rust/src/ipc_file.rs, through
   `ctscope._native.ArrowFileWriter`; polars frames cross through the Arrow C stream
   interface, not copied): the schema carries the metadata as known before the first batch
@@ -19,20 +22,22 @@ import os
 import socket
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import IO
-
-import polars as pl
+from typing import IO, TYPE_CHECKING
 
 from ctscope._native import ARROW_CRC_KEY as CRC_KEY
 from ctscope._native import ARROW_META_CRC_KEY as META_CRC_KEY
 from ctscope.errors import BadArgument, SnapshotError
+
+if TYPE_CHECKING:  # polars is imported where it is used: `dump -o X.parquet` runs without it
+    import polars as pl
+    from ctscope._native import Dump
 
 META_KEY = "ctscope"
 SUFFIX_KINDS = {".parquet": "parquet", ".arrow": "arrow", ".ipc": "arrow", ".feather": "arrow"}
 SUFFIX = {"parquet": ".parquet", "arrow": ".arrow"}  # the suffix ctscope gives each kind
 
 __all__ = ["CRC_KEY", "META_CRC_KEY", "META_KEY", "SUFFIX", "SUFFIX_KINDS", "build_metadata", "check_metadata", "kind_of", "node_name",
-           "provisional", "read_metadata", "write_arrow"]
+           "provisional", "read_metadata", "write_arrow", "write_parquet"]
 
 
 def kind_of(path: str | os.PathLike[str]) -> str | None:
@@ -93,21 +98,63 @@ def provisional(kv: dict[str, str]) -> dict[str, str]:
 
 
 # ------------------------------------------------------------------------------------------ writing
+def _destination(target: str | os.PathLike[str] | IO[bytes]) -> str | int:
+    """A path for the Rust writers, or the file descriptor of an open binary stream."""
+    if isinstance(target, (str, os.PathLike)):
+        return os.fspath(target)
+    target.flush()  # what Python buffered goes first; the Rust side writes to its fd
+    return target.fileno()
+
+
+# Rows a Dump moves into a parquet file per call: the GIL is free meanwhile, and between
+# calls Ctrl-C is seen and a progress line advances.
+PARQUET_STEP_ROWS = 262_144
+
+
+def write_parquet(source: Dump | Iterable[pl.DataFrame], schema: pl.Schema | None,
+                  target: str | os.PathLike[str] | IO[bytes], metadata: Callable[[int], dict[str, str]] | None = None,
+                  on_rows: Callable[[int], None] | None = None) -> int:
+    """Write one parquet file (see the module doc); returns rows written. `source`: a Dump,
+    whose batches go straight from the decoder to the file (polars is not involved), or
+    polars frames of `schema`. `target`: a path (ctscope.outfile's) or an open binary
+    stream with a file descriptor (stdout). `metadata(rows)`: the footer's key/value
+    metadata; `on_rows(n)`: told as a Dump's rows are written."""
+    from ctscope._native import Dump, ParquetFileWriter
+
+    if isinstance(source, Dump):
+        w = ParquetFileWriter(_destination(target), source)
+        while n := w.write_dump(source, PARQUET_STEP_ROWS):
+            if on_rows:
+                on_rows(n)
+    else:
+        import polars as pl
+
+        if schema is None:
+            raise TypeError("write_parquet: frames need their schema")
+        w = ParquetFileWriter(_destination(target), pl.DataFrame(schema=schema))
+        for df in source:
+            if df.height == 0:
+                continue
+            if df.schema != schema:
+                df = df.cast(dict(schema))  # type: ignore[arg-type]
+            w.write(df)
+    rows = w.rows
+    w.finish(metadata(rows) if metadata else {})
+    return rows
+
+
 def write_arrow(frames: Iterable[pl.DataFrame], schema: pl.Schema, target: str | os.PathLike[str] | IO[bytes],
                 metadata: Callable[[bool], dict[str, str]] | None = None) -> int:
     """Write `frames` as one Arrow IPC file (see the module doc); returns rows written.
     `target`: a path (ctscope.outfile's), or an open binary stream with a file descriptor
     (stdout). `metadata(final)` is called with final=False before the first batch (the
     schema's) and with final=True after the last (the footer's)."""
+    import polars as pl
+
     from ctscope._native import ArrowFileWriter
 
     meta = metadata or (lambda _final: {})
-    if isinstance(target, (str, os.PathLike)):
-        dest: str | int = os.fspath(target)
-    else:
-        target.flush()  # what Python buffered goes first; the Rust side writes to its fd
-        dest = target.fileno()
-    w = ArrowFileWriter(dest, pl.DataFrame(schema=schema), meta(False))
+    w = ArrowFileWriter(_destination(target), pl.DataFrame(schema=schema), meta(False))
     rows = 0
     for df in frames:
         rows += df.height
@@ -133,6 +180,8 @@ def read_metadata(path: str | os.PathLike[str], unverified: bool = False) -> dic
     if kind is None:
         raise BadArgument(f"{p}: not a snapshot file name (expected .parquet or .arrow)")
     if kind == "parquet":
+        import polars as pl
+
         try:
             kv = pl.read_parquet_metadata(p)
         except FileNotFoundError:

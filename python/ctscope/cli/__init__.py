@@ -109,8 +109,9 @@ def main(argv: list[str] | None = None) -> None:
 
         if not isinstance(e, (pl.exceptions.PolarsError, pl.exceptions.PanicException)):
             raise
-        # A polars sink writing to a stdout whose reader went away (`dump -f parquet | head -c 10`)
-        # reports it in many words ("Broken pipe", "Invalid thrift: transport error").
+        # polars writing to a stdout whose reader went away reports it in many words
+        # ("Broken pipe", "Invalid thrift: transport error"); ctscope's own writers raise
+        # BrokenPipeError (above).
         if "Broken pipe" in str(e) or _stdout_reader_gone():
             _silence_stdout()
             sys.exit(0)

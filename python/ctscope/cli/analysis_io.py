@@ -73,11 +73,11 @@ def write_output(text: str, output: Optional[str], private: bool = True) -> None
 
 
 def _write_binary(df: pl.DataFrame, fmt: str, target, kv: dict | None) -> None:
-    if fmt == "parquet":
-        df.write_parquet(target, metadata=kv, compression="zstd", compression_level=export.PARQUET_ZSTD_LEVEL)
-    else:
-        from ctscope import snapshot_file
+    from ctscope import snapshot_file
 
+    if fmt == "parquet":
+        snapshot_file.write_parquet([df], df.schema, target, (lambda _rows: kv) if kv else None)
+    else:
         snapshot_file.write_arrow([df], df.schema, target, (lambda _final: kv) if kv else None)
 
 
