@@ -58,16 +58,17 @@ def write_snapshot(pin: str | os.PathLike[str] | None = None, *, directory: str 
     if (directory is None) == (output is None):
         raise BadArgument("give exactly one of --dir DIR (partitioned) or -o FILE")
     m = open_map(pin if pin is not None else default_ct_pin(bpffs or DEFAULT_BPFFS, ipv6), layout=layout)
-    d = m.dump(now_ns=now_ns)
+    direct = fmt == "parquet" and not where  # the dump's batches straight into the file
+    d = m.dump(now_ns=now_ns, threads=snapshot_file.PARQUET_READ_THREADS if direct else None)
     target = Path(output) if output is not None else partition_path(directory, snapshot_file.node_name(node),
                                                                      d.wall_ns, m.info.name, fmt)
 
     def metadata(n: int) -> dict[str, str]:
         return snapshot_file.build_metadata(d, m.info, n, realtime_ns(), node)
 
-    source: Dump | Iterator[pl.DataFrame] = d  # parquet without --where: batches straight into the file
+    source: Dump | Iterator[pl.DataFrame] = d
     schema = None
-    if fmt != "parquet" or where:
+    if not direct:
         import polars as pl
 
         schema = pl.DataFrame(m.dump(layout=d.layout, limit=0)).schema

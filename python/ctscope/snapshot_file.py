@@ -106,6 +106,11 @@ def _destination(target: str | os.PathLike[str] | IO[bytes]) -> str | int:
     return target.fileno()
 
 
+# Map readers for a Dump written to parquet when the caller does not choose: the encoder
+# threads, not the read, set the pace, and one reader leaves them the cores (a 1M-entry
+# dump on 2 cores: 0.89 s and 1.44 CPU-s against 0.93 s and 1.55 CPU-s with two readers).
+PARQUET_READ_THREADS = 1
+
 # Rows a Dump moves into a parquet file per call: the GIL is free meanwhile, and between
 # calls Ctrl-C is seen and a progress line advances.
 PARQUET_STEP_ROWS = 262_144

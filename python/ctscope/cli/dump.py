@@ -62,6 +62,8 @@ def dump(
         # --where is judged on the raw bytes first where it can be (ctscope.pushdown): rows it
         # rules out are never decoded; `filtered` applies the whole predicate to what is left.
         ir = pushdown.translate(expr) if "key" not in schema else None
+    if direct and threads is None:
+        threads = snapshot_file.PARQUET_READ_THREADS
     d = m.dump(method=method, batch_size=batch_size, now_ns=now_ns, limit=None if where else limit, threads=threads,
                predicate=ir)
     # A progress line only where it does not mix with the rows: stderr is a terminal and
