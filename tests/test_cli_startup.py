@@ -12,10 +12,11 @@ import ctscope
 
 SAMPLE = Path(ctscope.__file__).with_name("sample") / "ct-sample.parquet"
 
-# Runs ctscope in a fresh interpreter, then prints which ctscope modules it had imported.
+# Runs ctscope in a fresh interpreter, then prints which ctscope modules (and heavy
+# libraries) it had imported.
 CHILD = r"""
 import atexit, json, sys
-atexit.register(lambda: print(json.dumps(sorted(m for m in sys.modules if m.startswith("ctscope"))), file=sys.stderr))
+atexit.register(lambda: print(json.dumps(sorted(m for m in sys.modules if m.startswith("ctscope") or m in ("polars", "pydantic"))), file=sys.stderr))
 from ctscope.cli import main
 main(sys.argv[1:])
 """
@@ -44,6 +45,13 @@ def test_a_command_imports_only_its_own_module():
         "ctscope.cli.app", "ctscope.cli.analysis_io", "ctscope.cli.stats"}
     # nor what only other commands use
     assert not mods & {"ctscope.analysis.report", "ctscope.analysis.charts", "ctscope.repair.check", "ctscope.act"}
+
+
+def test_no_command_parses_its_options_through_pydantic():
+    # typer 0.29 validates every option with a pydantic TypeAdapter: ~65 ms more for every
+    # command (pyproject.toml keeps typer below it). `demo` parses options like every command.
+    assert "pydantic" not in _modules("top", str(SAMPLE), "--by", "dport", "-n", "3", "-f", "json")
+    assert "pydantic" not in _modules("demo")
 
 
 def test_help_and_unknown_commands_still_see_every_command():
