@@ -329,8 +329,8 @@ def test_closed_pipe(pin_dir, fmt):
 @pytest.mark.parametrize("cmd", [["dump", "-f", "parquet"], ["dump", "-f", "arrow"], ["expired", "--all", "-f", "parquet"],
                                  ["query", "SELECT * FROM ct", "-f", "parquet"]])
 def test_closed_pipe_binary(pin_dir, cmd):
-    """Binary output into `head -c 10`: polars' sink reports the closed pipe in its own
-    words; still exit 0 and nothing on stderr."""
+    """Binary output into `head -c 10` (ctscope's writers, fed a Dump or polars frames):
+    still exit 0 and nothing on stderr."""
     pin = pin_dir / "cali_v4_ct4"
     synth(pin, 200_000)
     args = [cmd[0], str(pin), *cmd[1:]]
@@ -377,8 +377,9 @@ def test_raw_layout_and_empty_directories_are_not_analysed(ct_pin, tmp_path):
 def test_sigint_during_parquet_dump(pin_dir, tmp_path):
     """Ctrl-C during a large `dump -o X.parquet`: exit 130, 'interrupted', no file under
     the final name and the temporary file removed. Repeated at different moments: the
-    parquet sink runs our source on polars' threads, and a Ctrl-C that let Python exit
-    under them aborted the process (SIGABRT) about one time in ten."""
+    writer's encoding threads must be gone before Python exits (when polars' sink ran
+    our source on its threads, a Ctrl-C that let Python exit under them aborted the
+    process, SIGABRT, about one time in ten)."""
     pin = pin_dir / "cali_v4_ct4"
     synth(pin, 1_000_000, 1_048_576)
     out = tmp_path / "out"

@@ -136,7 +136,7 @@ def is_open_descriptor(spec: str) -> bool:
 @contextmanager
 def output_file(path: str | os.PathLike[str], *, private: bool = True) -> Iterator[Path]:
     """Yield the path to write `path`'s contents to (see the module doc). Writers open the
-    yielded path by name (polars sinks do), so for a regular file it names the already
+    yielded path by name (ctscope's Rust writers and polars' do), so for a regular file it names the already
     created temporary through /proc/self/fd: nothing can be swapped in under that name."""
     spec = os.fspath(path)
     if is_open_descriptor(spec):
