@@ -181,7 +181,12 @@ impl DumpStream {
         };
         let method = if batch_ok { Method::Batch } else { Method::NextKey };
         let status = Arc::new(Mutex::new(ReaderStatus { method, stats: ReadStats::default(), finished: false }));
-        let rx = if batch_ok && opt.threads > 1 {
+        let rx = if opt.limit == Some(0) {
+            // Nothing will be handed out (a schema-only dump, as scan_map's): start no
+            // reader. Readers started here would read and decode whole batches nobody
+            // takes, on the cores the caller's next (real) dump is about to use.
+            sync_channel::<Result<Payload>>(1).1
+        } else if batch_ok && opt.threads > 1 {
             spawn_ranges(fd, p, &opt, decoder.clone(), status.clone())?
         } else {
             let m = if batch_ok { Method::Batch } else { Method::NextKey };
