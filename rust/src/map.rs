@@ -108,6 +108,9 @@ pub struct PinnedMap {
     pub fd: Arc<OwnedFd>,
     pub params: MapParams,
     pub writable: bool,
+    /// Whether the kernel has BPF_MAP_LOOKUP_BATCH for this map, once a dump's probe call
+    /// has found out (it cannot change for the map behind `fd`).
+    pub batch_ok: std::sync::OnceLock<bool>,
 }
 
 impl PinnedMap {
@@ -192,7 +195,7 @@ impl PinnedMap {
             }
             e => e,
         })?;
-        Ok(PinnedMap { path: path.to_path_buf(), target, fd: Arc::new(fd), params, writable })
+        Ok(PinnedMap { path: path.to_path_buf(), target, fd: Arc::new(fd), params, writable, batch_ok: Default::default() })
     }
 
     pub fn fd(&self) -> BorrowedFd<'_> {

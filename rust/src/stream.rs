@@ -4,7 +4,7 @@
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::sync::mpsc::{Receiver, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use arrow_array::{RecordBatch, RecordBatchReader};
@@ -134,11 +134,23 @@ impl DumpStream {
     /// Start reading. The layout is settled before this returns: for a ct3 map under
     /// `auto` that means looking at the values the probe call returned (or, read key by
     /// key, at the first entries of a next-key walk).
-    pub fn start(fd: Arc<OwnedFd>, p: &MapParams, path_name: &str, opt: DumpOptions) -> Result<Self> {
+    /// `batch_ok`: what an earlier dump of the same map learnt about its batch ops.
+    pub fn start(fd: Arc<OwnedFd>, p: &MapParams, batch_ok: &OnceLock<bool>, path_name: &str, opt: DumpOptions) -> Result<Self> {
         p.require_hash(path_name)?;
         // One small batch call first: it tells whether the kernel has batch ops for this
-        // map, and gives a ct3 map's values to decide its layout from.
-        let probe = if opt.method == Method::NextKey { None } else { Some(probe(&fd, p)?) };
+        // map, and gives a ct3 map's values to decide its layout from. Not needed when the
+        // layout is settled without values and an earlier dump already made that call
+        // (scan_map's schema dump): it would run alone, before any reader starts.
+        let wants_sample = opt.layout.is_none() && p.static_layout().is_none();
+        let probe = match batch_ok.get() {
+            _ if opt.method == Method::NextKey => None,
+            Some(&ok) if !wants_sample => Some(ok.then(Vec::new)),
+            _ => {
+                let r = probe(&fd, p)?;
+                let _ = batch_ok.set(r.is_some());
+                Some(r)
+            }
+        };
         let batch_ok = probe.as_ref().is_some_and(|p| p.is_some());
         if opt.method == Method::Batch && !batch_ok {
             return Err(CtError::NotCtMap(format!(
@@ -181,7 +193,12 @@ impl DumpStream {
         };
         let method = if batch_ok { Method::Batch } else { Method::NextKey };
         let status = Arc::new(Mutex::new(ReaderStatus { method, stats: ReadStats::default(), finished: false }));
-        let rx = if batch_ok && opt.threads > 1 {
+        let rx = if opt.limit == Some(0) {
+            // Nothing will be handed out (a schema-only dump, as scan_map's): start no
+            // reader. Readers started here would read and decode whole batches nobody
+            // takes, on the cores the caller's next (real) dump is about to use.
+            sync_channel::<Result<Payload>>(1).1
+        } else if batch_ok && opt.threads > 1 {
             spawn_ranges(fd, p, &opt, decoder.clone(), status.clone())?
         } else {
             let m = if batch_ok { Method::Batch } else { Method::NextKey };

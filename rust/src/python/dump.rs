@@ -102,7 +102,7 @@ impl NativeMap {
             predicate,
         };
         let path = inner.path.to_string_lossy().into_owned();
-        let stream = detached(py, "dump", || DumpStream::start(inner.fd.clone(), &inner.params, &path, opts))?;
+        let stream = detached(py, "dump", || DumpStream::start(inner.fd.clone(), &inner.params, &inner.batch_ok, &path, opts))?;
         Ok(Dump {
             schema: stream.schema(),
             layout: stream.layout.name().to_string(),
