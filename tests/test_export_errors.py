@@ -127,3 +127,19 @@ def test_a_finished_parquet_dump_is_unchanged(tmp_path):
     assert pl.read_parquet_metadata(target)["rows"] == "40"
     assert export.write_binary(iter([]), SCHEMA, "parquet", target, None) == 0
     assert pl.read_parquet(target).height == 0
+
+
+@pytest.mark.parametrize("fmt", ["parquet", "arrow"])
+def test_a_column_of_nulls_is_written(tmp_path, fmt):
+    """`ctscope query SNAP "SELECT NULL AS note, dport FROM ct" -o x.parquet`: polars' Null
+    columns (which it exports with a buffer the Arrow C interface does not allow) are
+    written as Null columns, not refused as a broken Arrow stream."""
+    schema = pl.Schema({"note": pl.Null, "dport": pl.UInt16, "gap": pl.Null})
+    frames = [pl.DataFrame({"note": [None] * 3, "dport": [1, 2, 3], "gap": [None] * 3}, schema=schema),
+              pl.DataFrame({"note": [None], "dport": [4], "gap": [None]}, schema=schema)]
+    out = tmp_path / f"x.{fmt}"
+    assert export.write_binary(iter(frames), schema, fmt, out, lambda n: {"rows": str(n)}) == 4
+    got = pl.read_parquet(out) if fmt == "parquet" else pl.read_ipc(out)
+    assert got.columns == ["note", "dport", "gap"]
+    assert got["dport"].to_list() == [1, 2, 3, 4]
+    assert got["note"].null_count() == got["gap"].null_count() == 4

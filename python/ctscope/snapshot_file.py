@@ -142,7 +142,7 @@ def write_parquet(source: Dump | Iterable[pl.DataFrame], schema: pl.Schema | Non
                 continue
             if df.schema != schema:
                 df = df.cast(dict(schema))  # type: ignore[arg-type]
-            w.write(df)
+            w.write(_without_nulls(df))
     rows = w.rows
     w.finish(metadata(rows) if metadata else {})
     return rows
@@ -167,9 +167,19 @@ def write_arrow(frames: Iterable[pl.DataFrame], schema: pl.Schema, target: str |
             continue
         if df.schema != schema:
             df = df.cast(dict(schema))  # type: ignore[arg-type]
-        w.write(df)
+        w.write(_without_nulls(df))
     w.finish(meta(True))
     return rows
+
+
+def _without_nulls(df: pl.DataFrame) -> pl.DataFrame:
+    """`df` without its Null-typed columns (`SELECT NULL AS note`): polars exports them with a
+    buffer the Arrow C data interface does not allow, which the Rust writers refuse; they
+    put them back, all null, from the file's schema (rust/src/python/output.rs)."""
+    import polars as pl
+
+    nulls = [c for c, t in df.schema.items() if t == pl.Null]
+    return df.drop(nulls) if nulls and len(nulls) < df.width else df
 
 
 # ------------------------------------------------------------------------------------------ reading

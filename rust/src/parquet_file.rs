@@ -318,6 +318,11 @@ impl<W: Write + Send> ParquetFileWriter<W> {
         self.rows
     }
 
+    /// The file's columns (every one nullable).
+    pub fn schema(&self) -> &SchemaRef {
+        &self.schema
+    }
+
     /// Write the last row group and the footer with `metadata`; returns the output (not
     /// yet flushed, so the caller sees its errors).
     pub fn finish(mut self, metadata: &HashMap<String, String>) -> Result<W, ParquetError> {

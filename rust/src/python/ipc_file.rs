@@ -18,7 +18,7 @@ use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 
 use super::errors::{detached, locked};
-use super::output::{import_stream, open_target, os_error, Fail};
+use super::output::{import_stream, open_target, os_error, with_null_columns, Fail};
 use crate::error::CtError;
 use crate::ipc_file::{self, IpcFileWriter};
 
@@ -61,8 +61,9 @@ impl ArrowFileWriter {
         let w = guard.as_mut().ok_or_else(|| PyOSError::new_err("the Arrow file is finished"))?;
         let r = detached(py, "Arrow file write", || {
             let mut rows = 0u64;
+            let file_schema = w.schema().clone();
             for batch in reader {
-                let batch = match batch {
+                let batch = match batch.and_then(|b| with_null_columns(b, &file_schema)) {
                     Ok(b) => b,
                     Err(e) => return Ok(Err(Fail::Ct(CtError::BadArgument(format!("reading an Arrow stream: {e}"))))),
                 };

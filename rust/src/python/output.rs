@@ -10,7 +10,8 @@ use std::os::unix::fs::OpenOptionsExt;
 use std::path::PathBuf;
 
 use arrow_array::ffi_stream::{FFI_ArrowArrayStream, RecordBatchStreamReader};
-use arrow_schema::Schema;
+use arrow_array::{new_null_array, RecordBatch, RecordBatchOptions};
+use arrow_schema::{ArrowError, DataType, Schema};
 use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 use pyo3::types::{PyCapsule, PyCapsuleMethods};
@@ -60,6 +61,34 @@ pub(super) fn import_schema(obj: &Bound<'_, PyAny>) -> PyResult<Schema> {
     }
     use arrow_array::RecordBatchReader;
     Ok(import_stream(obj)?.schema().as_ref().clone())
+}
+
+/// `batch` with the Null-typed columns of `schema` it lacks put back, all null. polars
+/// exports a Null column with a buffer the Arrow C data interface does not allow (arrow-rs
+/// refuses the whole batch), so the Python side drops them before the export (see
+/// ctscope.snapshot_file) and they are rebuilt here from the row count.
+pub(super) fn with_null_columns(batch: RecordBatch, schema: &Schema) -> Result<RecordBatch, ArrowError> {
+    if batch.num_columns() == schema.fields().len() {
+        return Ok(batch);
+    }
+    let (given, n) = (batch.schema(), batch.num_rows());
+    let mut j = 0;
+    let mut fields = Vec::with_capacity(schema.fields().len());
+    let mut columns = Vec::with_capacity(schema.fields().len());
+    for f in schema.fields() {
+        if j < given.fields().len() && given.field(j).name() == f.name() {
+            fields.push(given.field(j).clone());
+            columns.push(batch.column(j).clone());
+            j += 1;
+        } else if f.data_type() == &DataType::Null {
+            fields.push(f.as_ref().clone());
+            columns.push(new_null_array(&DataType::Null, n));
+        }
+    }
+    if j < given.fields().len() {
+        return Ok(batch); // not a batch of the file's columns: the writer says so
+    }
+    RecordBatch::try_new_with_options(std::sync::Arc::new(Schema::new(fields)), columns, &RecordBatchOptions::new().with_row_count(Some(n)))
 }
 
 /// `target` opened for writing: a path (created 0666 & ~umask when missing, truncated), or

@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 
 use super::dump::Dump;
 use super::errors::{detached, locked};
-use super::output::{import_schema, import_stream, open_target, Fail};
+use super::output::{import_schema, import_stream, open_target, with_null_columns, Fail};
 use crate::error::CtError;
 use crate::parquet_file::{self, ParquetFileWriter as Writer};
 
@@ -56,8 +56,9 @@ impl ParquetFileWriter {
         let w = guard.as_mut().ok_or_else(|| PyOSError::new_err(FINISHED))?;
         let r = detached(py, "parquet file write", || {
             let mut rows = 0u64;
+            let file_schema = w.schema().clone();
             for batch in reader {
-                let batch = match batch {
+                let batch = match batch.and_then(|b| with_null_columns(b, &file_schema)) {
                     Ok(b) => b,
                     Err(e) => return Ok(Err(Fail::Ct(CtError::BadArgument(format!("reading an Arrow stream: {e}"))))),
                 };
