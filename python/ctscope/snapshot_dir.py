@@ -78,11 +78,3 @@ def write_snapshot(pin: str | os.PathLike[str] | None = None, *, directory: str 
     with outfile.output_file(target) as tmp:
         rows = export.write_binary(source, schema, fmt, tmp, metadata)
     return target, rows
-    import polars as pl
-
-    schema = pl.DataFrame(m.dump(layout=d.layout, limit=0)).schema
-    expr = export.parse_where(where, schema)
-    frames = export.filtered(iter_batches(d), expr, None)
-    with outfile.output_file(target) as tmp:
-        rows = export.write_binary(frames, schema, fmt, tmp, metadata)
-    return target, rows
