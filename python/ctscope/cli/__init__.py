@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import errno
+import signal
 import sys
+import threading
 
 import typer
 
@@ -52,6 +54,22 @@ _USAGE = tuple({*(c for c in typer.BadParameter.__mro__ if c.__name__ == "ClickE
                 *((click.ClickException,) if click else ())})
 
 
+class Terminated(BaseException):
+    """SIGTERM (a timeout, a pod stopping) raised in the main thread: like Ctrl-C, it unwinds
+    the command, so output files are not left half-written under temporary names, write
+    commands release their locks, and a terminal UI restores the screen."""
+
+
+def _raise_terminated(signum, frame):
+    raise Terminated()
+
+
+def _terminate_like_interrupt() -> None:
+    # Commands that stop gracefully on SIGTERM (serve) install their own handler after this.
+    if threading.current_thread() is threading.main_thread() and signal.getsignal(signal.SIGTERM) == signal.SIG_DFL:
+        signal.signal(signal.SIGTERM, _raise_terminated)
+
+
 def main(argv: list[str] | None = None) -> None:
     """Entry point: one-line errors with distinct exit codes (see README), tracebacks
     only with --debug."""
@@ -62,6 +80,7 @@ def main(argv: list[str] | None = None) -> None:
     debug = "--debug" in args[:end]
     if debug:
         args = [a for a in args[:end] if a != "--debug"] + args[end:]
+    _terminate_like_interrupt()
     try:
         try:
             load_commands(args)
@@ -93,6 +112,9 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         print("ctscope: interrupted", file=sys.stderr)
         sys.exit(130)
+    except Terminated:
+        print("ctscope: terminated", file=sys.stderr)
+        sys.exit(128 + signal.SIGTERM)
     except BrokenPipeError:
         # `ctscope dump | head`: the reader went away; that is not an error.
         _silence_stdout()
