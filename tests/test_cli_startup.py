@@ -70,6 +70,10 @@ def test_lazy_package_attributes_resolve_and_fail_like_attributes():
 
     assert ctscope.stats.__module__ == "ctscope.analysis.stats" and callable(ctscope.lookup)
     assert isinstance(ctscope.__version__, str) and set(ctscope.__all__) <= set(dir(ctscope))
+    # the native module's (Cargo.toml's) version is the installed package's
+    from importlib.metadata import version
+
+    assert ctscope.__version__ == version("ctscope")
     with pytest.raises(AttributeError, match="no attribute 'nope'"):
         ctscope.nope  # noqa: B018
 

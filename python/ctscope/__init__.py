@@ -42,13 +42,10 @@ if TYPE_CHECKING:
 def __getattr__(name: str) -> Any:
     import importlib
 
+    value: Any
     if name == "__version__":
-        from importlib.metadata import PackageNotFoundError, version
-
-        try:
-            value: Any = version("ctscope")
-        except PackageNotFoundError:  # running from a source tree
-            value = "0.0.0"
+        # Cargo.toml's version, which maturin gives the wheel (not importlib.metadata: ~10 ms)
+        from ctscope._native import __version__ as value
     elif name in _LAZY:
         value = getattr(importlib.import_module(_LAZY[name]), name)
     else:

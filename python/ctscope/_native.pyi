@@ -10,6 +10,8 @@ from typing import Any, Final
 
 from os import PathLike
 
+__version__: Final[str]  # Cargo.toml's, which is the package's (maturin)
+
 _Path = str | PathLike[str]
 # A map's parameters as a dict (libbpf's six fields plus id/name/version/family, MapInfo.as_dict keys).
 _Params = dict[str, Any]
