@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from ctscope.ctmap import CtMap, open_map, scan_map
 from ctscope import errors
-from ctscope.pushdown import in_network
 
 # The analysis and acting functions are imported on first use (PEP 562): `import ctscope`
 # and every one-shot command then load only what they run (the report's charts, serve's
@@ -23,11 +22,12 @@ _LAZY = {
     "read": "ctscope.analysis", "scan": "ctscope.analysis", "with_expiry": "ctscope.analysis",
     "diff": "ctscope.analysis.diff", "metrics": "ctscope.analysis.metrics", "query": "ctscope.analysis.query",
     "report": "ctscope.analysis.report", "stats": "ctscope.analysis.stats", "top": "ctscope.analysis.top",
-    "lookup": "ctscope.act",
+    "lookup": "ctscope.act", "in_network": "ctscope.pushdown",
 }
 
 if TYPE_CHECKING:
     from ctscope.act import lookup
+    from ctscope.pushdown import in_network
     from ctscope.analysis import Timeouts, expired, open_source, read, scan, with_expiry
     from ctscope.analysis.diff import diff
     from ctscope.analysis.metrics import metrics
