@@ -18,7 +18,7 @@ use pyo3::exceptions::PyOSError;
 use pyo3::prelude::*;
 
 use super::errors::{detached, locked};
-use super::output::{import_stream, open_target, os_error, with_null_columns, Fail};
+use super::output::{import_stream, open_target, os_error, write_frames, Fail};
 use crate::error::CtError;
 use crate::ipc_file::{self, IpcFileWriter};
 
@@ -59,24 +59,8 @@ impl ArrowFileWriter {
         let reader = import_stream(frame)?;
         let mut guard = locked(&self.inner);
         let w = guard.as_mut().ok_or_else(|| PyOSError::new_err("the Arrow file is finished"))?;
-        let r = detached(py, "Arrow file write", || {
-            let mut rows = 0u64;
-            let file_schema = w.schema().clone();
-            for batch in reader {
-                let batch = match batch.and_then(|b| with_null_columns(b, &file_schema)) {
-                    Ok(b) => b,
-                    Err(e) => return Ok(Err(Fail::Ct(CtError::BadArgument(format!("reading an Arrow stream: {e}"))))),
-                };
-                if batch.num_rows() == 0 {
-                    continue;
-                }
-                if let Err(e) = w.write(&batch) {
-                    return Ok(Err(arrow(e)));
-                }
-                rows += batch.num_rows() as u64;
-            }
-            Ok(Ok(rows))
-        })?;
+        let schema = w.schema().clone();
+        let r = detached(py, "Arrow file write", || Ok(write_frames(reader, &schema, |b| w.write(b).map_err(arrow))))?;
         Ok(r?)
     }
 

@@ -91,6 +91,28 @@ pub(super) fn with_null_columns(batch: RecordBatch, schema: &Schema) -> Result<R
     RecordBatch::try_new_with_options(std::sync::Arc::new(Schema::new(fields)), columns, &RecordBatchOptions::new().with_row_count(Some(n)))
 }
 
+/// Hand every batch of an imported stream (its Null columns put back from the file's
+/// `schema`, see `with_null_columns`) to `write`, skipping empty ones; returns the rows
+/// written. What both file writers do with polars frames.
+pub(super) fn write_frames(
+    reader: RecordBatchStreamReader,
+    schema: &Schema,
+    mut write: impl FnMut(&RecordBatch) -> Result<(), Fail>,
+) -> Result<u64, Fail> {
+    let mut rows = 0u64;
+    for batch in reader {
+        let batch = batch
+            .and_then(|b| with_null_columns(b, schema))
+            .map_err(|e| Fail::Ct(CtError::BadArgument(format!("reading an Arrow stream: {e}"))))?;
+        if batch.num_rows() == 0 {
+            continue;
+        }
+        write(&batch)?;
+        rows += batch.num_rows() as u64;
+    }
+    Ok(rows)
+}
+
 /// `target` opened for writing: a path (created 0666 & ~umask when missing, truncated), or
 /// an open file descriptor (duplicated; the caller's stays open).
 pub(super) fn open_target(target: &Bound<'_, PyAny>) -> PyResult<File> {

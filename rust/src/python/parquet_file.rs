@@ -13,7 +13,7 @@ use pyo3::prelude::*;
 
 use super::dump::Dump;
 use super::errors::{detached, locked};
-use super::output::{import_schema, import_stream, open_target, with_null_columns, Fail};
+use super::output::{import_schema, import_stream, open_target, write_frames, Fail};
 use crate::error::CtError;
 use crate::parquet_file::{self, ParquetFileWriter as Writer};
 
@@ -54,21 +54,8 @@ impl ParquetFileWriter {
         let reader = import_stream(frame)?;
         let mut guard = locked(&self.inner);
         let w = guard.as_mut().ok_or_else(|| PyOSError::new_err(FINISHED))?;
-        let r = detached(py, "parquet file write", || {
-            let mut rows = 0u64;
-            let file_schema = w.schema().clone();
-            for batch in reader {
-                let batch = match batch.and_then(|b| with_null_columns(b, &file_schema)) {
-                    Ok(b) => b,
-                    Err(e) => return Ok(Err(Fail::Ct(CtError::BadArgument(format!("reading an Arrow stream: {e}"))))),
-                };
-                if let Err(e) = w.write(&batch) {
-                    return Ok(Err(parquet(e)));
-                }
-                rows += batch.num_rows() as u64;
-            }
-            Ok(Ok(rows))
-        })?;
+        let schema = w.schema().clone();
+        let r = detached(py, "parquet file write", || Ok(write_frames(reader, &schema, |b| w.write(b).map_err(parquet))))?;
         Ok(r?)
     }
 
