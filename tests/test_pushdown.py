@@ -220,22 +220,44 @@ def test_generated_predicates_and_projections(make_ct_map, layout, family):
     check()
 
 
+def _gathered(cm, pred, threads, syscall_rows, wait_ms):
+    d = cm.dump(now_ns=NOW, threads=threads, batch_size=syscall_rows, predicate=pushdown.translate(pred),
+                gather_wait_ms=wait_ms)
+    sizes = [b.num_rows for b in iter(d.next_batch, None)]
+    return sizes, d.stats["syscalls"]
+
+
 @pytest.mark.parametrize("threads", [1, 2])
 def test_kept_rows_are_gathered_into_full_batches(make_ct_map, threads):
     """A selective predicate hands over a few full batches, not one sliver per syscall
-    (each batch costs Python and polars a pass over every column), and loses no row."""
+    (each batch costs Python and polars a pass over every column), and loses no row.
+    The time bound is set out of reach, so a slow machine cannot flush a batch early."""
     cm, pairs = _fill(make_ct_map, "v4", 4)
     full = cm.to_polars(now_ns=NOW)
     pred = pl.col("proto") == 6
     want = full.filter(pred)
     assert 0 < want.height < full.height
-    syscall_rows = 16  # ~40 syscalls for this map, read in well under the 50 ms a batch may wait
-    d = cm.dump(now_ns=NOW, threads=threads, batch_size=syscall_rows, predicate=pushdown.translate(pred))
-    sizes = [b.num_rows for b in iter(d.next_batch, None)]
-    assert d.stats["syscalls"] >= len(pairs) // syscall_rows
+    syscall_rows = 16  # ~40 syscalls for this map
+    sizes, syscalls = _gathered(cm, pred, threads, syscall_rows, wait_ms=3_600_000)
+    assert syscalls >= len(pairs) // syscall_rows
     assert sum(sizes) == want.height
     # full batches, bar each reader's last one
     assert sum(1 for n in sizes if n < syscall_rows) <= threads, sizes
+
+
+def test_kept_rows_wait_no_longer_than_gather_wait(make_ct_map):
+    """With no time to wait, the rows each syscall keeps are handed over at once (what a
+    `head(n)` relies on to stop the read early), still losing no row."""
+    cm, pairs = _fill(make_ct_map, "v4", 4)
+    pred = pl.col("proto") == 6
+    want = cm.to_polars(now_ns=NOW).filter(pred)
+    syscall_rows = 16
+    waited, _ = _gathered(cm, pred, 1, syscall_rows, wait_ms=3_600_000)
+    at_once, syscalls = _gathered(cm, pred, 1, syscall_rows, wait_ms=0)
+    assert sum(at_once) == sum(waited) == want.height
+    # a batch per syscall that kept anything: none holds rows from two syscalls' reads
+    assert len(at_once) > len(waited) and len(at_once) <= syscalls, (at_once, waited)
+    assert max(at_once) <= syscall_rows
 
 
 @pytest.mark.parametrize(("layout", "family"), [("v4", 4), ("v3", 4), ("v2", 4)], ids=["v4", "v3", "v2"])

@@ -42,6 +42,7 @@ class CtMap:
         threads: int | None = None,
         columns: list[str] | None = None,
         predicate: tuple | None = None,
+        gather_wait_ms: int | None = None,
     ) -> Dump:
         """Start reading the map. The result is an Arrow C stream (`pl.DataFrame(dump)`
         works) and also yields batches one by one with `iter_batches(dump)`.
@@ -49,8 +50,10 @@ class CtMap:
         `threads`: bucket-range workers for the batch method (default: available cores;
         1 = one reader thread overlapped with decoding). `columns`: decode only these.
         `predicate`: a `ctscope.pushdown` IR; the rows it rejects are not decoded (it is a
-        prefilter: apply the polars predicate it came from as well)."""
-        return self._native.dump(layout or self.layout, method, batch_size, now_ns, limit, threads, columns, predicate)
+        prefilter: apply the polars predicate it came from as well). `gather_wait_ms`: how
+        long the rows a predicate keeps may wait to fill a batch (default 50 ms)."""
+        return self._native.dump(layout or self.layout, method, batch_size, now_ns, limit, threads, columns, predicate,
+                                 gather_wait_ms)
 
     def to_polars(
         self,

@@ -47,8 +47,8 @@ impl Decoder {
 }
 
 /// A reader's decoding. Without a predicate every chunk is a batch. With one, the rows it
-/// keeps are gathered until they fill a batch of `rows`, the read ends, or `GATHER_WAIT`
-/// has passed since the first of them was read: a 1 %-selective query over a million entries then
+/// keeps are gathered until they fill a batch of `rows`, the read ends, or `wait` (by
+/// default `GATHER_WAIT`) has passed since the first of them was read: a 1 %-selective query over a million entries then
 /// hands over a few batches, not one per syscall, each paying Python's and polars'
 /// per-batch costs over every column; and a `head(n)` still gets its first rows within
 /// GATHER_WAIT of their being read (it stops the read that much later at most).
@@ -56,14 +56,15 @@ struct Gather {
     decoder: Decoder,
     held: Chunk,
     rows: usize,
+    wait: Duration,
     since: Option<Instant>,
 }
 
-const GATHER_WAIT: Duration = Duration::from_millis(50);
+pub const GATHER_WAIT: Duration = Duration::from_millis(50);
 
 impl Gather {
-    fn new(decoder: Decoder, rows: usize) -> Self {
-        Gather { decoder, held: Chunk::default(), rows, since: None }
+    fn new(decoder: Decoder, rows: usize, wait: Duration) -> Self {
+        Gather { decoder, held: Chunk::default(), rows, wait, since: None }
     }
 }
 
@@ -80,8 +81,11 @@ impl parallel::RangeDecode for Gather {
         self.held.keys.extend_from_slice(&kept.keys[..kept.count * d.key_size()]);
         self.held.values.extend_from_slice(&kept.values[..kept.count * d.value_size()]);
         self.held.count += kept.count;
+        if self.held.count == 0 {
+            return Ok(None); // the wait starts with the first row held, not with an empty read
+        }
         let since = *self.since.get_or_insert_with(Instant::now);
-        if self.held.count < self.rows && since.elapsed() < GATHER_WAIT {
+        if self.held.count < self.rows && since.elapsed() < self.wait {
             return Ok(None);
         }
         self.finish()
@@ -128,6 +132,8 @@ pub struct DumpOptions {
     pub columns: Option<Columns>,
     /// Rows this rejects are not decoded (CT layouts). `limit` counts the rows it keeps.
     pub predicate: Option<Arc<Pred>>,
+    /// How long a predicate's kept rows may wait for more before they are handed over.
+    pub gather_wait: Duration,
 }
 
 impl DumpStream {
@@ -204,7 +210,7 @@ impl DumpStream {
             let m = if batch_ok { Method::Batch } else { Method::NextKey };
             spawn_reader(MapReader::new(fd, p.key_size, p.value_size, p.max_entries, m, opt.batch), status.clone())?
         };
-        let gather = Gather::new(decoder.clone(), opt.batch.max(1) as usize);
+        let gather = Gather::new(decoder.clone(), opt.batch.max(1) as usize, opt.gather_wait);
         Ok(DumpStream { rx, decoder, gather, schema, remaining: opt.limit, layout, layout_reason: reason, status })
     }
 
@@ -353,7 +359,7 @@ fn spawn_ranges(
             cap: opt.batch.max(1),
             registry: registry.clone(),
         };
-        let (dec, st, left, cap) = (decoder.clone(), st.clone(), left.clone(), opt.batch.max(1) as usize);
+        let (dec, st, left, cap, wait) = (decoder.clone(), st.clone(), left.clone(), opt.batch.max(1) as usize, opt.gather_wait);
         let tx = tx.clone();
         std::thread::Builder::new()
             .name(format!("ctscope-range{i}"))
@@ -361,7 +367,7 @@ fn spawn_ranges(
                 let res = crate::error::guard("range reader", || {
                     Ok(parallel::run_range(
                         job,
-                        Gather::new(dec, cap),
+                        Gather::new(dec, cap, wait),
                         |b: Result<RecordBatch>| tx.send(b.map(Payload::Batch)).is_ok(),
                     ))
                 });

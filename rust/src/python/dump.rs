@@ -61,7 +61,9 @@ impl NativeMap {
     /// for maps too small for the split to pay).
     /// `columns`: decode only these (CT layouts); `predicate`: a pushdown IR
     /// (`ctscope.pushdown`) whose rejected rows are not decoded, `limit` counting kept rows.
-    #[pyo3(signature = (layout="auto", method="auto", batch_size=None, now_ns=None, limit=None, threads=None, columns=None, predicate=None))]
+    /// `gather_wait_ms`: how long the rows a predicate keeps may wait for more to fill a batch
+    /// (default 50): lower hands rows over sooner, in more, smaller batches.
+    #[pyo3(signature = (layout="auto", method="auto", batch_size=None, now_ns=None, limit=None, threads=None, columns=None, predicate=None, gather_wait_ms=None))]
     #[allow(clippy::too_many_arguments)]
     fn dump(
         &self,
@@ -74,6 +76,7 @@ impl NativeMap {
         threads: Option<usize>,
         columns: Option<Vec<String>>,
         predicate: Option<Bound<'_, PyAny>>,
+        gather_wait_ms: Option<u64>,
     ) -> PyResult<Dump> {
         let columns = columns.map(|c| crate::decode::Columns::named(&c).map_err(CtError::BadArgument)).transpose()?;
         let predicate = predicate.map(|p| crate::pushdown::Pred::from_py(&p).map(Arc::new)).transpose()?;
@@ -100,6 +103,7 @@ impl NativeMap {
             threads,
             columns,
             predicate,
+            gather_wait: gather_wait_ms.map(std::time::Duration::from_millis).unwrap_or(crate::stream::GATHER_WAIT),
         };
         let path = inner.path.to_string_lossy().into_owned();
         let stream = detached(py, "dump", || DumpStream::start(inner.fd.clone(), &inner.params, &inner.batch_ok, &path, opts))?;
