@@ -194,7 +194,10 @@ class _Judge:
         if not store:  # files: the entries some rev key may name (see prefilter)
             cand = rows.filter(self._pointed_at(rows))
             if cand.height:
-                self.rev.append(self._candidates(cand.lazy()).collect())
+                # Kept until the end: text as categories, like the fwd rows (filtered string
+                # views would keep every chunk's address text alive).
+                self.rev.append(self._candidates(cand.lazy()).collect().with_columns(
+                    pl.col(pl.String).cast(pl.Categorical)))
         else:
             cand = rows.select(pl.col("type") == "nat_rev", *self.key, *[
                 pl.when(pl.col("last_seen_ns").is_null()).then(pl.lit(_NO_LAST_SEEN, pl.UInt8))
@@ -218,6 +221,8 @@ class _Judge:
         on = dict(left_on=rev_key, right_on=self.key, nulls_equal=False)
         rev = pl.concat(self.rev) if self.rev else self._candidates(pl.LazyFrame(schema=self.schema)).collect()
         self.rev = []
+        rev = rev.with_columns(pl.col(c).cast(pl.String) for c, d in rev.schema.items()
+                               if d == pl.Categorical and self.schema.get(c) == pl.String)
         j = fwd.join(rev, how="left", maintain_order="left", **on)
         other = [o for o in self.other if o.height]
         self.other = []
