@@ -219,3 +219,73 @@ def test_unknown_output_suffix_is_refused(tmp_path):
     r = cli("dump", "/nonexistent/pin", "-o", out)
     assert_one_line_error(r, EXIT_BAD_INPUT, ".xlsx", "--format")
     assert not out.exists()
+
+
+def _started_writing(p: subprocess.Popen, out: Path, name: str, others: tuple[Path, ...] = ()) -> Path:
+    """The temporary `p` is writing `name` under (not one of `others`), once it holds data."""
+    import time
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline and p.poll() is None:
+        mine = [f for f in out.iterdir()
+                if f.name.startswith(f".{name}.") and f.name.endswith(".partial") and f not in others]
+        if mine and mine[0].stat().st_size > 0:
+            return mine[0]
+        time.sleep(0.01)
+    raise AssertionError(f"the dump ended (exit {p.returncode}) before it was seen writing")
+
+
+@pytest.mark.kernel
+def test_rerun_removes_the_temporary_a_killed_run_left(bpffs, tmp_path):
+    """Nothing runs on SIGKILL: a dump killed mid-write leaves `.x.parquet.XXXXXXXX.partial`
+    (connection data, hidden). The next write of x.parquet removes it, and only what is
+    surely a dead run's: a stopped writer's temporary stays (it holds its lock; its run then
+    completes), as do a temporary changed within the last minute, another output's, a link
+    and another user's file named like one."""
+    d = bpffs / "killed"
+    d.mkdir()
+    pin = d / "cali_v4_ct4"
+    synth(pin, 500_000, 524_288)
+    out = tmp_path / "out"
+    out.mkdir()
+    target = out / "x.parquet"
+    argv = [sys.executable, "-m", "ctscope", "dump", str(pin), "-o", str(target), "--batch-size", "256"]
+    old = os.stat(out).st_mtime - 3600
+
+    killed = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    dead = _started_writing(killed, out, "x.parquet")
+    killed.kill()
+    killed.wait()
+    assert dead.exists() and not target.exists()
+    os.utime(dead, (old, old))
+
+    stopped = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        live = _started_writing(stopped, out, "x.parquet", (dead,))
+        stopped.send_signal(__import__("signal").SIGSTOP)
+        os.utime(live, (old, old))
+        fresh = out / ".x.parquet.0123abcd.partial"
+        fresh.write_bytes(b"fresh")
+        other = out / ".y.parquet.0123abcd.partial"
+        other.write_bytes(b"other")
+        link = out / ".x.parquet.feedf00d.partial"
+        link.symlink_to(other)
+        theirs = out / ".x.parquet.deadbeef.partial"
+        theirs.write_bytes(b"theirs")
+        os.chown(theirs, NOBODY, NOBODY)
+        for f in (other, theirs):
+            os.utime(f, (old, old))
+        os.utime(link, (old, old), follow_symlinks=False)
+
+        r = cli("dump", pin, "-o", target, "--limit", "10")
+        assert r.returncode == 0, r.stderr
+        assert not dead.exists(), "the killed run's temporary is left"
+        assert {f.name for f in (live, fresh, other, link, theirs)} <= {f.name for f in out.iterdir()}
+        import polars as pl
+
+        assert pl.read_parquet(target).height == 10
+    finally:
+        stopped.send_signal(__import__("signal").SIGCONT)
+        _, err = stopped.communicate(timeout=120)
+    assert stopped.returncode == 0, err
+    assert not live.exists() and pl.read_parquet(target).height == 500_000

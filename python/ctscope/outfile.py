@@ -11,6 +11,9 @@ Rules (README "Output files"):
 * A regular file (new or replaced) is written to a temporary `.NAME.XXXX.partial` created
   with O_CREAT|O_EXCL|O_NOFOLLOW beside it (relative to the directory's fd, so the directory
   cannot be swapped meanwhile), fsynced and renamed over the name only when complete.
+  The writer holds an flock on its temporary. One a killed run left (SIGKILL, a power loss)
+  is removed by the next write of the same NAME: a regular file of ours, named as ctscope
+  names them, that no process holds locked and that has not changed for STALE_AFTER_S.
 * A replaced file keeps its permission bits (set-id bits dropped) and, where possible, its
   owner and group. A new file is 0600 whatever the umask (`private`, the default: dumps,
   snapshots, reports, stats and query results hold connection data) or, for `metrics`
@@ -23,8 +26,10 @@ Rules (README "Output files"):
 from __future__ import annotations
 
 import errno
+import fcntl
 import os
 import stat
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -32,6 +37,10 @@ from pathlib import Path
 from ctscope.errors import BadArgument, PermissionDenied
 
 _MAX_LINKS = 40  # as the kernel's MAXSYMLINKS
+# A temporary unchanged this long, and unlocked, is a killed run's (a live writer locks its
+# own at once; the age covers the instant between its creation and the lock).
+STALE_AFTER_S = 60
+_PARTIAL = ".partial"
 
 
 def _world_writable(st: os.stat_result) -> bool:
@@ -166,11 +175,13 @@ def output_file(path: str | os.PathLike[str], *, private: bool = True) -> Iterat
     name = os.path.basename(real)
     fd, tmp = -1, ""
     try:
+        remove_stale_partials(dfd, name)
         for _ in range(100):
-            tmp = f".{name}.{os.urandom(4).hex()}.partial"  # (secrets' import costs 4 ms)
+            tmp = f".{name}.{os.urandom(4).hex()}{_PARTIAL}"  # (secrets' import costs 4 ms)
             try:
                 fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600,
                              dir_fd=dfd)
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # ours: a rerun leaves it alone
                 os.fchmod(fd, 0o600)  # whatever the umask, until the final mode is set
                 break
             except FileExistsError:
@@ -210,6 +221,47 @@ def output_file(path: str | os.PathLike[str], *, private: bool = True) -> Iterat
         if fd >= 0:
             os.close(fd)
         os.close(dfd)
+
+
+def _is_partial_of(entry: str, name: str) -> bool:
+    prefix = f".{name}."
+    tag = entry[len(prefix):-len(_PARTIAL)]
+    return (entry.startswith(prefix) and entry.endswith(_PARTIAL) and len(tag) == 8
+            and all(c in "0123456789abcdef" for c in tag))
+
+
+def remove_stale_partials(dfd: int, name: str, *, now: float | None = None) -> list[str]:
+    """Remove the temporaries of `name` in directory `dfd` that killed runs left (see the
+    module doc); returns their names. Anything else (another user's file, a link, a locked or
+    recently changed temporary, an unreadable directory) is left as it is."""
+    removed: list[str] = []
+    try:
+        entries = [e for e in os.listdir(dfd) if _is_partial_of(e, name)]
+    except OSError:
+        return removed
+    now = time.time() if now is None else now
+    for e in entries:
+        try:
+            fd = os.open(e, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dfd)
+        except OSError:
+            continue  # a link, gone, or not ours to read
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or now - st.st_mtime < STALE_AFTER_S:
+                continue
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                continue  # a live writer's
+            now_there = os.stat(e, dir_fd=dfd, follow_symlinks=False)
+            if (now_there.st_dev, now_there.st_ino) == (st.st_dev, st.st_ino):
+                os.unlink(e, dir_fd=dfd)
+                removed.append(e)
+        except OSError:
+            continue
+        finally:
+            os.close(fd)
+    return removed
 
 
 def _error(spec: str, parent: str, e: OSError) -> Exception:
