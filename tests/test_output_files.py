@@ -240,8 +240,8 @@ def test_rerun_removes_the_temporary_a_killed_run_left(bpffs, tmp_path):
     """Nothing runs on SIGKILL: a dump killed mid-write leaves `.x.parquet.XXXXXXXX.partial`
     (connection data, hidden). The next write of x.parquet removes it, and only what is
     surely a dead run's: a stopped writer's temporary stays (it holds its lock; its run then
-    completes), as do a temporary changed within the last minute, another output's, a link
-    and another user's file named like one."""
+    completes), as do a temporary changed within the last minute, another output's, and a
+    link, a hard link and another user's file named like one."""
     d = bpffs / "killed"
     d.mkdir()
     pin = d / "cali_v4_ct4"
@@ -273,14 +273,18 @@ def test_rerun_removes_the_temporary_a_killed_run_left(bpffs, tmp_path):
         theirs = out / ".x.parquet.deadbeef.partial"
         theirs.write_bytes(b"theirs")
         os.chown(theirs, NOBODY, NOBODY)
-        for f in (other, theirs):
+        precious = tmp_path / "precious"
+        precious.write_bytes(b"precious")
+        hard = out / ".x.parquet.0badf00d.partial"  # a hard link to a file of ours elsewhere
+        os.link(precious, hard)
+        for f in (other, theirs, hard):
             os.utime(f, (old, old))
         os.utime(link, (old, old), follow_symlinks=False)
 
         r = cli("dump", pin, "-o", target, "--limit", "10")
         assert r.returncode == 0, r.stderr
         assert not dead.exists(), "the killed run's temporary is left"
-        assert {f.name for f in (live, fresh, other, link, theirs)} <= {f.name for f in out.iterdir()}
+        assert {f.name for f in (live, fresh, other, link, theirs, hard)} <= {f.name for f in out.iterdir()}
         import polars as pl
 
         assert pl.read_parquet(target).height == 10

@@ -247,7 +247,8 @@ def remove_stale_partials(dfd: int, name: str, *, now: float | None = None) -> l
             continue  # a link, gone, or not ours to read
         try:
             st = os.fstat(fd)
-            if not stat.S_ISREG(st.st_mode) or st.st_uid != os.geteuid() or now - st.st_mtime < STALE_AFTER_S:
+            if (not stat.S_ISREG(st.st_mode) or st.st_nlink != 1 or st.st_uid != os.geteuid()
+                    or now - st.st_mtime < STALE_AFTER_S):  # ours are never hard-linked
                 continue
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
