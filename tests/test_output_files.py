@@ -293,3 +293,36 @@ def test_rerun_removes_the_temporary_a_killed_run_left(bpffs, tmp_path):
         _, err = stopped.communicate(timeout=120)
     assert stopped.returncode == 0, err
     assert not live.exists() and pl.read_parquet(target).height == 500_000
+
+
+@pytest.mark.kernel
+def test_snapshot_dir_rerun_removes_the_temporary_a_killed_snapshot_left(pin, tmp_path):
+    """`snapshot --dir` names every file after its dump's start time, so no later run ever
+    writes the same NAME again: "the next write of the same NAME" never comes, and the
+    temporary a killed scheduled snapshot left (OOM kill, node reboot) stayed in its
+    partition for good, a full hidden copy of the map's connection data. The next snapshot
+    of the same map into the same partition removes it, under the same rules as -o's
+    (own, regular, single link, unlocked, a minute unchanged); other maps' and other
+    names' temporaries, and fresh ones, stay."""
+    root = tmp_path / "snaps"
+    r = cli("snapshot", pin, "--dir", root, "--node", "n1")
+    assert r.returncode == 0, r.stderr
+    (first,) = root.rglob("*.parquet")
+    part = first.parent
+    dead = part / ".000000.000Z-cali_v4_ct4.parquet.deadbeef.partial"
+    fresh = part / ".000001.000Z-cali_v4_ct4.parquet.0123abcd.partial"
+    other_map = part / ".000000.000Z-cali_v6_ct4.parquet.deadbeef.partial"
+    other_name = part / ".notes.txt.deadbeef.partial"
+    old = os.stat(part).st_mtime - 3600
+    for f in (dead, fresh, other_map, other_name):
+        f.write_bytes(b"x" * 100)
+        os.chmod(f, 0o600)
+    for f in (dead, other_map, other_name):
+        os.utime(f, (old, old))
+
+    r = cli("snapshot", pin, "--dir", root, "--node", "n1")
+    assert r.returncode == 0, r.stderr
+    assert len(list(root.rglob("*.parquet"))) == 2
+    names = {f.name for f in part.iterdir()}
+    assert dead.name not in names, "the killed snapshot's temporary is left"
+    assert {fresh.name, other_map.name, other_name.name} <= names

@@ -30,7 +30,7 @@ import fcntl
 import os
 import stat
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -142,10 +142,13 @@ def is_open_descriptor(spec: str) -> bool:
 
 
 @contextmanager
-def output_file(path: str | os.PathLike[str], *, private: bool = True) -> Iterator[Path]:
+def output_file(path: str | os.PathLike[str], *, private: bool = True,
+                stale_names: Callable[[str], bool] | None = None) -> Iterator[Path]:
     """Yield the path to write `path`'s contents to (see the module doc). Writers open the
     yielded path by name (ctscope's Rust writers and polars' do), so for a regular file it names the already
-    created temporary through /proc/self/fd: nothing can be swapped in under that name."""
+    created temporary through /proc/self/fd: nothing can be swapped in under that name.
+    `stale_names`: the other final names whose killed runs' temporaries this write removes
+    too (`snapshot --dir` names each file after its start time, so never writes one twice)."""
     spec = os.fspath(path)
     if is_open_descriptor(spec):
         yield Path(spec)
@@ -175,7 +178,7 @@ def output_file(path: str | os.PathLike[str], *, private: bool = True) -> Iterat
     name = os.path.basename(real)
     fd, tmp = -1, ""
     try:
-        remove_stale_partials(dfd, name)
+        remove_stale_partials(dfd, name, also=stale_names)
         for _ in range(100):
             tmp = f".{name}.{os.urandom(4).hex()}{_PARTIAL}"  # (secrets' import costs 4 ms)
             try:
@@ -230,13 +233,28 @@ def _is_partial_of(entry: str, name: str) -> bool:
             and all(c in "0123456789abcdef" for c in tag))
 
 
-def remove_stale_partials(dfd: int, name: str, *, now: float | None = None) -> list[str]:
-    """Remove the temporaries of `name` in directory `dfd` that killed runs left (see the
-    module doc); returns their names. Anything else (another user's file, a link, a locked or
-    recently changed temporary, an unreadable directory) is left as it is."""
+def _partial_name(entry: str) -> str | None:
+    """The final name a temporary `.NAME.XXXXXXXX.partial` is for, or None."""
+    base = entry[1:-len(_PARTIAL) - 9]
+    return base if base and entry.startswith(".") and _is_partial_of(entry, base) else None
+
+
+def remove_stale_partials(dfd: int, name: str, *, now: float | None = None,
+                          also: Callable[[str], bool] | None = None) -> list[str]:
+    """Remove the temporaries of `name` (and of the names `also` accepts) in directory `dfd`
+    that killed runs left (see the module doc); returns their names. Anything else (another
+    user's file, a link, a locked or recently changed temporary, an unreadable directory) is
+    left as it is."""
     removed: list[str] = []
+
+    def wanted(e: str) -> bool:
+        if _is_partial_of(e, name):
+            return True
+        base = _partial_name(e) if also is not None else None
+        return base is not None and also(base)
+
     try:
-        entries = [e for e in os.listdir(dfd) if _is_partial_of(e, name)]
+        entries = [e for e in os.listdir(dfd) if wanted(e)]
     except OSError:
         return removed
     now = time.time() if now is None else now

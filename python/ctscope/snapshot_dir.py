@@ -40,6 +40,13 @@ def partition_path(directory: str | os.PathLike[str], node: str, wall_ns: int, m
     return Path(directory) / f"node={safe_node}" / f"date={t:%Y-%m-%d}" / name
 
 
+def _same_map_snapshot(map_name: str, fmt: str):
+    """Whether a file name is one partition_path gives a snapshot of `map_name` in `fmt`."""
+    pattern = re.compile(r"\d{6}\.\d{3}Z-" + re.escape(_UNSAFE.sub("_", map_name) or "map")
+                         + re.escape(snapshot_file.SUFFIX[fmt]))
+    return lambda name: pattern.fullmatch(name) is not None
+
+
 def write_snapshot(pin: str | os.PathLike[str] | None = None, *, directory: str | os.PathLike[str] | None = None,
                    output: str | os.PathLike[str] | None = None, fmt: str | None = None, node: str | None = None,
                    bpffs: str | None = None, ipv6: bool = False, layout: str = "auto", now_ns: int | None = None,
@@ -75,6 +82,9 @@ def write_snapshot(pin: str | os.PathLike[str] | None = None, *, directory: str 
         expr = export.parse_where(where, schema)  # a bad --where fails before anything is made
         source = export.filtered(iter_batches(d), expr, None)
     outfile.make_dirs(target.parent)  # missing directories are made 0700
-    with outfile.output_file(target) as tmp:
+    # No later run writes this name again: a killed run's temporary of an earlier snapshot of
+    # this map in this partition is removed by this one (outfile's rules for stale ones).
+    stale = None if output is not None else _same_map_snapshot(m.info.name, fmt)
+    with outfile.output_file(target, stale_names=stale) as tmp:
         rows = export.write_binary(source, schema, fmt, tmp, metadata)
     return target, rows
