@@ -248,10 +248,8 @@ def remove_stale_partials(dfd: int, name: str, *, now: float | None = None,
     removed: list[str] = []
 
     def wanted(e: str) -> bool:
-        if _is_partial_of(e, name):
-            return True
-        base = _partial_name(e) if also is not None else None
-        return base is not None and also(base)
+        base = _partial_name(e)
+        return base is not None and (base == name or (also is not None and also(base)))
 
     try:
         entries = [e for e in os.listdir(dfd) if wanted(e)]

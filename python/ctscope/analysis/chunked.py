@@ -207,22 +207,25 @@ class _Judge:
             self.other.append(cand.filter(~is_rev).drop("type"))
         return out
 
+    def _text_again(self, df: pl.DataFrame) -> pl.DataFrame:
+        """Kept rows' categories back to the source's text columns (joins need equal types)."""
+        return df.with_columns(pl.col(c).cast(pl.String) for c, d in df.schema.items()
+                               if d == pl.Categorical and self.schema.get(c) == pl.String)
+
     def fwd_rows(self, keep: list[str]) -> pl.DataFrame | None:
         """The kept fwd rows judged by the entries at their rev keys (`keep` + _CODE)."""
         if not self.fwd:
             return None
         fwd = pl.concat(self.fwd, how="vertical_relaxed")
         self.fwd = []
-        fwd = fwd.with_columns(pl.col(c).cast(pl.String) for c, d in fwd.schema.items()
-                               if d == pl.Categorical and self.schema.get(c) == pl.String)
+        fwd = self._text_again(fwd)
         rev_key = self.rev_key
         if not self.by_words:  # hand-built frames may hold rev columns of other types (or all null)
             fwd = fwd.with_columns(pl.col(r).cast(self.schema[k]) for k, r in zip(self.key, rev_key))
         on = dict(left_on=rev_key, right_on=self.key, nulls_equal=False)
         rev = pl.concat(self.rev) if self.rev else self._candidates(pl.LazyFrame(schema=self.schema)).collect()
         self.rev = []
-        rev = rev.with_columns(pl.col(c).cast(pl.String) for c, d in rev.schema.items()
-                               if d == pl.Categorical and self.schema.get(c) == pl.String)
+        rev = self._text_again(rev)
         j = fwd.join(rev, how="left", maintain_order="left", **on)
         other = [o for o in self.other if o.height]
         self.other = []
